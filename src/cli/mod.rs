@@ -1,0 +1,72 @@
+//! The command line: one file per subcommand, all calling the library.
+
+pub mod generate;
+pub mod run;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::Result;
+
+/// Batch audience engine: identity stitching, merge policies, SQL segments and
+/// full-file exports, over Parquet on local disk or in buckets.
+#[derive(Debug, Parser)]
+#[command(name = "audience", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format when stderr is not a terminal (or with --quiet).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "AUDIENCE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// No progress spinners.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The project folder argument shared by subcommands.
+#[derive(Debug, clap::Args)]
+pub struct ProjectArg {
+    /// Project folder holding audience.toml.
+    #[arg(long, short = 'p', default_value = ".", env = "AUDIENCE_PROJECT")]
+    pub project: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check audience.toml and the SQL files; print every problem (exit 2 when any).
+    Validate(validate::Args),
+    /// Run the whole pipeline: ingest, stitch, merge, segments, exports.
+    Run(run::Args),
+    /// Write a synthetic project of any size (deterministic for a seed).
+    Generate(generate::Args),
+}
+
+/// Parse an RFC 3339 time or a date (midnight UTC).
+pub fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_default());
+    }
+    Err(format!("`{s}` is not a time: use RFC 3339 (2025-06-30T00:00:00Z) or a date (2025-06-30)"))
+}
+
+/// Run the parsed command; returns the exit code.
+pub async fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Validate(a) => validate::run(a),
+        Command::Run(a) => run::run(a, cli.quiet).await,
+        Command::Generate(a) => generate::run(a, cli.quiet),
+    }
+}

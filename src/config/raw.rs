@@ -1,0 +1,169 @@
+//! The raw `audience.toml`, as written by users. Field doc comments are the
+//! configuration reference (`docs/config.md` repeats them with examples).
+//!
+//! Raw values are validated into [`crate::config::Project`] by
+//! [`crate::config::Project::load`], which reports every problem together.
+
+use serde::Deserialize;
+
+/// `[project]`: where the project's SQL and state live.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawProjectSection {
+    /// A name for the project, shown in run records and manifests. Default: the folder name.
+    pub name: Option<String>,
+    /// Folder of segment SQL files, one audience per file, relative to the project. Default `sql/segments`.
+    pub segments: Option<String>,
+    /// Folder of feature SQL files, relative to the project. Default `sql/features`.
+    pub features: Option<String>,
+    /// State location: run records, identity maps, memberships. A folder relative to
+    /// the project, an absolute path, or a bucket URL. Default `state`.
+    pub state: Option<String>,
+}
+
+/// `[engine]`: how the embedded engine runs.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    /// Memory limit for query execution, e.g. `"8GiB"` or `"512MiB"`. Beyond it,
+    /// sorts and aggregations spill to local disk. Default: no limit.
+    pub memory_limit: Option<String>,
+    /// Parallelism (partitions per scan and shuffle). Default: the number of cores.
+    pub target_partitions: Option<usize>,
+}
+
+/// How an identity namespace normalises its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormaliserKind {
+    /// Trim, lower-case; reject without exactly one `@`, an empty local part, or a domain without a dot.
+    Email,
+    /// E.164 via libphonenumber, with `default_region` for national numbers.
+    Phone,
+    /// Trim.
+    Id,
+}
+
+/// `[namespaces.<name>]`: an identity namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespace {
+    /// Normaliser: `email`, `phone` or `id`.
+    pub normaliser: NormaliserKind,
+    /// Priority, 1 is highest. A record's anchor is its highest-priority identity
+    /// (person ids such as crm_id outrank e-mail and phone, which outrank cookies).
+    pub priority: u32,
+    /// Region for phone numbers written without a country code (ISO 3166 code, e.g. `GB`, `US`). Phone only.
+    pub default_region: Option<String>,
+    /// Extra blocked values (compared after normalisation), beside the built-in ones.
+    #[serde(default)]
+    pub blocked: Vec<String>,
+}
+
+/// The kind of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// One row is one record about one person from one source.
+    Profile,
+    /// One row is one event (page view, purchase, e-mail open).
+    Event,
+}
+
+/// The class of a dataset, merge policy or segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// Customers: stitched together across every customer dataset.
+    #[default]
+    Customer,
+    /// Prospects: never stitched with customers; own profiles, segments and exports.
+    Prospect,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Customer => "customer",
+            Class::Prospect => "prospect",
+        }
+    }
+}
+
+/// `[datasets.<name>]`: a Parquet dataset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataset {
+    /// `profile` or `event`.
+    pub kind: DatasetKind,
+    /// `customer` (default) or `prospect`.
+    #[serde(default)]
+    pub class: Class,
+    /// Parquet file, folder (read recursively) or glob; a path relative to the
+    /// project, an absolute path, or an `s3://`, `gs://`, `az://` URL.
+    pub path: String,
+    /// Timestamp column: for profiles, when the source last updated the record; for events, the event time.
+    pub timestamp: String,
+    /// Event type column. Event datasets only, and required there.
+    pub event_type: Option<String>,
+    /// Identity columns: `column = "namespace"`.
+    pub identities: std::collections::BTreeMap<String, String>,
+    /// Attribute columns (profile datasets). Default: every column that is not an identity or the timestamp.
+    pub attributes: Option<Vec<String>>,
+}
+
+/// How a merge policy picks each attribute's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMethod {
+    /// The most recent non-null value wins.
+    #[default]
+    Timestamp,
+    /// The first dataset in `precedence` with a non-null value wins; within a dataset, the most recent.
+    Precedence,
+}
+
+/// `[merge_policies.<name>]`: how unified profiles are resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMergePolicy {
+    /// `customer` (default) or `prospect`.
+    #[serde(default)]
+    pub class: Class,
+    /// Whether this is the default policy of its class (exactly one per class that has datasets).
+    #[serde(default)]
+    pub default: bool,
+    /// `timestamp` (default) or `precedence`.
+    #[serde(default)]
+    pub method: MergeMethod,
+    /// Ordered dataset names for `method = "precedence"`. Datasets not listed are not considered.
+    #[serde(default)]
+    pub precedence: Vec<String>,
+}
+
+/// Export file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FormatKind {
+    /// Comma-separated values with a header row.
+    #[default]
+    Csv,
+}
+
+/// `[destinations.<name>]`: where audiences are exported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    /// A folder (relative to the project, absolute, or `file://`), or an
+    /// `s3://`, `gs://`, `az://` URL (`memory://` for tests). Credentials come from
+    /// the environment or the cloud's provider chain, never from this file.
+    pub url: String,
+    /// File format: `csv` (default).
+    #[serde(default)]
+    pub format: FormatKind,
+    /// Segment ids to export (file names in the segments folder without `.sql`).
+    pub segments: Vec<String>,
+    /// Columns to export, in order: `profile_id`, attributes, or identity namespaces
+    /// (the namespace's preferred value). Default: `["profile_id"]`.
+    pub fields: Option<Vec<String>>,
+}

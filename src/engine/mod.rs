@@ -1,0 +1,66 @@
+//! Shared plumbing: the DataFusion session, object-store registry and UDFs.
+//!
+//! Every stage plans its work on a [`SessionContext`] made by [`session`]: the
+//! memory limit and parallelism from `[engine]`, every store the project reads
+//! or writes registered, and the time functions fixed to the run's as-of.
+
+pub mod storage;
+pub mod udf;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::DiskManagerBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::config::Project;
+use crate::error::{Error, Result};
+use storage::Location;
+
+/// Build a session for `project` whose time functions return `as_of`.
+///
+/// # Errors
+/// [`Error::Storage`] when a store cannot be configured from the environment.
+pub fn session(project: &Project, as_of: DateTime<Utc>) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_batch_size(8192);
+    if let Some(n) = project.engine.target_partitions {
+        config = config.with_target_partitions(n);
+    }
+    let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(DiskManagerBuilder::default());
+    if let Some(limit) = project.engine.memory_limit {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    }
+    let runtime = runtime.build_arc().map_err(Error::engine("engine setup"))?;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    let locations = project
+        .datasets
+        .iter()
+        .map(|d| &d.location)
+        .chain(project.destinations.iter().map(|d| &d.location))
+        .chain(std::iter::once(&project.state));
+    for loc in locations {
+        register_store(&ctx, loc)?;
+    }
+    udf::register_time_functions(&ctx, as_of);
+    Ok(ctx)
+}
+
+/// Register the store serving `loc` on the session, if not already there.
+pub fn register_store(ctx: &SessionContext, loc: &Location) -> Result<()> {
+    let url = loc.store_url();
+    if ctx.runtime_env().object_store(&url).is_ok() && !matches!(url.scheme(), "s3" | "gs" | "az" | "abfs" | "memory") {
+        return Ok(());
+    }
+    ctx.register_object_store(&url, loc.store()?);
+    Ok(())
+}

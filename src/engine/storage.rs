@@ -1,0 +1,176 @@
+//! Locations on local disk or in object storage, and the stores behind them.
+//!
+//! Every read and write of `audience` goes through `object_store`, so local
+//! folders and buckets behave the same. Credentials and endpoints come from the
+//! environment or each cloud's provider chain (`AWS_*`, `GOOGLE_*`, `AZURE_*`);
+//! they are never read from `audience.toml`, and never printed or written.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as StorePath;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// URL schemes `audience` reads and writes.
+pub const SCHEMES: [&str; 6] = ["file", "s3", "gs", "az", "abfs", "memory"];
+
+/// A location: a local path or a URL, resolved against the project root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    url: Url,
+}
+
+impl Location {
+    /// Parse `text`: a URL with one of [`SCHEMES`], or a local path (relative
+    /// paths are resolved against `root`). Globs (`*`, `?`, `[`) are kept as written.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the text, for the caller to locate.
+    pub fn parse(text: &str, root: &Path) -> std::result::Result<Location, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("empty location: give a path or a URL".into());
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            if !SCHEMES.contains(&scheme) {
+                return Err(format!("unsupported URL scheme `{scheme}://`: {}", crate::error::one_of(scheme, SCHEMES)));
+            }
+            let url = Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+            if scheme != "file" && url.host_str().unwrap_or_default().is_empty() {
+                return Err(format!("`{text}` names no bucket or container"));
+            }
+            return Ok(Location { url });
+        }
+        let path = root.join(text);
+        let mut s = path.to_string_lossy().into_owned();
+        if text.ends_with('/') && !s.ends_with('/') {
+            s.push('/');
+        }
+        // Keep glob characters literal in the URL path: they are interpreted by the lister.
+        let url = Url::parse(&format!("file://{}", percent_path(&s))).map_err(|e| format!("`{text}` is not a usable path: {e}"))?;
+        Ok(Location { url })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn scheme(&self) -> &str {
+        self.url.scheme()
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.url.scheme() == "file"
+    }
+
+    /// `scheme://authority/`, the key the store is registered under.
+    pub fn store_url(&self) -> Url {
+        let mut u = self.url.clone();
+        u.set_path("/");
+        u.set_query(None);
+        u.set_fragment(None);
+        u
+    }
+
+    /// The object-store path of this location (no leading slash).
+    pub fn path(&self) -> StorePath {
+        let raw = self.url.path();
+        let decoded = percent_decode(raw);
+        StorePath::from(decoded.trim_matches('/'))
+    }
+
+    /// A child location, `self/rel`.
+    pub fn join(&self, rel: &str) -> Location {
+        let mut url = self.url.clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/{}", rel.trim_start_matches('/')));
+        Location { url }
+    }
+
+    /// The text to show users: the local path for files, the URL otherwise.
+    pub fn display(&self) -> String {
+        if self.is_local() { percent_decode(self.url.path()) } else { self.url.to_string() }
+    }
+
+    /// The store for this location; see [`store_for`].
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        store_for(&self.url)
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display())
+    }
+}
+
+/// Characters escaped in a local path turned into a `file://` URL. Glob
+/// characters and `=` (hive partitions) stay literal.
+const PATH_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'`').add(b'{').add(b'}').add(b'^').add(b'|').add(b'\\');
+
+fn percent_path(s: &str) -> String {
+    utf8_percent_encode(s, PATH_ESCAPES).to_string()
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+/// The object store serving `url`: local disk for `file://`, S3/GCS/Azure
+/// configured from the environment for `s3://`, `gs://`, `az://`/`abfs://`, and a
+/// process-wide in-memory store per authority for `memory://` (tests only).
+///
+/// # Errors
+/// [`Error::Storage`] when the cloud builder rejects its environment (e.g. a
+/// missing region or account); the message names the URL, never a secret.
+pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>> {
+    let base = format!("{}://{}", url.scheme(), url.authority());
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "file" => Arc::new(LocalFileSystem::new()),
+        "memory" => {
+            let mut stores = memory_stores().lock().map_err(|_| Error::Internal("memory store registry poisoned".into()))?;
+            stores.entry(base).or_insert_with(|| Arc::new(InMemory::new())).clone()
+        }
+        "s3" => Arc::new(AmazonS3Builder::from_env().with_url(url.as_str()).build().map_err(Error::storage(&base))?),
+        "gs" => Arc::new(GoogleCloudStorageBuilder::from_env().with_url(url.as_str()).build().map_err(Error::storage(&base))?),
+        "az" | "abfs" => Arc::new(MicrosoftAzureBuilder::from_env().with_url(url.as_str()).build().map_err(Error::storage(&base))?),
+        other => return Err(Error::Internal(format!("unsupported scheme `{other}` passed validation"))),
+    };
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_locations_resolve() {
+        let root = Path::new("/proj");
+        let l = Location::parse("data/crm", root).unwrap();
+        assert_eq!(l.url().as_str(), "file:///proj/data/crm");
+        assert_eq!(l.path().as_ref(), "proj/data/crm");
+        let s = Location::parse("s3://bucket/exports/", root).unwrap();
+        assert_eq!(s.store_url().as_str(), "s3://bucket/");
+        assert_eq!(s.path().as_ref(), "exports");
+        assert_eq!(s.join("run1/a.csv").path().as_ref(), "exports/run1/a.csv");
+        assert!(Location::parse("ftp://x/y", root).unwrap_err().contains("unsupported"));
+        assert!(Location::parse("s3:///nobucket", root).is_err());
+        let spaced = Location::parse("my data/x.parquet", root).unwrap();
+        assert_eq!(spaced.display(), "/proj/my data/x.parquet");
+    }
+}

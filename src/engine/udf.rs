@@ -1,0 +1,73 @@
+//! Our SQL functions.
+//!
+//! * `as_of()`: the run's as-of time (TIMESTAMP, UTC). Segments use it for every
+//!   relative window, so re-running a past as-of reproduces its audiences.
+//! * `now()` / `current_timestamp`, `current_date()`, `today()`: also the as-of, so
+//!   no query can read the wall clock by accident.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::prelude::SessionContext;
+
+/// A nullary function returning a fixed value.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FixedValue {
+    name: &'static str,
+    aliases: Vec<String>,
+    value: ScalarValue,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for FixedValue {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(self.value.data_type())
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+fn fixed(name: &'static str, aliases: &[&str], value: ScalarValue) -> ScalarUDF {
+    ScalarUDF::new_from_impl(FixedValue {
+        name,
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        value,
+        signature: Signature::nullary(Volatility::Immutable),
+    })
+}
+
+/// The as-of as a SQL literal type: `TIMESTAMP(µs, 'UTC')`.
+pub fn as_of_scalar(as_of: DateTime<Utc>) -> ScalarValue {
+    ScalarValue::TimestampMicrosecond(Some(as_of.timestamp_micros()), Some(Arc::from("UTC")))
+}
+
+/// The timestamp type every dataset timestamp is cast to.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")))
+}
+
+/// Register `as_of()` and replace the wall-clock functions with the as-of.
+pub fn register_time_functions(ctx: &SessionContext, as_of: DateTime<Utc>) {
+    let epoch_days = as_of.timestamp().div_euclid(86_400) as i32;
+    ctx.register_udf(fixed("as_of", &[], as_of_scalar(as_of)));
+    ctx.register_udf(fixed("now", &["current_timestamp"], as_of_scalar(as_of)));
+    ctx.register_udf(fixed("current_date", &["today"], ScalarValue::Date32(Some(epoch_days))));
+}

@@ -1,0 +1,172 @@
+//! Stage 4: segments. SQL audiences over unified profiles and events, at the
+//! run's as-of time.
+//!
+//! Consumes the validated models (features and segments in dependency order)
+//! and, per (class, merge policy) a segment uses, that policy's `profiles`, the
+//! class's `events` and `identities`. Features are evaluated once per policy
+//! group and kept in memory; each segment once, its members kept under its id
+//! so other segments can read it. Produces one [`Membership`] per segment: the
+//! sorted, distinct profile ids that are profiles of its class.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
+
+use crate::config::{Class, ModelKind, Project, SqlModel};
+use crate::error::{Error, Result};
+use crate::merge::register_batches;
+
+/// A segment's members at one as-of.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Membership {
+    pub segment: String,
+    pub class: Class,
+    /// The merge policy whose profiles the segment read.
+    pub policy: String,
+    /// Sorted, distinct profile ids.
+    pub members: Vec<String>,
+}
+
+/// The relations of one policy group, registered before its models run.
+pub struct Group {
+    pub class: Class,
+    pub policy: String,
+    pub profiles: (Arc<Schema>, Vec<RecordBatch>),
+    pub events: Arc<dyn datafusion::catalog::TableProvider>,
+    pub identities: (Arc<Schema>, Vec<RecordBatch>),
+}
+
+/// Options that make segment SQL read-only.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+/// The policy a model uses: its header's, or its class default.
+pub fn policy_of(project: &Project, m: &SqlModel) -> Result<String> {
+    match &m.policy {
+        Some(p) => Ok(p.clone()),
+        None => project
+            .default_policy(m.class)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| Error::Internal(format!("no default {} policy after validation", m.class.as_str()))),
+    }
+}
+
+fn activate(ctx: &SessionContext, g: &Group, features: &BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>) -> Result<()> {
+    register_batches(ctx, "profiles", g.profiles.0.clone(), g.profiles.1.clone())?;
+    register_batches(ctx, "identities", g.identities.0.clone(), g.identities.1.clone())?;
+    ctx.deregister_table("events").map_err(Error::engine("segments"))?;
+    ctx.register_table("events", g.events.clone()).map_err(Error::engine("segments"))?;
+    for (id, (schema, batches)) in features {
+        register_batches(ctx, id, schema.clone(), batches.clone())?;
+    }
+    Ok(())
+}
+
+fn sql_error(m: &SqlModel, e: impl std::fmt::Display) -> Error {
+    let message = e.to_string();
+    // Point at the line of the first name the message quotes, when it is in the file.
+    let line = message
+        .split(['`', '"', '\''])
+        .skip(1)
+        .step_by(2)
+        .filter_map(|name| {
+            let short = name.rsplit('.').next().unwrap_or(name);
+            (!short.is_empty()).then(|| m.sql.lines().position(|l| !l.trim_start().starts_with("--") && l.contains(short)))?
+        })
+        .next()
+        .map(|i| i + 1);
+    Error::Sql { file: m.file.clone(), line, message }
+}
+
+/// Evaluate every segment (and the features they read) in dependency order.
+///
+/// `group` builds the relations of a (class, policy) pair on first use; the
+/// groups built are returned beside the memberships.
+///
+/// # Errors
+/// [`Error::Sql`] naming the file (and line, when known) for a query that fails
+/// to plan or run, or that returns no `profile_id` column.
+pub async fn evaluate<F, Fut>(ctx: &SessionContext, project: &Project, mut group: F) -> Result<(Vec<Membership>, BTreeMap<String, Group>)>
+where
+    F: FnMut(Class, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Group>>,
+{
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    let mut features: BTreeMap<String, BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>> = BTreeMap::new();
+    let mut active: Option<String> = None;
+    let mut out = Vec::new();
+    let by_id: BTreeMap<&str, &SqlModel> = project.models.iter().map(|m| (m.id.as_str(), m)).collect();
+    for seg in project.models.iter().filter(|m| m.kind == ModelKind::Segment) {
+        let policy = policy_of(project, seg)?;
+        if !groups.contains_key(&policy) {
+            let g = group(seg.class, policy.clone()).await?;
+            groups.insert(policy.clone(), g);
+        }
+        let g = &groups[&policy];
+        let feats = features.entry(policy.clone()).or_default();
+        if active.as_deref() != Some(policy.as_str()) {
+            activate(ctx, g, feats)?;
+            active = Some(policy.clone());
+        }
+        // Features this segment needs, transitively, in dependency order.
+        let mut needed = BTreeSet::new();
+        let mut stack: Vec<&str> = seg.depends_on.iter().map(String::as_str).collect();
+        while let Some(id) = stack.pop() {
+            if let Some(m) = by_id.get(id) {
+                if m.kind == ModelKind::Feature && needed.insert(id) {
+                    stack.extend(m.depends_on.iter().map(String::as_str));
+                }
+            }
+        }
+        for m in project.models.iter().filter(|m| needed.contains(m.id.as_str()) && !feats.contains_key(&m.id)) {
+            let df = ctx.sql_with_options(&m.sql, read_only()).await.map_err(|e| sql_error(m, e))?;
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await.map_err(|e| sql_error(m, e))?;
+            register_batches(ctx, &m.id, schema.clone(), batches.clone())?;
+            feats.insert(m.id.clone(), (schema, batches));
+        }
+        let members = run_segment(ctx, seg).await?;
+        let schema = Arc::new(Schema::new(vec![Field::new("profile_id", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from_iter_values(members.iter()))])
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        register_batches(ctx, &seg.id, schema, vec![batch])?;
+        out.push(Membership { segment: seg.id.clone(), class: seg.class, policy, members });
+    }
+    Ok((out, groups))
+}
+
+async fn run_segment(ctx: &SessionContext, seg: &SqlModel) -> Result<Vec<String>> {
+    let df = ctx.sql_with_options(&seg.sql, read_only()).await.map_err(|e| sql_error(seg, e))?;
+    let cols: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    if !cols.iter().any(|c| c == "profile_id") {
+        return Err(Error::Sql {
+            file: seg.file.clone(),
+            line: None,
+            message: format!("a segment must return a `profile_id` column; this query returns: {}", cols.join(", ")),
+        });
+    }
+    ctx.deregister_table("__segment").map_err(Error::engine("segments"))?;
+    ctx.register_table("__segment", df.into_view()).map_err(Error::engine("segments"))?;
+    let members = ctx
+        .sql("SELECT DISTINCT CAST(s.profile_id AS VARCHAR) AS profile_id FROM __segment s WHERE s.profile_id IN (SELECT profile_id FROM profiles) ORDER BY 1")
+        .await
+        .map_err(|e| sql_error(seg, e))?
+        .collect()
+        .await
+        .map_err(|e| sql_error(seg, e))?;
+    let mut ids = Vec::new();
+    for b in &members {
+        let col = crate::identity::to_strings(b.column(0))?;
+        for i in 0..col.len() {
+            if !col.is_null(i) {
+                ids.push(col.value(i).to_string());
+            }
+        }
+    }
+    Ok(ids)
+}
