@@ -57,14 +57,22 @@ impl Problems {
     }
     /// `Ok(())` when empty, otherwise the whole list as an [`Error::Config`].
     pub fn into_result(self) -> Result<()> {
-        if self.0.is_empty() { Ok(()) } else { Err(Error::Config(self)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(self))
+        }
     }
 }
 
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} problem{} in the project:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} problem{} in the project:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for p in &self.0 {
             writeln!(f, "  - {p}")?;
         }
@@ -115,7 +123,10 @@ pub enum Error {
 
     /// An export could not be produced as configured (limit exceeded, pack check failed).
     #[error("export to destination `{destination}`: {message}")]
-    Export { destination: String, message: String },
+    Export {
+        destination: String,
+        message: String,
+    },
 
     /// The engine failed while running a stage.
     #[error("{stage}: {source}")]
@@ -167,7 +178,10 @@ impl Error {
 }
 
 /// "did you mean `x`?" for a misspelt name among `candidates`, if one is close.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         let score = strsim::jaro_winkler(&name.to_lowercase(), &c.to_lowercase());
@@ -180,7 +194,11 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
 
 /// "valid values are `a`, `b`, `c`" plus a suggestion when one is close.
 pub fn one_of<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str> + Clone) -> String {
-    let list: Vec<String> = candidates.clone().into_iter().map(|c| format!("`{c}`")).collect();
+    let list: Vec<String> = candidates
+        .clone()
+        .into_iter()
+        .map(|c| format!("`{c}`"))
+        .collect();
     let valid = if list.is_empty() {
         "none are declared".to_string()
     } else {
@@ -198,7 +216,10 @@ mod tests {
 
     #[test]
     fn error_suggests_close_names() {
-        assert_eq!(did_you_mean("emial", ["email", "phone"]).as_deref(), Some("email"));
+        assert_eq!(
+            did_you_mean("emial", ["email", "phone"]).as_deref(),
+            Some("email")
+        );
         assert_eq!(did_you_mean("zzz", ["email", "phone"]), None);
         assert!(one_of("crn", ["crm", "web"]).starts_with("did you mean `crm`?"));
     }

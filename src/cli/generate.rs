@@ -28,12 +28,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args, quiet: bool) -> Result<i32> {
-    let opts = GenerateOptions { people: args.people, out: args.out.clone(), seed: args.seed, events_per_person: args.events_per_person, end: args.end };
+    let opts = GenerateOptions {
+        people: args.people,
+        out: args.out.clone(),
+        seed: args.seed,
+        events_per_person: args.events_per_person,
+        end: args.end,
+    };
     let stage = Progress::new(quiet).stage("generate");
     let summary = generate(&opts, |n| stage.update(format!("{} people", thousands(n))))?;
     stage.finish(&format!("{} people", thousands(summary.people)));
     for (name, rows, files) in &summary.datasets {
-        println!("  {name:<12} {:>12} rows in {files} files", thousands(*rows));
+        println!(
+            "  {name:<12} {:>12} rows in {files} files",
+            thousands(*rows)
+        );
     }
     println!("project written to {}", args.out.display());
     Ok(0)

@@ -57,9 +57,14 @@ pub fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
         return Ok(t.with_timezone(&Utc));
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_default());
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc())
+            .unwrap_or_default());
     }
-    Err(format!("`{s}` is not a time: use RFC 3339 (2025-06-30T00:00:00Z) or a date (2025-06-30)"))
+    Err(format!(
+        "`{s}` is not a time: use RFC 3339 (2025-06-30T00:00:00Z) or a date (2025-06-30)"
+    ))
 }
 
 /// Run the parsed command; returns the exit code.

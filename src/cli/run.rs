@@ -32,11 +32,20 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
     let record = pipeline.run().await?;
     println!("run {} succeeded (as-of {})", record.run_id, record.as_of);
     for s in &record.segments {
-        println!("  segment {:<28} {:>10} members", s.segment, thousands(s.members));
+        println!(
+            "  segment {:<28} {:>10} members",
+            s.segment,
+            thousands(s.members)
+        );
     }
     for e in &record.exports {
         let rows: u64 = e.files.iter().map(|f| f.rows).sum();
-        println!("  export  {:<28} {:>10} rows in {} files", e.destination, thousands(rows), e.files.len());
+        println!(
+            "  export  {:<28} {:>10} rows in {} files",
+            e.destination,
+            thousands(rows),
+            e.files.len()
+        );
     }
     println!("  record  {state}/runs/{}/run.json", record.run_id);
     Ok(0)

@@ -10,7 +10,7 @@
 pub mod raw;
 mod sql;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -129,7 +129,8 @@ impl Project {
         let mut problems = Problems::default();
         let project = validate(&root, &text, &mut problems);
         problems.into_result()?;
-        project.ok_or_else(|| Error::Internal("validation returned no project and no problem".into()))
+        project
+            .ok_or_else(|| Error::Internal("validation returned no project and no problem".into()))
     }
 
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
@@ -160,7 +161,14 @@ impl Project {
 }
 
 const FILE: &str = CONFIG_FILE;
-const TOP_KEYS: [&str; 6] = ["project", "engine", "namespaces", "datasets", "merge_policies", "destinations"];
+const TOP_KEYS: [&str; 6] = [
+    "project",
+    "engine",
+    "namespaces",
+    "datasets",
+    "merge_policies",
+    "destinations",
+];
 
 /// Deserialize one value, recording a problem with its full key path on failure.
 fn de<T: DeserializeOwned>(value: toml::Value, prefix: &str, problems: &mut Problems) -> Option<T> {
@@ -168,9 +176,14 @@ fn de<T: DeserializeOwned>(value: toml::Value, prefix: &str, problems: &mut Prob
         Ok(v) => Some(v),
         Err(err) => {
             let inner = err.path().to_string();
-            let mut path = if inner == "." { prefix.to_string() } else { format!("{prefix}.{inner}") };
+            let mut path = if inner == "." {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{inner}")
+            };
             let (message, key) = explain_serde_message(&err.inner().to_string());
-            if let Some(key) = key {
+            // serde_path_to_error already ends the path with an unknown key; add it otherwise.
+            if let Some(key) = key.filter(|k| !path.ends_with(&format!(".{k}"))) {
                 path = format!("{path}.{key}");
             }
             problems.push(FILE, path, message);
@@ -187,7 +200,11 @@ fn explain_serde_message(msg: &str) -> (String, Option<String>) {
         if msg.starts_with(prefix) && !ticked.is_empty() {
             let name = ticked[0];
             let valid = &ticked[1..];
-            let text = format!("unknown {what} `{name}`: {}", one_of(name, valid.iter().copied()));
+            let text = format!(
+                "unknown {what} `{name}`: {}",
+                one_of(name, valid.iter().copied())
+                    .replace("valid values", &format!("valid {what}s"))
+            );
             return (text, (what == "key").then(|| name.to_string()));
         }
     }
@@ -207,7 +224,14 @@ fn table_entries(
         None => Vec::new(),
         Some(toml::Value::Table(t)) => t.into_iter().collect(),
         Some(other) => {
-            problems.push(FILE, key, format!("expected a table of named entries, found a {}", other.type_str()));
+            problems.push(
+                FILE,
+                key,
+                format!(
+                    "expected a table of named entries, found a {}",
+                    other.type_str()
+                ),
+            );
             Vec::new()
         }
     }
@@ -232,7 +256,9 @@ fn check_identifier(name: &str, path: &str, what: &str, problems: &mut Problems)
 /// Parse sizes like `8GiB`, `512MiB`, `1000000`.
 pub fn parse_size(text: &str) -> Option<usize> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -254,15 +280,28 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         Err(e) => {
             let location = e
                 .span()
-                .map(|s| format!("line {}", text[..s.start.min(text.len())].matches('\n').count() + 1))
+                .map(|s| {
+                    format!(
+                        "line {}",
+                        text[..s.start.min(text.len())].matches('\n').count() + 1
+                    )
+                })
                 .unwrap_or_default();
-            problems.push(FILE, location, format!("not valid TOML: {}", e.message().trim()));
+            problems.push(
+                FILE,
+                location,
+                format!("not valid TOML: {}", e.message().trim()),
+            );
             return None;
         }
     };
     for key in top.keys() {
         if !TOP_KEYS.contains(&key.as_str()) {
-            problems.push(FILE, key.as_str(), format!("unknown section `{key}`: {}", one_of(key, TOP_KEYS)));
+            problems.push(
+                FILE,
+                key.as_str(),
+                format!("unknown section `{key}`: {}", one_of(key, TOP_KEYS)),
+            );
         }
     }
 
@@ -270,12 +309,22 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         .remove("project")
         .and_then(|v| de(v, "project", problems))
         .unwrap_or_default();
-    let engine_raw: raw::RawEngine = top.remove("engine").and_then(|v| de(v, "engine", problems)).unwrap_or_default();
-    let mut engine = EngineSettings { memory_limit: None, target_partitions: engine_raw.target_partitions };
+    let engine_raw: raw::RawEngine = top
+        .remove("engine")
+        .and_then(|v| de(v, "engine", problems))
+        .unwrap_or_default();
+    let mut engine = EngineSettings {
+        memory_limit: None,
+        target_partitions: engine_raw.target_partitions,
+    };
     if let Some(limit) = &engine_raw.memory_limit {
         match parse_size(limit) {
             Some(n) if n > 0 => engine.memory_limit = Some(n),
-            _ => problems.push(FILE, "engine.memory_limit", format!("`{limit}` is not a size; write e.g. \"8GiB\" or \"512MiB\"")),
+            _ => problems.push(
+                FILE,
+                "engine.memory_limit",
+                format!("`{limit}` is not a size; write e.g. \"8GiB\" or \"512MiB\""),
+            ),
         }
     }
     if engine.target_partitions == Some(0) {
@@ -287,23 +336,42 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
     for (name, value) in table_entries(&mut top, "namespaces", problems) {
         let path = format!("namespaces.{name}");
         check_identifier(&name, &path, "namespace", problems);
-        let Some(ns) = de::<raw::RawNamespace>(value, &path, problems) else { continue };
+        let Some(ns) = de::<raw::RawNamespace>(value, &path, problems) else {
+            continue;
+        };
         if ns.priority == 0 {
-            problems.push(FILE, format!("{path}.priority"), "priority starts at 1 (the highest)");
+            problems.push(
+                FILE,
+                format!("{path}.priority"),
+                "priority starts at 1 (the highest)",
+            );
         }
         match (ns.normaliser, &ns.default_region) {
             (NormaliserKind::Phone, Some(region)) => {
                 if crate::identity::normalise::phone_region(region).is_none() {
-                    problems.push(FILE, format!("{path}.default_region"), format!("`{region}` is not a known ISO 3166 region code (e.g. `GB`, `US`, `DE`)"));
+                    problems.push(
+                        FILE,
+                        format!("{path}.default_region"),
+                        format!(
+                            "`{region}` is not a known ISO 3166 region code (e.g. `GB`, `US`, `DE`)"
+                        ),
+                    );
                 }
             }
             (NormaliserKind::Phone, None) => {}
-            (_, Some(_)) => problems.push(FILE, format!("{path}.default_region"), "only phone namespaces take a default_region"),
+            (_, Some(_)) => problems.push(
+                FILE,
+                format!("{path}.default_region"),
+                "only phone namespaces take a default_region",
+            ),
             _ => {}
         }
         let mut blocked = BTreeSet::new();
         for b in &ns.blocked {
-            blocked.insert(crate::identity::normalise::canonical_blocked(ns.normaliser, b));
+            blocked.insert(crate::identity::normalise::canonical_blocked(
+                ns.normaliser,
+                b,
+            ));
         }
         namespaces.push(Namespace {
             name,
@@ -320,26 +388,55 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
     let mut datasets = Vec::new();
     let dataset_entries = table_entries(&mut top, "datasets", problems);
     if dataset_entries.is_empty() {
-        problems.push(FILE, "datasets", "no datasets declared; add at least one [datasets.<name>] table");
+        problems.push(
+            FILE,
+            "datasets",
+            "no datasets declared; add at least one [datasets.<name>] table",
+        );
     }
     for (name, value) in dataset_entries {
         let path = format!("datasets.{name}");
         check_identifier(&name, &path, "dataset", problems);
-        let Some(ds) = de::<raw::RawDataset>(value, &path, problems) else { continue };
+        let Some(ds) = de::<raw::RawDataset>(value, &path, problems) else {
+            continue;
+        };
         if ds.identities.is_empty() {
-            problems.push(FILE, format!("{path}.identities"), "declare at least one identity column: `column = \"namespace\"`");
+            problems.push(
+                FILE,
+                format!("{path}.identities"),
+                "declare at least one identity column: `column = \"namespace\"`",
+            );
         }
         for (column, ns) in &ds.identities {
             if !ns_names.contains(&ns.as_str()) {
-                problems.push(FILE, format!("{path}.identities.{column}"), format!("unknown namespace `{ns}`: {}", one_of(ns, ns_names.iter().copied())));
+                problems.push(
+                    FILE,
+                    format!("{path}.identities.{column}"),
+                    format!(
+                        "unknown namespace `{ns}`: {}",
+                        one_of(ns, ns_names.iter().copied())
+                    ),
+                );
             }
             if column == &ds.timestamp {
-                problems.push(FILE, format!("{path}.identities.{column}"), "the timestamp column cannot also be an identity column");
+                problems.push(
+                    FILE,
+                    format!("{path}.identities.{column}"),
+                    "the timestamp column cannot also be an identity column",
+                );
             }
         }
         match (ds.kind, &ds.event_type) {
-            (DatasetKind::Event, None) => problems.push(FILE, format!("{path}.event_type"), "event datasets need `event_type`, the column holding the event type"),
-            (DatasetKind::Profile, Some(_)) => problems.push(FILE, format!("{path}.event_type"), "only event datasets have an event_type column"),
+            (DatasetKind::Event, None) => problems.push(
+                FILE,
+                format!("{path}.event_type"),
+                "event datasets need `event_type`, the column holding the event type",
+            ),
+            (DatasetKind::Profile, Some(_)) => problems.push(
+                FILE,
+                format!("{path}.event_type"),
+                "only event datasets have an event_type column",
+            ),
             _ => {}
         }
         if let (DatasetKind::Event, Some(_)) = (ds.kind, &ds.attributes) {
@@ -348,7 +445,11 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         if let Some(attrs) = &ds.attributes {
             for a in attrs {
                 if ds.identities.contains_key(a) || a == &ds.timestamp {
-                    problems.push(FILE, format!("{path}.attributes"), format!("`{a}` is an identity or timestamp column, not an attribute"));
+                    problems.push(
+                        FILE,
+                        format!("{path}.attributes"),
+                        format!("`{a}` is an identity or timestamp column, not an attribute"),
+                    );
                 }
             }
         }
@@ -379,35 +480,70 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
     for (name, value) in table_entries(&mut top, "merge_policies", problems) {
         let path = format!("merge_policies.{name}");
         check_identifier(&name, &path, "merge policy", problems);
-        let Some(p) = de::<raw::RawMergePolicy>(value, &path, problems) else { continue };
+        let Some(p) = de::<raw::RawMergePolicy>(value, &path, problems) else {
+            continue;
+        };
         for (i, d) in p.precedence.iter().enumerate() {
             match datasets.iter().find(|x| &x.name == d) {
-                None => problems.push(FILE, format!("{path}.precedence[{i}]"), format!("unknown dataset `{d}`: {}", one_of(d, ds_names.iter().copied()))),
+                None => problems.push(
+                    FILE,
+                    format!("{path}.precedence[{i}]"),
+                    format!(
+                        "unknown dataset `{d}`: {}",
+                        one_of(d, ds_names.iter().copied())
+                    ),
+                ),
                 Some(x) if x.class != p.class || x.kind != DatasetKind::Profile => problems.push(
                     FILE,
                     format!("{path}.precedence[{i}]"),
-                    format!("dataset `{d}` is not a {} profile dataset, so it cannot feed this policy", p.class.as_str()),
+                    format!(
+                        "dataset `{d}` is not a {} profile dataset, so it cannot feed this policy",
+                        p.class.as_str()
+                    ),
                 ),
                 _ => {}
             }
         }
         match p.method {
-            MergeMethod::Precedence if p.precedence.is_empty() => {
-                problems.push(FILE, format!("{path}.precedence"), "method = \"precedence\" needs an ordered list of datasets")
-            }
-            MergeMethod::Timestamp if !p.precedence.is_empty() => {
-                problems.push(FILE, format!("{path}.precedence"), "precedence is used only with method = \"precedence\"")
-            }
+            MergeMethod::Precedence if p.precedence.is_empty() => problems.push(
+                FILE,
+                format!("{path}.precedence"),
+                "method = \"precedence\" needs an ordered list of datasets",
+            ),
+            MergeMethod::Timestamp if !p.precedence.is_empty() => problems.push(
+                FILE,
+                format!("{path}.precedence"),
+                "precedence is used only with method = \"precedence\"",
+            ),
             _ => {}
         }
-        policies.push(MergePolicy { name, class: p.class, default: p.default, method: p.method, precedence: p.precedence });
+        policies.push(MergePolicy {
+            name,
+            class: p.class,
+            default: p.default,
+            method: p.method,
+            precedence: p.precedence,
+        });
     }
     policies.sort_by(|a, b| a.name.cmp(&b.name));
     let classes: BTreeSet<Class> = datasets.iter().map(|d| d.class).collect();
     for class in &classes {
-        let defaults: Vec<&str> = policies.iter().filter(|p| p.class == *class && p.default).map(|p| p.name.as_str()).collect();
+        let defaults: Vec<&str> = policies
+            .iter()
+            .filter(|p| p.class == *class && p.default)
+            .map(|p| p.name.as_str())
+            .collect();
         if defaults.len() > 1 {
-            problems.push(FILE, "merge_policies", format!("{} {} policies are marked default ({}); mark exactly one", defaults.len(), class.as_str(), defaults.join(", ")));
+            problems.push(
+                FILE,
+                "merge_policies",
+                format!(
+                    "{} {} policies are marked default ({}); mark exactly one",
+                    defaults.len(),
+                    class.as_str(),
+                    defaults.join(", ")
+                ),
+            );
         }
     }
     // A class with datasets and no policy at all gets an implicit timestamp policy.
@@ -421,48 +557,99 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
                 precedence: Vec::new(),
             });
         } else if !policies.iter().any(|p| p.class == *class && p.default) {
-            problems.push(FILE, "merge_policies", format!("no default {} merge policy: set `default = true` on one", class.as_str()));
+            problems.push(
+                FILE,
+                "merge_policies",
+                format!(
+                    "no default {} merge policy: set `default = true` on one",
+                    class.as_str()
+                ),
+            );
         }
     }
 
     // SQL models.
-    let segments_dir = section.segments.clone().unwrap_or_else(|| "sql/segments".into());
-    let features_dir = section.features.clone().unwrap_or_else(|| "sql/features".into());
+    let segments_dir = section
+        .segments
+        .clone()
+        .unwrap_or_else(|| "sql/segments".into());
+    let features_dir = section
+        .features
+        .clone()
+        .unwrap_or_else(|| "sql/features".into());
     let policy_names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
     let models = sql::load_models(root, &segments_dir, &features_dir, &policy_names, problems);
     for m in &models {
         if let Some(policy) = &m.policy {
             if let Some(p) = policies.iter().find(|p| &p.name == policy) {
                 if p.class != m.class {
-                    problems.push(&m.file, "header `policy`", format!("merge policy `{policy}` is for {} profiles but this {} is {}", p.class.as_str(), m.kind.as_str(), m.class.as_str()));
+                    problems.push(
+                        &m.file,
+                        "header `policy`",
+                        format!(
+                            "merge policy `{policy}` is for {} profiles but this {} is {}",
+                            p.class.as_str(),
+                            m.kind.as_str(),
+                            m.class.as_str()
+                        ),
+                    );
                 }
             }
         }
         if m.kind == ModelKind::Segment && !classes.contains(&m.class) {
-            problems.push(&m.file, "header `class`", format!("no {} datasets are declared, so a {} segment has no profiles", m.class.as_str(), m.class.as_str()));
+            problems.push(
+                &m.file,
+                "header `class`",
+                format!(
+                    "no {} datasets are declared, so a {} segment has no profiles",
+                    m.class.as_str(),
+                    m.class.as_str()
+                ),
+            );
         }
     }
-    let segment_ids: Vec<&str> = models.iter().filter(|m| m.kind == ModelKind::Segment).map(|m| m.id.as_str()).collect();
+    let segment_ids: Vec<&str> = models
+        .iter()
+        .filter(|m| m.kind == ModelKind::Segment)
+        .map(|m| m.id.as_str())
+        .collect();
 
     // Destinations.
     let mut destinations = Vec::new();
     for (name, value) in table_entries(&mut top, "destinations", problems) {
         let path = format!("destinations.{name}");
         check_identifier(&name, &path, "destination", problems);
-        let Some(d) = de::<raw::RawDestination>(value, &path, problems) else { continue };
+        let Some(d) = de::<raw::RawDestination>(value, &path, problems) else {
+            continue;
+        };
         if d.segments.is_empty() {
-            problems.push(FILE, format!("{path}.segments"), "list at least one segment to export");
+            problems.push(
+                FILE,
+                format!("{path}.segments"),
+                "list at least one segment to export",
+            );
         }
         let mut seg_classes = BTreeSet::new();
         for (i, s) in d.segments.iter().enumerate() {
             if !segment_ids.contains(&s.as_str()) {
-                problems.push(FILE, format!("{path}.segments[{i}]"), format!("unknown segment `{s}`: {}", one_of(s, segment_ids.iter().copied())));
+                problems.push(
+                    FILE,
+                    format!("{path}.segments[{i}]"),
+                    format!(
+                        "unknown segment `{s}`: {}",
+                        one_of(s, segment_ids.iter().copied())
+                    ),
+                );
             } else if let Some(m) = models.iter().find(|m| &m.id == s) {
                 seg_classes.insert(m.class);
             }
         }
         if seg_classes.len() > 1 {
-            problems.push(FILE, format!("{path}.segments"), "mixes customer and prospect segments; use one destination per class");
+            problems.push(
+                FILE,
+                format!("{path}.segments"),
+                "mixes customer and prospect segments; use one destination per class",
+            );
         }
         let fields = d.fields.unwrap_or_else(|| vec!["profile_id".to_string()]);
         if fields.is_empty() {
@@ -471,7 +658,11 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         let mut seen = BTreeSet::new();
         for f in &fields {
             if !seen.insert(f) {
-                problems.push(FILE, format!("{path}.fields"), format!("field `{f}` is listed twice"));
+                problems.push(
+                    FILE,
+                    format!("{path}.fields"),
+                    format!("field `{f}` is listed twice"),
+                );
             }
         }
         let location = match Location::parse(&d.url, root) {
@@ -481,7 +672,13 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
                 continue;
             }
         };
-        destinations.push(Destination { name, location, format: d.format, segments: d.segments, fields });
+        destinations.push(Destination {
+            name,
+            location,
+            format: d.format,
+            segments: d.segments,
+            fields,
+        });
     }
     destinations.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -493,7 +690,9 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         }
     };
     let name = section.name.clone().unwrap_or_else(|| {
-        root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "project".into())
+        root.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "project".into())
     });
 
     let config_hash = hex::encode(Sha256::digest(text.as_bytes()));
@@ -535,7 +734,9 @@ mod tests {
 
     #[test]
     fn config_explains_unknown_keys() {
-        let (msg, key) = explain_serde_message("unknown field `pth`, expected one of `kind`, `path`, `timestamp`");
+        let (msg, key) = explain_serde_message(
+            "unknown field `pth`, expected one of `kind`, `path`, `timestamp`",
+        );
         assert_eq!(key.as_deref(), Some("pth"));
         assert!(msg.contains("did you mean `path`?"), "{msg}");
     }

@@ -71,7 +71,9 @@ pub enum DatasetKind {
 }
 
 /// The class of a dataset, merge policy or segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
     /// Customers: stitched together across every customer dataset.

@@ -53,7 +53,12 @@ pub struct SqlModel {
 
 const HEADER_KEYS: [&str; 4] = ["name", "description", "policy", "class"];
 
-fn list_sql(root: &Path, dir: &str, problems: &mut Problems, required: bool) -> Vec<(String, String)> {
+fn list_sql(
+    root: &Path,
+    dir: &str,
+    problems: &mut Problems,
+    required: bool,
+) -> Vec<(String, String)> {
     let full = root.join(dir);
     let entries = match std::fs::read_dir(&full) {
         Ok(e) => e,
@@ -69,7 +74,11 @@ fn list_sql(root: &Path, dir: &str, problems: &mut Problems, required: bool) -> 
         if path.extension().and_then(|e| e.to_str()) != Some("sql") {
             continue;
         }
-        let rel = format!("{}/{}", dir.trim_end_matches('/'), entry.file_name().to_string_lossy());
+        let rel = format!(
+            "{}/{}",
+            dir.trim_end_matches('/'),
+            entry.file_name().to_string_lossy()
+        );
         match std::fs::read_to_string(&path) {
             Ok(text) => out.push((rel, text)),
             Err(e) => problems.push(&rel, "", format!("cannot read: {e}")),
@@ -88,7 +97,10 @@ pub(super) fn load_models(
     problems: &mut Problems,
 ) -> Vec<SqlModel> {
     let mut models = Vec::new();
-    for (kind, dir, required) in [(ModelKind::Feature, features_dir, false), (ModelKind::Segment, segments_dir, true)] {
+    for (kind, dir, required) in [
+        (ModelKind::Feature, features_dir, false),
+        (ModelKind::Segment, segments_dir, true),
+    ] {
         for (file, text) in list_sql(root, dir, problems, required) {
             if let Some(m) = parse_model(kind, &file, text, policies, problems) {
                 models.push(m);
@@ -98,14 +110,22 @@ pub(super) fn load_models(
     let mut ids = BTreeMap::new();
     for m in &models {
         if BUILTIN_RELATIONS.contains(&m.id.as_str()) {
-            problems.push(&m.file, "", format!("`{}` is a built-in relation; rename the file", m.id));
+            problems.push(
+                &m.file,
+                "",
+                format!("`{}` is a built-in relation; rename the file", m.id),
+            );
         }
         if let Some(other) = ids.insert(m.id.clone(), m.file.clone()) {
             problems.push(&m.file, "", format!("id `{}` is also used by `{other}`; ids must be unique across features and segments", m.id));
         }
     }
     // Unknown relations.
-    let known: Vec<&str> = BUILTIN_RELATIONS.iter().copied().chain(ids.keys().map(String::as_str)).collect();
+    let known: Vec<&str> = BUILTIN_RELATIONS
+        .iter()
+        .copied()
+        .chain(ids.keys().map(String::as_str))
+        .collect();
     for m in &mut models {
         for dep in std::mem::take(&mut m.depends_on) {
             if BUILTIN_RELATIONS.contains(&dep.as_str()) {
@@ -114,7 +134,14 @@ pub(super) fn load_models(
             if ids.contains_key(&dep) {
                 m.depends_on.push(dep);
             } else {
-                problems.push(&m.file, "", format!("unknown relation `{dep}`: {}", one_of(&dep, known.iter().copied())));
+                problems.push(
+                    &m.file,
+                    "",
+                    format!(
+                        "unknown relation `{dep}`: {}",
+                        one_of(&dep, known.iter().copied())
+                    ),
+                );
             }
         }
     }
@@ -123,7 +150,8 @@ pub(super) fn load_models(
 
 /// Topological order (Kahn's, ties by id); a cycle is a problem naming its files.
 fn order(models: Vec<SqlModel>, problems: &mut Problems) -> Vec<SqlModel> {
-    let mut remaining: BTreeMap<String, SqlModel> = models.into_iter().map(|m| (m.id.clone(), m)).collect();
+    let mut remaining: BTreeMap<String, SqlModel> =
+        models.into_iter().map(|m| (m.id.clone(), m)).collect();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::new();
     loop {
@@ -144,17 +172,41 @@ fn order(models: Vec<SqlModel>, problems: &mut Problems) -> Vec<SqlModel> {
     }
     if !remaining.is_empty() {
         let files: Vec<&str> = remaining.values().map(|m| m.file.as_str()).collect();
-        let first = &remaining.values().next().map(|m| m.file.clone()).unwrap_or_default();
-        problems.push(first, "", format!("dependency cycle between {}: break the cycle", files.join(", ")));
+        let first = &remaining
+            .values()
+            .next()
+            .map(|m| m.file.clone())
+            .unwrap_or_default();
+        problems.push(
+            first,
+            "",
+            format!(
+                "dependency cycle between {}: break the cycle",
+                files.join(", ")
+            ),
+        );
         out.extend(remaining.into_values());
     }
     out
 }
 
-fn parse_model(kind: ModelKind, file: &str, sql: String, policies: &[&str], problems: &mut Problems) -> Option<SqlModel> {
+fn parse_model(
+    kind: ModelKind,
+    file: &str,
+    sql: String,
+    policies: &[&str],
+    problems: &mut Problems,
+) -> Option<SqlModel> {
     let stem = Path::new(file).file_stem()?.to_string_lossy().into_owned();
     if !is_identifier(&stem) {
-        problems.push(file, "", format!("file name `{stem}` is the {} id and must be lower-case letters, digits and `_`", kind.as_str()));
+        problems.push(
+            file,
+            "",
+            format!(
+                "file name `{stem}` is the {} id and must be lower-case letters, digits and `_`",
+                kind.as_str()
+            ),
+        );
     }
     let mut header = BTreeMap::new();
     for (i, line) in sql.lines().enumerate() {
@@ -162,14 +214,22 @@ fn parse_model(kind: ModelKind, file: &str, sql: String, policies: &[&str], prob
         if t.is_empty() {
             continue;
         }
-        let Some(rest) = t.strip_prefix("--") else { break };
-        let Some((key, value)) = rest.split_once(':') else { continue };
+        let Some(rest) = t.strip_prefix("--") else {
+            break;
+        };
+        let Some((key, value)) = rest.split_once(':') else {
+            continue;
+        };
         let key = key.trim();
         if key.contains(' ') {
             continue; // an ordinary comment
         }
         if !HEADER_KEYS.contains(&key) {
-            problems.push(file, format!("line {}", i + 1), format!("unknown header key `{key}`: {}", one_of(key, HEADER_KEYS)));
+            problems.push(
+                file,
+                format!("line {}", i + 1),
+                format!("unknown header key `{key}`: {}", one_of(key, HEADER_KEYS)),
+            );
             continue;
         }
         header.insert(key.to_string(), value.trim().to_string());
@@ -178,20 +238,35 @@ fn parse_model(kind: ModelKind, file: &str, sql: String, policies: &[&str], prob
         None | Some("customer") => Class::Customer,
         Some("prospect") => Class::Prospect,
         Some(other) => {
-            problems.push(file, "header `class`", format!("unknown class `{other}`: valid values are `customer`, `prospect`"));
+            problems.push(
+                file,
+                "header `class`",
+                format!("unknown class `{other}`: valid values are `customer`, `prospect`"),
+            );
             Class::Customer
         }
     };
     let policy = header.get("policy").cloned();
     if let Some(p) = &policy {
         if !policies.contains(&p.as_str()) {
-            problems.push(file, "header `policy`", format!("unknown merge policy `{p}`: {}", one_of(p, policies.iter().copied())));
+            problems.push(
+                file,
+                "header `policy`",
+                format!(
+                    "unknown merge policy `{p}`: {}",
+                    one_of(p, policies.iter().copied())
+                ),
+            );
         }
     }
     let depends_on = match check_query(&sql) {
         Ok(deps) => deps,
         Err((line, msg)) => {
-            problems.push(file, line.map(|l| format!("line {l}")).unwrap_or_default(), msg);
+            problems.push(
+                file,
+                line.map(|l| format!("line {l}")).unwrap_or_default(),
+                msg,
+            );
             Vec::new()
         }
     };
@@ -211,31 +286,64 @@ fn parse_model(kind: ModelKind, file: &str, sql: String, policies: &[&str], prob
 /// Check that `sql` is exactly one read-only query and return the relations it reads.
 /// On error, the line (when known) and the message.
 pub fn check_query(sql: &str) -> Result<Vec<String>, (Option<usize>, String)> {
-    let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|e| {
-        let msg = e.to_string();
-        (line_of(&msg), format!("SQL does not parse: {}", msg.trim_start_matches("SQL error: ")))
-    })?;
+    let mut statements =
+        DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|e| {
+            let msg = e.to_string();
+            let line = line_of(&msg).or_else(|| {
+                msg.contains("found: EOF")
+                    .then(|| sql.trim_end().lines().count())
+            });
+            (
+                line,
+                format!(
+                    "SQL does not parse: {}",
+                    msg.trim_start_matches("SQL error: ")
+                ),
+            )
+        })?;
     if statements.len() != 1 {
-        return Err((None, format!("expected exactly one SELECT query, found {} statements", statements.len())));
+        return Err((
+            None,
+            format!(
+                "expected exactly one SELECT query, found {} statements",
+                statements.len()
+            ),
+        ));
     }
-    let statement = statements.pop_front().ok_or((None, "empty SQL file: write one SELECT query".to_string()))?;
+    let statement = statements
+        .pop_front()
+        .ok_or((None, "empty SQL file: write one SELECT query".to_string()))?;
     match &statement {
         DFStatement::Statement(s) if matches!(**s, Statement::Query(_)) => {}
         other => {
             let kind = match other {
                 DFStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".to_string(),
                 DFStatement::CopyTo(_) => "COPY".to_string(),
-                DFStatement::Statement(s) => s.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" "),
+                DFStatement::Statement(s) => s
+                    .to_string()
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 _ => "this statement".to_string(),
             };
-            return Err((None, format!("only a read-only SELECT query is allowed; `{kind}` is refused")));
+            return Err((
+                None,
+                format!("only a read-only SELECT query is allowed; `{kind}` is refused"),
+            ));
         }
     }
-    let (tables, _ctes) = resolve_table_references(&statement, true).map_err(|e| (None, e.to_string()))?;
+    let (tables, _ctes) =
+        resolve_table_references(&statement, true).map_err(|e| (None, e.to_string()))?;
     let mut deps = BTreeSet::new();
     for t in tables {
         if t.schema().is_some() || t.catalog().is_some() {
-            return Err((None, format!("`{t}`: only plain relation names are allowed (profiles, events, identities, features, segments)")));
+            return Err((
+                None,
+                format!(
+                    "`{t}`: only plain relation names are allowed (profiles, events, identities, features, segments)"
+                ),
+            ));
         }
         deps.insert(t.table().to_string());
     }
@@ -245,7 +353,10 @@ pub fn check_query(sql: &str) -> Result<Vec<String>, (Option<usize>, String)> {
 /// sqlparser messages end with "at Line: 3, Column: 5".
 fn line_of(msg: &str) -> Option<usize> {
     let rest = msg.split("Line: ").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -269,12 +380,19 @@ mod tests {
     #[test]
     fn segment_dependencies_found_from_sql() {
         let deps = check_query("WITH x AS (SELECT * FROM high_value) SELECT profile_id FROM x JOIN purchase_stats USING (profile_id)").unwrap();
-        assert_eq!(deps, vec!["high_value".to_string(), "purchase_stats".to_string()]);
+        assert_eq!(
+            deps,
+            vec!["high_value".to_string(), "purchase_stats".to_string()]
+        );
     }
 
     #[test]
     fn segment_parse_error_has_line() {
         let err = check_query("-- name: x\nSELECT profile_id\nFROM profiles WHERE (").unwrap_err();
+        assert_eq!(err.0, Some(3), "{}", err.1);
+        let err =
+            check_query("-- name: x\nSELECT profile_id\nFROM profiles WHERE WHERE x = 1\nAND y")
+                .unwrap_err();
         assert_eq!(err.0, Some(3), "{}", err.1);
     }
 }

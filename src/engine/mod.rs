@@ -31,7 +31,8 @@ pub fn session(project: &Project, as_of: DateTime<Utc>) -> Result<SessionContext
     if let Some(n) = project.engine.target_partitions {
         config = config.with_target_partitions(n);
     }
-    let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(DiskManagerBuilder::default());
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_disk_manager_builder(DiskManagerBuilder::default());
     if let Some(limit) = project.engine.memory_limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
     }
@@ -55,12 +56,8 @@ pub fn session(project: &Project, as_of: DateTime<Utc>) -> Result<SessionContext
     Ok(ctx)
 }
 
-/// Register the store serving `loc` on the session, if not already there.
+/// Register the store serving `loc` on the session.
 pub fn register_store(ctx: &SessionContext, loc: &Location) -> Result<()> {
-    let url = loc.store_url();
-    if ctx.runtime_env().object_store(&url).is_ok() && !matches!(url.scheme(), "s3" | "gs" | "az" | "abfs" | "memory") {
-        return Ok(());
-    }
-    ctx.register_object_store(&url, loc.store()?);
+    ctx.register_object_store(&loc.store_url(), loc.store()?);
     Ok(())
 }

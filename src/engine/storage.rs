@@ -43,7 +43,10 @@ impl Location {
         }
         if let Some((scheme, _)) = text.split_once("://") {
             if !SCHEMES.contains(&scheme) {
-                return Err(format!("unsupported URL scheme `{scheme}://`: {}", crate::error::one_of(scheme, SCHEMES)));
+                return Err(format!(
+                    "unsupported URL scheme `{scheme}://`: {}",
+                    crate::error::one_of(scheme, SCHEMES)
+                ));
             }
             let url = Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
             if scheme != "file" && url.host_str().unwrap_or_default().is_empty() {
@@ -57,7 +60,8 @@ impl Location {
             s.push('/');
         }
         // Keep glob characters literal in the URL path: they are interpreted by the lister.
-        let url = Url::parse(&format!("file://{}", percent_path(&s))).map_err(|e| format!("`{text}` is not a usable path: {e}"))?;
+        let url = Url::parse(&format!("file://{}", percent_path(&s)))
+            .map_err(|e| format!("`{text}` is not a usable path: {e}"))?;
         Ok(Location { url })
     }
 
@@ -99,7 +103,11 @@ impl Location {
 
     /// The text to show users: the local path for files, the URL otherwise.
     pub fn display(&self) -> String {
-        if self.is_local() { percent_decode(self.url.path()) } else { self.url.to_string() }
+        if self.is_local() {
+            percent_decode(self.url.path())
+        } else {
+            self.url.to_string()
+        }
     }
 
     /// The store for this location; see [`store_for`].
@@ -116,7 +124,19 @@ impl std::fmt::Display for Location {
 
 /// Characters escaped in a local path turned into a `file://` URL. Glob
 /// characters and `=` (hive partitions) stay literal.
-const PATH_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'`').add(b'{').add(b'}').add(b'^').add(b'|').add(b'\\');
+const PATH_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'^')
+    .add(b'|')
+    .add(b'\\');
 
 fn percent_path(s: &str) -> String {
     utf8_percent_encode(s, PATH_ESCAPES).to_string()
@@ -143,13 +163,37 @@ pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>> {
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "file" => Arc::new(LocalFileSystem::new()),
         "memory" => {
-            let mut stores = memory_stores().lock().map_err(|_| Error::Internal("memory store registry poisoned".into()))?;
-            stores.entry(base).or_insert_with(|| Arc::new(InMemory::new())).clone()
+            let mut stores = memory_stores()
+                .lock()
+                .map_err(|_| Error::Internal("memory store registry poisoned".into()))?;
+            stores
+                .entry(base)
+                .or_insert_with(|| Arc::new(InMemory::new()))
+                .clone()
         }
-        "s3" => Arc::new(AmazonS3Builder::from_env().with_url(url.as_str()).build().map_err(Error::storage(&base))?),
-        "gs" => Arc::new(GoogleCloudStorageBuilder::from_env().with_url(url.as_str()).build().map_err(Error::storage(&base))?),
-        "az" | "abfs" => Arc::new(MicrosoftAzureBuilder::from_env().with_url(url.as_str()).build().map_err(Error::storage(&base))?),
-        other => return Err(Error::Internal(format!("unsupported scheme `{other}` passed validation"))),
+        "s3" => Arc::new(
+            AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(Error::storage(&base))?,
+        ),
+        "gs" => Arc::new(
+            GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(Error::storage(&base))?,
+        ),
+        "az" | "abfs" => Arc::new(
+            MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(Error::storage(&base))?,
+        ),
+        other => {
+            return Err(Error::Internal(format!(
+                "unsupported scheme `{other}` passed validation"
+            )));
+        }
     };
     Ok(store)
 }
@@ -168,7 +212,11 @@ mod tests {
         assert_eq!(s.store_url().as_str(), "s3://bucket/");
         assert_eq!(s.path().as_ref(), "exports");
         assert_eq!(s.join("run1/a.csv").path().as_ref(), "exports/run1/a.csv");
-        assert!(Location::parse("ftp://x/y", root).unwrap_err().contains("unsupported"));
+        assert!(
+            Location::parse("ftp://x/y", root)
+                .unwrap_err()
+                .contains("unsupported")
+        );
         assert!(Location::parse("s3:///nobucket", root).is_err());
         let spaced = Location::parse("my data/x.parquet", root).unwrap();
         assert_eq!(spaced.display(), "/proj/my data/x.parquet");

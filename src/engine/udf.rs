@@ -5,14 +5,15 @@
 //! * `now()` / `current_timestamp`, `current_date()`, `today()`: also the as-of, so
 //!   no query can read the wall clock by accident.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 
 /// A nullary function returning a fixed value.
@@ -25,9 +26,6 @@ struct FixedValue {
 }
 
 impl ScalarUDFImpl for FixedValue {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
     fn name(&self) -> &str {
         self.name
     }
@@ -69,5 +67,9 @@ pub fn register_time_functions(ctx: &SessionContext, as_of: DateTime<Utc>) {
     let epoch_days = as_of.timestamp().div_euclid(86_400) as i32;
     ctx.register_udf(fixed("as_of", &[], as_of_scalar(as_of)));
     ctx.register_udf(fixed("now", &["current_timestamp"], as_of_scalar(as_of)));
-    ctx.register_udf(fixed("current_date", &["today"], ScalarValue::Date32(Some(epoch_days))));
+    ctx.register_udf(fixed(
+        "current_date",
+        &["today"],
+        ScalarValue::Date32(Some(epoch_days)),
+    ));
 }

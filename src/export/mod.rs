@@ -54,16 +54,32 @@ pub struct ExportManifest {
 pub type ProfilesByPolicy = BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>;
 
 /// Check that every destination's fields are exportable columns of its segments' profiles.
-pub fn check_fields(project: &Project, profile_schemas: &BTreeMap<String, Arc<Schema>>, memberships_policy: &BTreeMap<String, String>) -> Result<()> {
+pub fn check_fields(
+    project: &Project,
+    profile_schemas: &BTreeMap<String, Arc<Schema>>,
+    memberships_policy: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut problems = crate::error::Problems::default();
     for d in &project.destinations {
         for seg in &d.segments {
-            let Some(policy) = memberships_policy.get(seg) else { continue };
-            let Some(schema) = profile_schemas.get(policy) else { continue };
+            let Some(policy) = memberships_policy.get(seg) else {
+                continue;
+            };
+            let Some(schema) = profile_schemas.get(policy) else {
+                continue;
+            };
             let exportable: Vec<&str> = schema
                 .fields()
                 .iter()
-                .filter(|f| !matches!(f.data_type(), DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) | DataType::Map(..)))
+                .filter(|f| {
+                    !matches!(
+                        f.data_type(),
+                        DataType::List(_)
+                            | DataType::LargeList(_)
+                            | DataType::Struct(_)
+                            | DataType::Map(..)
+                    )
+                })
                 .map(|f| f.name().as_str())
                 .collect();
             for (i, f) in d.fields.iter().enumerate() {
@@ -71,7 +87,10 @@ pub fn check_fields(project: &Project, profile_schemas: &BTreeMap<String, Arc<Sc
                     problems.push(
                         crate::config::CONFIG_FILE,
                         format!("destinations.{}.fields[{i}]", d.name),
-                        format!("`{f}` is not an exportable profile column of segment `{seg}`: {}", one_of(f, exportable.iter().copied())),
+                        format!(
+                            "`{f}` is not an exportable profile column of segment `{seg}`: {}",
+                            one_of(f, exportable.iter().copied())
+                        ),
                     );
                 }
             }
@@ -103,7 +122,10 @@ pub async fn export(
 }
 
 async fn put(store: &Arc<dyn ObjectStore>, loc: &Location, bytes: Bytes) -> Result<()> {
-    store.put(&loc.path(), PutPayload::from(bytes)).await.map_err(Error::storage(loc.display()))?;
+    store
+        .put(&loc.path(), PutPayload::from(bytes))
+        .await
+        .map_err(Error::storage(loc.display()))?;
     Ok(())
 }
 
@@ -129,7 +151,9 @@ async fn export_one(
             .iter()
             .find(|m| &m.segment == seg)
             .ok_or_else(|| Error::Internal(format!("segment {seg} has no membership")))?;
-        let (schema, batches) = profiles.get(&m.policy).ok_or_else(|| Error::Internal(format!("no profiles for policy {}", m.policy)))?;
+        let (schema, batches) = profiles
+            .get(&m.policy)
+            .ok_or_else(|| Error::Internal(format!("no profiles for policy {}", m.policy)))?;
         let (row_schema, rows) = member_rows(ctx, d, m, schema.clone(), batches.clone()).await?;
         let (bytes, n) = match d.format {
             FormatKind::Csv => to_csv(&row_schema, &rows)?,
@@ -138,7 +162,13 @@ async fn export_one(
         let sha = hex::encode(Sha256::digest(&bytes));
         let len = bytes.len() as u64;
         put(&store, &d.location.join(&rel), bytes).await?;
-        files.push(ManifestFile { path: rel, segment: seg.clone(), rows: n, bytes: len, sha256: sha });
+        files.push(ManifestFile {
+            path: rel,
+            segment: seg.clone(),
+            rows: n,
+            bytes: len,
+            sha256: sha,
+        });
     }
     let manifest = ExportManifest {
         run_id: run_id.to_string(),
@@ -157,15 +187,51 @@ async fn export_one(
 }
 
 /// The destination's fields for each member, sorted by `profile_id`.
-async fn member_rows(ctx: &SessionContext, d: &Destination, m: &Membership, schema: Arc<Schema>, batches: Vec<RecordBatch>) -> Result<(Arc<Schema>, Vec<RecordBatch>)> {
-    let ms = Arc::new(Schema::new(vec![Field::new("member_id", DataType::Utf8, false)]));
-    let mb = RecordBatch::try_new(ms.clone(), vec![Arc::new(StringArray::from_iter_values(m.members.iter()))]).map_err(|e| Error::Internal(e.to_string()))?;
-    let members = ctx.read_table(Arc::new(MemTable::try_new(ms, vec![vec![mb]]).map_err(Error::engine("export"))?)).map_err(Error::engine("export"))?;
-    let profiles = ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches]).map_err(Error::engine("export"))?)).map_err(Error::engine("export"))?;
-    let cols: Vec<datafusion::logical_expr::Expr> = d.fields.iter().map(datafusion::logical_expr::ident).collect();
+async fn member_rows(
+    ctx: &SessionContext,
+    d: &Destination,
+    m: &Membership,
+    schema: Arc<Schema>,
+    batches: Vec<RecordBatch>,
+) -> Result<(Arc<Schema>, Vec<RecordBatch>)> {
+    let ms = Arc::new(Schema::new(vec![Field::new(
+        "member_id",
+        DataType::Utf8,
+        false,
+    )]));
+    let mb = RecordBatch::try_new(
+        ms.clone(),
+        vec![Arc::new(StringArray::from_iter_values(m.members.iter()))],
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    let members = ctx
+        .read_table(Arc::new(
+            MemTable::try_new(ms, vec![vec![mb]]).map_err(Error::engine("export"))?,
+        ))
+        .map_err(Error::engine("export"))?;
+    let profiles = ctx
+        .read_table(Arc::new(
+            MemTable::try_new(schema, vec![batches]).map_err(Error::engine("export"))?,
+        ))
+        .map_err(Error::engine("export"))?;
+    let cols: Vec<datafusion::logical_expr::Expr> = d
+        .fields
+        .iter()
+        .map(datafusion::logical_expr::ident)
+        .collect();
     let df = profiles
-        .join(members, datafusion::common::JoinType::LeftSemi, &["profile_id"], &["member_id"], None)
-        .and_then(|df| df.sort(vec![datafusion::logical_expr::ident("profile_id").sort(true, false)]))
+        .join(
+            members,
+            datafusion::common::JoinType::LeftSemi,
+            &["profile_id"],
+            &["member_id"],
+            None,
+        )
+        .and_then(|df| {
+            df.sort(vec![
+                datafusion::logical_expr::ident("profile_id").sort(true, false),
+            ])
+        })
         .and_then(|df| df.select(cols))
         .map_err(Error::engine("export"))?;
     let schema = Arc::new(df.schema().as_arrow().clone());
@@ -178,12 +244,19 @@ fn to_csv(schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<(Bytes, u64)>
     let mut buf = Vec::new();
     let mut rows = 0u64;
     {
-        let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
+        let mut w = datafusion::arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut buf);
         let empty = [RecordBatch::new_empty(schema.clone())];
-        let batches = if batches.is_empty() { &empty[..] } else { batches };
+        let batches = if batches.is_empty() {
+            &empty[..]
+        } else {
+            batches
+        };
         for b in batches {
             rows += b.num_rows() as u64;
-            w.write(b).map_err(|e| Error::Internal(format!("CSV encoding: {e}")))?;
+            w.write(b)
+                .map_err(|e| Error::Internal(format!("CSV encoding: {e}")))?;
         }
     }
     Ok((Bytes::from(buf), rows))

@@ -23,7 +23,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
-use tables::{Table, V};
+use tables::V;
 
 /// People per random block.
 pub const BLOCK: u64 = 1000;
@@ -51,28 +51,58 @@ pub struct GenerateSummary {
 }
 
 const FIRST: [&str; 40] = [
-    "Olivia", "Amelia", "Isla", "Ava", "Mia", "Ivy", "Lily", "Isabella", "Rosie", "Sophia", "Grace", "Freya", "Emily", "Poppy", "Ella",
-    "Evie", "Chloe", "Sienna", "Ruby", "Alice", "Noah", "Oliver", "George", "Arthur", "Muhammad", "Leo", "Harry", "Oscar", "Archie",
-    "Henry", "Theodore", "Jack", "Charlie", "Finley", "Freddie", "Alfie", "Thomas", "James", "Jacob", "William",
+    "Olivia", "Amelia", "Isla", "Ava", "Mia", "Ivy", "Lily", "Isabella", "Rosie", "Sophia",
+    "Grace", "Freya", "Emily", "Poppy", "Ella", "Evie", "Chloe", "Sienna", "Ruby", "Alice", "Noah",
+    "Oliver", "George", "Arthur", "Muhammad", "Leo", "Harry", "Oscar", "Archie", "Henry",
+    "Theodore", "Jack", "Charlie", "Finley", "Freddie", "Alfie", "Thomas", "James", "Jacob",
+    "William",
 ];
 const LAST: [&str; 30] = [
-    "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Patel", "Robinson", "Wright", "Thompson", "Evans",
-    "Walker", "White", "Roberts", "Green", "Hall", "Thomas", "Clarke", "Jackson", "Wood", "Harris", "Edwards", "Turner", "Martin",
-    "Cooper", "Hill", "Ward", "Hughes",
+    "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Patel",
+    "Robinson", "Wright", "Thompson", "Evans", "Walker", "White", "Roberts", "Green", "Hall",
+    "Thomas", "Clarke", "Jackson", "Wood", "Harris", "Edwards", "Turner", "Martin", "Cooper",
+    "Hill", "Ward", "Hughes",
 ];
 const CITIES: [(&str, &str); 12] = [
-    ("London", "SW1A"), ("Manchester", "M1"), ("Birmingham", "B1"), ("Leeds", "LS1"), ("Glasgow", "G1"), ("Liverpool", "L1"),
-    ("Bristol", "BS1"), ("Edinburgh", "EH1"), ("Cardiff", "CF10"), ("Belfast", "BT1"), ("Newcastle", "NE1"), ("Brighton", "BN1"),
+    ("London", "SW1A"),
+    ("Manchester", "M1"),
+    ("Birmingham", "B1"),
+    ("Leeds", "LS1"),
+    ("Glasgow", "G1"),
+    ("Liverpool", "L1"),
+    ("Bristol", "BS1"),
+    ("Edinburgh", "EH1"),
+    ("Cardiff", "CF10"),
+    ("Belfast", "BT1"),
+    ("Newcastle", "NE1"),
+    ("Brighton", "BN1"),
 ];
 const STREETS: [&str; 10] = [
-    "High Street", "Station Road", "Church Lane", "Victoria Road", "Green Lane", "Manor Road", "Park Avenue", "Queens Road",
-    "New Street", "Mill Lane",
+    "High Street",
+    "Station Road",
+    "Church Lane",
+    "Victoria Road",
+    "Green Lane",
+    "Manor Road",
+    "Park Avenue",
+    "Queens Road",
+    "New Street",
+    "Mill Lane",
 ];
-const DOMAINS: [&str; 6] = ["gmail.com", "yahoo.co.uk", "outlook.com", "hotmail.co.uk", "icloud.com", "btinternet.com"];
+const DOMAINS: [&str; 6] = [
+    "gmail.com",
+    "yahoo.co.uk",
+    "outlook.com",
+    "hotmail.co.uk",
+    "icloud.com",
+    "btinternet.com",
+];
 const JUNK_EMAIL: [&str; 6] = ["", "unknown", "N/A", "none", "test@example.com", "no email"];
 const JUNK_PHONE: [&str; 4] = ["0000000000", "-", "n/a", "123"];
 const TIERS: [&str; 3] = ["bronze", "silver", "gold"];
-const PAGES: [&str; 8] = ["/", "/shoes", "/dresses", "/sale", "/bags", "/account", "/basket", "/new-in"];
+const PAGES: [&str; 8] = [
+    "/", "/shoes", "/dresses", "/sale", "/bags", "/account", "/basket", "/new-in",
+];
 const CHANNELS: [&str; 3] = ["web", "store", "app"];
 const LIST_SOURCES: [&str; 3] = ["event_signup", "partner_list", "competition"];
 
@@ -123,7 +153,9 @@ fn dirty_phone(rng: &mut ChaCha8Rng, national: &str) -> String {
 }
 
 fn cookie_id(seed: u64, person: u64, k: u64) -> String {
-    let h = splitmix(seed ^ person.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    let h = splitmix(
+        seed ^ person.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k.wrapping_mul(0xBF58_476D_1CE4_E5B9),
+    );
     format!("ck_{h:016x}")
 }
 
@@ -151,7 +183,8 @@ pub fn generate(opts: &GenerateOptions, mut progress: impl FnMut(u64)) -> Result
 
     let blocks = opts.people.div_ceil(BLOCK);
     for block in 0..blocks {
-        let mut rng = ChaCha8Rng::seed_from_u64(splitmix(opts.seed) ^ splitmix(block.wrapping_add(1)));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(splitmix(opts.seed) ^ splitmix(block.wrapping_add(1)));
         let lo = block * BLOCK;
         let hi = ((block + 1) * BLOCK).min(opts.people);
         for i in lo..hi {
@@ -159,7 +192,10 @@ pub fn generate(opts: &GenerateOptions, mut progress: impl FnMut(u64)) -> Result
         }
         progress(hi);
     }
-    let mut summary = GenerateSummary { people: opts.people, datasets: Vec::new() };
+    let mut summary = GenerateSummary {
+        people: opts.people,
+        datasets: Vec::new(),
+    };
     for table in [t.crm, t.loyalty, t.signups, t.web, t.purchases, t.prospects] {
         summary.datasets.push(table.finish()?);
     }
@@ -184,31 +220,63 @@ fn person(
     let p = Person {
         first,
         last,
-        gender: if rng.random_bool(0.05) { "unknown" } else if female { "F" } else { "M" },
-        email: format!("{}.{}{}@{}", first.to_lowercase(), last.to_lowercase(), i, domain),
+        gender: if rng.random_bool(0.05) {
+            "unknown"
+        } else if female {
+            "F"
+        } else {
+            "M"
+        },
+        email: format!(
+            "{}.{}{}@{}",
+            first.to_lowercase(),
+            last.to_lowercase(),
+            i,
+            domain
+        ),
         alt_email: format!("{}{}@work-{}.co.uk", first.to_lowercase(), i, i % 97),
-        phone: format!("079{}{:07}", pick(rng, &[0u8, 2, 4, 5, 6, 7, 8, 9]), rng.random_range(0..10_000_000u32)),
+        phone: format!(
+            "079{}{:07}",
+            pick(rng, &[0u8, 2, 4, 5, 6, 7, 8, 9]),
+            rng.random_range(0..10_000_000u32)
+        ),
         city: rng.random_range(0..CITIES.len()),
         old_city: rng.random_range(0..CITIES.len()),
         house: rng.random_range(1..200),
         street: pick(rng, &STREETS),
     };
     let ts = |rng: &mut ChaCha8Rng| rng.random_range(start..end);
-    let address = |city: usize, house: u32, street: &str| (format!("{house} {street}"), CITIES[city].0, format!("{} {}AA", CITIES[city].1, house % 9 + 1));
+    let address = |city: usize, house: u32, street: &str| {
+        (
+            format!("{house} {street}"),
+            CITIES[city].0,
+            format!("{} {}AA", CITIES[city].1, house % 9 + 1),
+        )
+    };
 
     let in_crm = rng.random_bool(0.7);
     let in_loyalty = rng.random_bool(0.4);
     let in_signup = rng.random_bool(0.5);
     let crm_id = format!("C{i:09}");
     let loyalty_id = format!("L{i:08}");
-    let optin = |rng: &mut ChaCha8Rng| if rng.random_bool(0.1) { None } else { Some(rng.random_bool(0.6)) };
+    let optin = |rng: &mut ChaCha8Rng| {
+        if rng.random_bool(0.1) {
+            None
+        } else {
+            Some(rng.random_bool(0.6))
+        }
+    };
 
     if in_crm {
         let moved = rng.random_bool(0.2);
         let city = if moved { p.old_city } else { p.city };
         let (line, city_name, postcode) = address(city, p.house, p.street);
         let email = dirty_email(rng, &p.email);
-        let phone = if rng.random_bool(0.8) { Some(dirty_phone(rng, &p.phone)) } else { None };
+        let phone = if rng.random_bool(0.8) {
+            Some(dirty_phone(rng, &p.phone))
+        } else {
+            None
+        };
         let opt = optin(rng);
         let updated = ts(rng);
         t.crm.row(&[
@@ -226,9 +294,21 @@ fn person(
         ])?;
     }
     if in_loyalty {
-        let email = if rng.random_bool(0.1) { p.alt_email.clone() } else { dirty_email(rng, &p.email) };
-        let phone = if rng.random_bool(0.6) { Some(dirty_phone(rng, &p.phone)) } else { None };
-        let first = if rng.random_bool(0.1) { &p.first[..p.first.len().min(3)] } else { p.first };
+        let email = if rng.random_bool(0.1) {
+            p.alt_email.clone()
+        } else {
+            dirty_email(rng, &p.email)
+        };
+        let phone = if rng.random_bool(0.6) {
+            Some(dirty_phone(rng, &p.phone))
+        } else {
+            None
+        };
+        let first = if rng.random_bool(0.1) {
+            &p.first[..p.first.len().min(3)]
+        } else {
+            p.first
+        };
         let (line, city_name, postcode) = address(p.city, p.house, p.street);
         let updated = ts(rng);
         let tier = pick(rng, &TIERS);
@@ -238,7 +318,11 @@ fn person(
             V::S(Some(&email)),
             V::S(phone.as_deref()),
             V::S(Some(first)),
-            V::S(if rng.random_bool(0.1) { None } else { Some(p.last) }),
+            V::S(if rng.random_bool(0.1) {
+                None
+            } else {
+                Some(p.last)
+            }),
             V::S(Some(city_name)),
             V::S(Some(&postcode)),
             V::S(Some(&line)),
@@ -252,7 +336,11 @@ fn person(
         let email = dirty_email(rng, &p.email);
         let opt = optin(rng);
         let signed = ts(rng);
-        let city = if rng.random_bool(0.3) { None } else { Some(CITIES[p.city].0) };
+        let city = if rng.random_bool(0.3) {
+            None
+        } else {
+            Some(CITIES[p.city].0)
+        };
         t.signups.row(&[
             V::S(Some(&email)),
             V::S(Some(&cookie_id(seed, i, 0))),
@@ -277,7 +365,13 @@ fn person(
             } else {
                 ("page_view", None)
             };
-            t.web.row(&[V::S(Some(&cookie)), V::S(email.as_deref()), V::S(Some(kind)), V::S(Some(pick(rng, &PAGES))), V::T(Some(when))])?;
+            t.web.row(&[
+                V::S(Some(&cookie)),
+                V::S(email.as_deref()),
+                V::S(Some(kind)),
+                V::S(Some(pick(rng, &PAGES))),
+                V::T(Some(when)),
+            ])?;
         }
     }
     // A shared device (hub): a few logins on one of the shared cookies.
@@ -285,7 +379,13 @@ fn person(
         let hub = format!("ck_shared_{:04}", rng.random_range(0..hub_count));
         let when = ts(rng);
         let email = dirty_email(rng, &p.email);
-        t.web.row(&[V::S(Some(&hub)), V::S(Some(&email)), V::S(Some("login")), V::S(Some("/account")), V::T(Some(when))])?;
+        t.web.row(&[
+            V::S(Some(&hub)),
+            V::S(Some(&email)),
+            V::S(Some("login")),
+            V::S(Some("/account")),
+            V::T(Some(when)),
+        ])?;
     }
     // Purchases: by crm id when known, else by e-mail.
     if rng.random_bool(0.6) {
@@ -294,7 +394,11 @@ fn person(
             let when = ts(rng);
             let revenue = (rng.random_range(5.0..250.0f64) * 100.0).round() / 100.0;
             let by_crm = in_crm && rng.random_bool(0.7);
-            let email = if by_crm { None } else { Some(dirty_email(rng, &p.email)) };
+            let email = if by_crm {
+                None
+            } else {
+                Some(dirty_email(rng, &p.email))
+            };
             let order = format!("O{i:09}-{o:03}");
             t.purchases.row(&[
                 V::S(if by_crm { Some(&crm_id) } else { None }),
@@ -309,7 +413,17 @@ fn person(
     }
     // Prospects: a purchased list; some e-mails are also customers'.
     if rng.random_bool(0.2) {
-        let email = if rng.random_bool(0.3) { p.email.clone() } else { format!("{}.{}.p{}@{}", first.to_lowercase(), last.to_lowercase(), i, domain) };
+        let email = if rng.random_bool(0.3) {
+            p.email.clone()
+        } else {
+            format!(
+                "{}.{}.p{}@{}",
+                first.to_lowercase(),
+                last.to_lowercase(),
+                i,
+                domain
+            )
+        };
         let updated = ts(rng);
         t.prospects.row(&[
             V::S(Some(&email)),
@@ -325,18 +439,45 @@ fn person(
 
 /// The generated project's `audience.toml` and SQL: the examples in `sql/examples/`.
 const PROJECT_FILES: [(&str, &str); 8] = [
-    ("audience.toml", include_str!("../../sql/examples/audience.toml")),
-    ("sql/features/purchase_stats.sql", include_str!("../../sql/examples/features/purchase_stats.sql")),
-    ("sql/segments/high_value.sql", include_str!("../../sql/examples/segments/high_value.sql")),
-    ("sql/segments/newsletter_optin.sql", include_str!("../../sql/examples/segments/newsletter_optin.sql")),
-    ("sql/segments/high_value_optin.sql", include_str!("../../sql/examples/segments/high_value_optin.sql")),
-    ("sql/segments/gold_lapsed.sql", include_str!("../../sql/examples/segments/gold_lapsed.sql")),
-    ("sql/segments/browsed_not_bought.sql", include_str!("../../sql/examples/segments/browsed_not_bought.sql")),
-    ("sql/segments/prospects_london.sql", include_str!("../../sql/examples/segments/prospects_london.sql")),
+    (
+        "audience.toml",
+        include_str!("../../sql/examples/audience.toml"),
+    ),
+    (
+        "sql/features/purchase_stats.sql",
+        include_str!("../../sql/examples/features/purchase_stats.sql"),
+    ),
+    (
+        "sql/segments/high_value.sql",
+        include_str!("../../sql/examples/segments/high_value.sql"),
+    ),
+    (
+        "sql/segments/newsletter_optin.sql",
+        include_str!("../../sql/examples/segments/newsletter_optin.sql"),
+    ),
+    (
+        "sql/segments/high_value_optin.sql",
+        include_str!("../../sql/examples/segments/high_value_optin.sql"),
+    ),
+    (
+        "sql/segments/gold_lapsed.sql",
+        include_str!("../../sql/examples/segments/gold_lapsed.sql"),
+    ),
+    (
+        "sql/segments/browsed_not_bought.sql",
+        include_str!("../../sql/examples/segments/browsed_not_bought.sql"),
+    ),
+    (
+        "sql/segments/prospects_london.sql",
+        include_str!("../../sql/examples/segments/prospects_london.sql"),
+    ),
 ];
 
 fn write_project_files(out: &Path) -> Result<()> {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "generated".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "generated".into());
     for (rel, text) in PROJECT_FILES {
         let path = out.join(rel);
         if let Some(dir) = path.parent() {
@@ -347,4 +488,3 @@ fn write_project_files(out: &Path) -> Result<()> {
     }
     Ok(())
 }
-

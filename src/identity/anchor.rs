@@ -3,14 +3,15 @@
 //! name, then value), or NULL when the row has none. Records and events join on
 //! it to the identity map to get their profile id.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, StringBuilder};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{ScalarValue, exec_err};
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 
 use super::normalise::Normaliser;
 use crate::config::Namespace;
@@ -27,13 +28,13 @@ struct AnchorUdf {
 
 /// The anchor function for a project's namespaces.
 pub fn udf(namespaces: &[Namespace]) -> ScalarUDF {
-    ScalarUDF::new_from_impl(AnchorUdf { namespaces: namespaces.to_vec(), signature: Signature::variadic_any(Volatility::Immutable) })
+    ScalarUDF::new_from_impl(AnchorUdf {
+        namespaces: namespaces.to_vec(),
+        signature: Signature::variadic_any(Volatility::Immutable),
+    })
 }
 
 impl ScalarUDFImpl for AnchorUdf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
     fn name(&self) -> &str {
         NAME
     }
@@ -51,7 +52,8 @@ impl ScalarUDFImpl for AnchorUdf {
         let mut cols: Vec<(usize, Normaliser, ArrayRef)> = Vec::new();
         for pair in args.args.chunks(2) {
             let ns = match &pair[0] {
-                ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) | ColumnarValue::Scalar(ScalarValue::Utf8View(Some(s))) => s.clone(),
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some(s)))
+                | ColumnarValue::Scalar(ScalarValue::Utf8View(Some(s))) => s.clone(),
                 _ => return exec_err!("{NAME}: namespace arguments must be string literals"),
             };
             let Some(idx) = self.namespaces.iter().position(|x| x.name == ns) else {
@@ -61,8 +63,14 @@ impl ScalarUDFImpl for AnchorUdf {
             let arr = datafusion::arrow::compute::cast(&arr, &DataType::Utf8)?;
             cols.push((idx, Normaliser::new(&self.namespaces[idx]), arr));
         }
-        let strings: Vec<&datafusion::arrow::array::StringArray> =
-            cols.iter().map(|(_, _, a)| a.as_any().downcast_ref().expect("cast to Utf8 gives a StringArray")).collect();
+        let strings: Vec<&datafusion::arrow::array::StringArray> = cols
+            .iter()
+            .map(|(_, _, a)| {
+                a.as_any()
+                    .downcast_ref()
+                    .expect("cast to Utf8 gives a StringArray")
+            })
+            .collect();
         let mut out = StringBuilder::with_capacity(n, n * 24);
         for row in 0..n {
             let mut best: Option<(usize, String)> = None;

@@ -41,7 +41,13 @@ impl IdentityGraph {
         }
         let id = self.identities.len() as u32;
         self.index.insert((class, ns, value.to_string()), id);
-        self.identities.push(Identity { class, ns, value: value.to_string(), first_seen: ts, last_seen: ts });
+        self.identities.push(Identity {
+            class,
+            ns,
+            value: value.to_string(),
+            first_seen: ts,
+            last_seen: ts,
+        });
         self.parent.push(id);
         self.size.push(1);
         id
@@ -72,14 +78,20 @@ impl IdentityGraph {
         if ra == rb {
             return;
         }
-        let (big, small) = if self.size[ra as usize] >= self.size[rb as usize] { (ra, rb) } else { (rb, ra) };
+        let (big, small) = if self.size[ra as usize] >= self.size[rb as usize] {
+            (ra, rb)
+        } else {
+            (rb, ra)
+        };
         self.parent[small as usize] = big;
         self.size[big as usize] += self.size[small as usize];
     }
 
     /// The component root of every identity, by id.
     pub fn components(&mut self) -> Vec<u32> {
-        (0..self.identities.len() as u32).map(|i| self.find(i)).collect()
+        (0..self.identities.len() as u32)
+            .map(|i| self.find(i))
+            .collect()
     }
 }
 

@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -52,8 +53,17 @@ pub struct Rejections {
 }
 
 impl Rejections {
-    fn add(&mut self, dataset: &str, column: &str, reason: &str, row: impl FnOnce() -> serde_json::Value) {
-        *self.counts.entry((dataset.to_string(), column.to_string(), reason.to_string())).or_default() += 1;
+    fn add(
+        &mut self,
+        dataset: &str,
+        column: &str,
+        reason: &str,
+        row: impl FnOnce() -> serde_json::Value,
+    ) {
+        *self
+            .counts
+            .entry((dataset.to_string(), column.to_string(), reason.to_string()))
+            .or_default() += 1;
         let n = self.sampled.entry(dataset.to_string()).or_default();
         if *n < SAMPLE_PER_DATASET {
             *n += 1;
@@ -91,7 +101,12 @@ pub struct Stitched {
 ///
 /// # Errors
 /// [`Error::Engine`] when reading a dataset fails.
-pub async fn stitch(ctx: &SessionContext, project: &Project, datasets: &[Ingested], mut progress: impl FnMut(u64)) -> Result<Stitched> {
+pub async fn stitch(
+    ctx: &SessionContext,
+    project: &Project,
+    datasets: &[Ingested],
+    mut progress: impl FnMut(u64),
+) -> Result<Stitched> {
     let mut graph = IdentityGraph::default();
     let mut rejections = Rejections::default();
     let mut rows_read = BTreeMap::new();
@@ -102,23 +117,36 @@ pub async fn stitch(ctx: &SessionContext, project: &Project, datasets: &[Ingeste
             .identities
             .iter()
             .map(|(column, ns)| {
-                let idx = project.namespaces.iter().position(|n| &n.name == ns).ok_or_else(|| Error::Internal(format!("namespace {ns} vanished")))?;
-                Ok((idx, column.as_str(), Normaliser::new(&project.namespaces[idx])))
+                let idx = project
+                    .namespaces
+                    .iter()
+                    .position(|n| &n.name == ns)
+                    .ok_or_else(|| Error::Internal(format!("namespace {ns} vanished")))?;
+                Ok((
+                    idx,
+                    column.as_str(),
+                    Normaliser::new(&project.namespaces[idx]),
+                ))
             })
             .collect::<Result<_>>()?;
         let mut select: Vec<String> = cols.iter().map(|(_, c, _)| quote(c)).collect();
         select.push(quote(&ds.timestamp));
         let sql = format!("SELECT {} FROM {}", select.join(", "), quote(&d.table));
         let df = ctx.sql(&sql).await.map_err(Error::engine("identity"))?;
-        let mut stream = df.execute_stream().await.map_err(Error::engine("identity"))?;
+        let mut stream = df
+            .execute_stream()
+            .await
+            .map_err(Error::engine("identity"))?;
         let mut rows = 0u64;
         let mut found: Vec<(u16, String)> = Vec::new();
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| Error::input(&ds.name, None, None, format!("reading failed: {e}")))?;
+            let batch = batch
+                .map_err(|e| Error::input(&ds.name, None, None, format!("reading failed: {e}")))?;
             let ids: Vec<StringArray> = (0..cols.len())
                 .map(|i| to_strings(batch.column(i)))
                 .collect::<Result<_>>()?;
-            let ts_arr = cast(batch.column(cols.len()), &timestamp_type()).map_err(|e| Error::Internal(e.to_string()))?;
+            let ts_arr = cast(batch.column(cols.len()), &timestamp_type())
+                .map_err(|e| Error::Internal(e.to_string()))?;
             let ts = ts_arr
                 .as_any()
                 .downcast_ref::<TimestampMicrosecondArray>()
@@ -126,9 +154,23 @@ pub async fn stitch(ctx: &SessionContext, project: &Project, datasets: &[Ingeste
             let row_json = |row: usize| {
                 let mut m = serde_json::Map::new();
                 for ((_, c, _), a) in cols.iter().zip(&ids) {
-                    m.insert(c.to_string(), if a.is_null(row) { serde_json::Value::Null } else { a.value(row).chars().take(200).collect::<String>().into() });
+                    m.insert(
+                        c.to_string(),
+                        if a.is_null(row) {
+                            serde_json::Value::Null
+                        } else {
+                            a.value(row).chars().take(200).collect::<String>().into()
+                        },
+                    );
                 }
-                m.insert(ds.timestamp.clone(), if ts.is_null(row) { serde_json::Value::Null } else { ts.value(row).into() });
+                let t = (!ts.is_null(row))
+                    .then(|| chrono::DateTime::from_timestamp_micros(ts.value(row)))
+                    .flatten();
+                m.insert(
+                    ds.timestamp.clone(),
+                    t.map(|t| t.to_rfc3339().into())
+                        .unwrap_or(serde_json::Value::Null),
+                );
                 serde_json::Value::Object(m)
             };
             for row in 0..batch.num_rows() {
@@ -175,8 +217,12 @@ pub fn quote(name: &str) -> String {
 
 /// Any identity column as UTF-8 strings.
 pub(crate) fn to_strings(a: &ArrayRef) -> Result<StringArray> {
-    let c = cast(a, &DataType::Utf8).map_err(|e| Error::Internal(format!("identity column to string: {e}")))?;
-    c.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| Error::Internal("string cast".into()))
+    let c = cast(a, &DataType::Utf8)
+        .map_err(|e| Error::Internal(format!("identity column to string: {e}")))?;
+    c.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("string cast".into()))
 }
 
 /// The profile id of a component represented by `(class, namespace, value)`.
@@ -191,7 +237,12 @@ pub fn profile_id(class: Class, namespace: &str, value: &str) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn build_outputs(project: &Project, mut graph: IdentityGraph, rejections: Rejections, rows_read: BTreeMap<String, u64>) -> Result<Stitched> {
+fn build_outputs(
+    project: &Project,
+    mut graph: IdentityGraph,
+    rejections: Rejections,
+    rows_read: BTreeMap<String, u64>,
+) -> Result<Stitched> {
     let roots = graph.components();
     let ns_names: Vec<&str> = project.namespaces.iter().map(|n| n.name.as_str()).collect();
     let ids = &graph.identities;
@@ -214,7 +265,10 @@ fn build_outputs(project: &Project, mut graph: IdentityGraph, rejections: Reject
         .iter()
         .map(|(r, i)| {
             let id = &ids[*i as usize];
-            (*r, profile_id(id.class, ns_names[id.ns as usize], &id.value))
+            (
+                *r,
+                profile_id(id.class, ns_names[id.ns as usize], &id.value),
+            )
         })
         .collect();
 
@@ -222,7 +276,11 @@ fn build_outputs(project: &Project, mut graph: IdentityGraph, rejections: Reject
     let mut order: Vec<u32> = (0..ids.len() as u32).collect();
     order.sort_by(|&a, &b| {
         let (x, y) = (&ids[a as usize], &ids[b as usize]);
-        (x.class, ns_names[x.ns as usize], &x.value).cmp(&(y.class, ns_names[y.ns as usize], &y.value))
+        (x.class, ns_names[x.ns as usize], &x.value).cmp(&(
+            y.class,
+            ns_names[y.ns as usize],
+            &y.value,
+        ))
     });
     let ts_field = |name: &str| Field::new(name, timestamp_type(), false);
     let map_schema = Arc::new(Schema::new(vec![
@@ -244,9 +302,15 @@ fn build_outputs(project: &Project, mut graph: IdentityGraph, rejections: Reject
     let identity_map = RecordBatch::try_new(
         map_schema,
         vec![
-            Arc::new(StringArray::from_iter_values(order.iter().map(|&i| ids[i as usize].class.as_str()))),
-            Arc::new(StringArray::from_iter_values(order.iter().map(|&i| ns_names[ids[i as usize].ns as usize]))),
-            Arc::new(StringArray::from_iter_values(order.iter().map(|&i| ids[i as usize].value.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                order.iter().map(|&i| ids[i as usize].class.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                order.iter().map(|&i| ns_names[ids[i as usize].ns as usize]),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                order.iter().map(|&i| ids[i as usize].value.as_str()),
+            )),
             Arc::new(StringArray::from_iter_values(order.iter().map(|&i| pid(i)))),
             ts_col(&|i| ids[i as usize].first_seen),
             ts_col(&|i| ids[i as usize].last_seen),
@@ -270,12 +334,23 @@ fn build_outputs(project: &Project, mut graph: IdentityGraph, rejections: Reject
         let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
         let mut pid_b = StringBuilder::new();
         let mut pref: Vec<StringBuilder> = ns_names.iter().map(|_| StringBuilder::new()).collect();
-        let mut all: Vec<ListBuilder<StringBuilder>> = ns_names.iter().map(|_| ListBuilder::new(StringBuilder::new())).collect();
+        let mut all: Vec<ListBuilder<StringBuilder>> = ns_names
+            .iter()
+            .map(|_| ListBuilder::new(StringBuilder::new()))
+            .collect();
         for (p, idents) in &members {
             pid_b.append_value(p);
             for &n in &by_ns_name {
-                let mut vals: Vec<&crate::identity::graph::Identity> = idents.iter().map(|&i| &ids[i as usize]).filter(|x| x.ns as usize == n).collect();
-                let best = vals.iter().max_by(|a, b| a.last_seen.cmp(&b.last_seen).then_with(|| b.value.cmp(&a.value)));
+                let mut vals: Vec<&crate::identity::graph::Identity> = idents
+                    .iter()
+                    .map(|&i| &ids[i as usize])
+                    .filter(|x| x.ns as usize == n)
+                    .collect();
+                let best = vals.iter().max_by(|a, b| {
+                    a.last_seen
+                        .cmp(&b.last_seen)
+                        .then_with(|| b.value.cmp(&a.value))
+                });
                 pref[n].append_option(best.map(|b| b.value.as_str()));
                 vals.sort_by(|a, b| a.value.cmp(&b.value));
                 for v in vals {
@@ -289,10 +364,15 @@ fn build_outputs(project: &Project, mut graph: IdentityGraph, rejections: Reject
             fields.push(Field::new(ns_names[n], DataType::Utf8, true));
             arrays.push(Arc::new(pref[n].finish()));
             let list: ArrayRef = Arc::new(all[n].finish());
-            fields.push(Field::new(format!("{}_all", ns_names[n]), list.data_type().clone(), true));
+            fields.push(Field::new(
+                format!("{}_all", ns_names[n]),
+                list.data_type().clone(),
+                true,
+            ));
             arrays.push(list);
         }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| Error::Internal(e.to_string()))?;
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         profiles.insert(class, batch);
 
         let mut kb = StringBuilder::new();
@@ -303,8 +383,15 @@ fn build_outputs(project: &Project, mut graph: IdentityGraph, rejections: Reject
                 pb.append_value(pid(i as u32));
             }
         }
-        let ks = Arc::new(Schema::new(vec![Field::new("key", DataType::Utf8, false), Field::new("profile_id", DataType::Utf8, false)]));
-        keys.insert(class, RecordBatch::try_new(ks, vec![Arc::new(kb.finish()), Arc::new(pb.finish())]).map_err(|e| Error::Internal(e.to_string()))?);
+        let ks = Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("profile_id", DataType::Utf8, false),
+        ]));
+        keys.insert(
+            class,
+            RecordBatch::try_new(ks, vec![Arc::new(kb.finish()), Arc::new(pb.finish())])
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        );
     }
     Ok(Stitched {
         identity_map,

@@ -13,7 +13,17 @@ pub const MAX_LEN: usize = 1024;
 
 /// Values blocked in every namespace (compared after trimming, and lower-casing for
 /// e-mail), besides values made only of zeros and dashes.
-pub const BUILTIN_BLOCKED: [&str; 9] = ["", "null", "none", "anonymous", "unknown", "invalid", "undefined", "0", "-1"];
+pub const BUILTIN_BLOCKED: [&str; 9] = [
+    "",
+    "null",
+    "none",
+    "anonymous",
+    "unknown",
+    "invalid",
+    "undefined",
+    "0",
+    "-1",
+];
 
 /// Why a value is not an identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,7 +51,11 @@ pub fn phone_region(code: &str) -> Option<Region> {
 /// A user's blocked value in the form values are compared in.
 pub fn canonical_blocked(kind: NormaliserKind, value: &str) -> String {
     let t = value.trim();
-    if kind == NormaliserKind::Email { t.to_lowercase() } else { t.to_string() }
+    if kind == NormaliserKind::Email {
+        t.to_lowercase()
+    } else {
+        t.to_string()
+    }
 }
 
 fn builtin_blocked(v: &str) -> bool {
@@ -79,12 +93,17 @@ impl<'a> Normaliser<'a> {
             NormaliserKind::Email => {
                 let mut parts = value.split('@');
                 match (parts.next(), parts.next(), parts.next()) {
-                    (Some(local), Some(domain), None) if !local.is_empty() && domain.contains('.') => Ok(value),
+                    (Some(local), Some(domain), None)
+                        if !local.is_empty() && domain.contains('.') =>
+                    {
+                        Ok(value)
+                    }
                     _ => Err(Reject::Invalid),
                 }
             }
             NormaliserKind::Phone => {
-                let parsed: PhoneNumber = phonenumber::parse(self.region, &value).map_err(|_| Reject::Invalid)?;
+                let parsed: PhoneNumber =
+                    phonenumber::parse(self.region, &value).map_err(|_| Reject::Invalid)?;
                 if !phonenumber::is_valid(&parsed) {
                     return Err(Reject::Invalid);
                 }
@@ -105,7 +124,10 @@ mod tests {
             normaliser: kind,
             priority: 1,
             default_region: region.map(str::to_string),
-            blocked: blocked.iter().map(|b| canonical_blocked(kind, b)).collect::<BTreeSet<_>>(),
+            blocked: blocked
+                .iter()
+                .map(|b| canonical_blocked(kind, b))
+                .collect::<BTreeSet<_>>(),
         }
     }
 
@@ -113,7 +135,10 @@ mod tests {
     fn identity_email_normaliser_follows_spec() {
         let n = ns(NormaliserKind::Email, None, &["Test@Example.com"]);
         let e = Normaliser::new(&n);
-        assert_eq!(e.apply("  Ann.Lee@Example.COM "), Ok("ann.lee@example.com".into()));
+        assert_eq!(
+            e.apply("  Ann.Lee@Example.COM "),
+            Ok("ann.lee@example.com".into())
+        );
         assert_eq!(e.apply("test@example.com"), Err(Reject::Blocked));
         assert_eq!(e.apply(" UNKNOWN "), Err(Reject::Blocked));
         assert_eq!(e.apply("   "), Err(Reject::Blocked));
@@ -129,7 +154,20 @@ mod tests {
     fn identity_blocked_builtins() {
         let n = ns(NormaliserKind::Id, None, &[]);
         let id = Normaliser::new(&n);
-        for v in ["", "null", "none", "anonymous", "unknown", "invalid", "undefined", "0", "-1", "0000", "--", "0-0"] {
+        for v in [
+            "",
+            "null",
+            "none",
+            "anonymous",
+            "unknown",
+            "invalid",
+            "undefined",
+            "0",
+            "-1",
+            "0000",
+            "--",
+            "0-0",
+        ] {
             assert_eq!(id.apply(v), Err(Reject::Blocked), "{v}");
         }
         assert_eq!(id.apply(" C-001 "), Ok("C-001".into()));

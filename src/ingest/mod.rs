@@ -15,7 +15,9 @@ use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
@@ -53,7 +55,10 @@ fn is_identity_type(t: &DataType) -> bool {
 }
 
 fn is_timestamp_type(t: &DataType) -> bool {
-    matches!(t, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64)
+    matches!(
+        t,
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+    )
 }
 
 /// The table name a dataset is registered under.
@@ -75,12 +80,27 @@ pub async fn ingest(ctx: &SessionContext, project: &Project) -> Result<Vec<Inges
     Ok(out)
 }
 
-async fn list_files(ctx: &SessionContext, ds: &Dataset) -> Result<(ListingTableUrl, Vec<ObjectMeta>)> {
-    let url = ListingTableUrl::parse(ds.location.url().as_str())
-        .map_err(|e| Error::input(&ds.name, None, None, format!("path `{}` is not usable: {e}", ds.path)))?;
-    let store = ctx.runtime_env().object_store(url.object_store()).map_err(Error::engine("ingest"))?;
+async fn list_files(
+    ctx: &SessionContext,
+    ds: &Dataset,
+) -> Result<(ListingTableUrl, Vec<ObjectMeta>)> {
+    let url = ListingTableUrl::parse(ds.location.url().as_str()).map_err(|e| {
+        Error::input(
+            &ds.name,
+            None,
+            None,
+            format!("path `{}` is not usable: {e}", ds.path),
+        )
+    })?;
+    let store = ctx
+        .runtime_env()
+        .object_store(url.object_store())
+        .map_err(Error::engine("ingest"))?;
     let state = ctx.state();
-    let listed: Vec<ObjectMeta> = match url.list_all_files(&state as &dyn Session, store.as_ref(), "").await {
+    let listed: Vec<ObjectMeta> = match url
+        .list_all_files(&state as &dyn Session, store.as_ref(), "")
+        .await
+    {
         Ok(stream) => stream.try_collect().await.unwrap_or_default(),
         Err(_) => Vec::new(),
     };
@@ -88,7 +108,12 @@ async fn list_files(ctx: &SessionContext, ds: &Dataset) -> Result<(ListingTableU
         .into_iter()
         .filter(|m| {
             let name = m.location.filename().unwrap_or_default();
-            !name.starts_with('.') && !name.starts_with('_') && (name.ends_with(".parquet") || name.ends_with(".parq") || url.get_glob().is_some() || !url.is_collection())
+            !name.starts_with('.')
+                && !name.starts_with('_')
+                && (name.ends_with(".parquet")
+                    || name.ends_with(".parq")
+                    || url.get_glob().is_some()
+                    || !url.is_collection())
         })
         .collect();
     files.sort_by(|a, b| a.location.cmp(&b.location));
@@ -97,7 +122,10 @@ async fn list_files(ctx: &SessionContext, ds: &Dataset) -> Result<(ListingTableU
             &ds.name,
             None,
             None,
-            format!("no Parquet files at `{}` (path `{}`): check datasets.{}.path and that the files exist and end in .parquet", ds.location, ds.path, ds.name),
+            format!(
+                "no Parquet files at `{}` (path `{}`): check datasets.{}.path and that the files exist and end in .parquet",
+                ds.location, ds.path, ds.name
+            ),
         ));
     }
     Ok((url, files))
@@ -105,18 +133,29 @@ async fn list_files(ctx: &SessionContext, ds: &Dataset) -> Result<(ListingTableU
 
 async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
     let (url, files) = list_files(ctx, ds).await?;
-    let store = ctx.runtime_env().object_store(url.object_store()).map_err(Error::engine("ingest"))?;
+    let store = ctx
+        .runtime_env()
+        .object_store(url.object_store())
+        .map_err(Error::engine("ingest"))?;
     let format = ParquetFormat::default();
     let state = ctx.state();
-    let store_prefix = url.object_store().as_str().trim_end_matches('/').to_string();
-    let file_url = |m: &ObjectMeta| format!("{store_prefix}/{}", m.location);
+    let store_prefix = url.object_store().as_str().to_string();
+    let file_url = |m: &ObjectMeta| format!("{store_prefix}{}", m.location);
     let schemas: Vec<SchemaRef> = futures::stream::iter(files.iter())
         .map(|m| {
             let (format, state, store) = (&format, &state, &store);
             async move {
-                format.infer_schema(state as &dyn Session, store, std::slice::from_ref(m)).await.map_err(|e| {
-                    Error::input(&ds.name, Some(&file_url(m)), None, format!("cannot read the Parquet schema: {e}"))
-                })
+                format
+                    .infer_schema(state as &dyn Session, store, std::slice::from_ref(m))
+                    .await
+                    .map_err(|e| {
+                        Error::input(
+                            &ds.name,
+                            Some(&file_url(m)),
+                            None,
+                            format!("cannot read the Parquet schema: {e}"),
+                        )
+                    })
             }
         })
         .buffered(8)
@@ -124,9 +163,22 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         .await?;
 
     // Declared columns, in every file, with accepted types.
-    let mut declared: Vec<(&str, &str, fn(&DataType) -> bool)> =
-        ds.identities.iter().map(|(c, _)| (c.as_str(), "a string or integer identity", is_identity_type as fn(&DataType) -> bool)).collect();
-    declared.push((ds.timestamp.as_str(), "a timestamp or date", is_timestamp_type));
+    let mut declared: Vec<(&str, &str, fn(&DataType) -> bool)> = ds
+        .identities
+        .iter()
+        .map(|(c, _)| {
+            (
+                c.as_str(),
+                "a string or integer identity",
+                is_identity_type as fn(&DataType) -> bool,
+            )
+        })
+        .collect();
+    declared.push((
+        ds.timestamp.as_str(),
+        "a timestamp or date",
+        is_timestamp_type,
+    ));
     if let Some(et) = &ds.event_type {
         declared.push((et.as_str(), "a string event type", is_string));
     }
@@ -141,16 +193,26 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         for (col, expected, ok) in &declared {
             match schema.field_with_name(col) {
                 Err(_) => {
-                    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    let names: Vec<&str> =
+                        schema.fields().iter().map(|f| f.name().as_str()).collect();
                     return Err(Error::input(
                         &ds.name,
                         Some(&file),
                         Some(col),
-                        format!("column not found: {}", crate::error::one_of(col, names.iter().copied()).replace("valid values", "the file's columns")),
+                        format!(
+                            "column not found: {}",
+                            crate::error::one_of(col, names.iter().copied())
+                                .replace("valid values", "the file's columns")
+                        ),
                     ));
                 }
                 Ok(f) if !ok(f.data_type()) => {
-                    return Err(Error::input(&ds.name, Some(&file), Some(col), format!("has type {}, but {expected} is expected", f.data_type())));
+                    return Err(Error::input(
+                        &ds.name,
+                        Some(&file),
+                        Some(col),
+                        format!("has type {}, but {expected} is expected", f.data_type()),
+                    ));
                 }
                 Ok(_) => {}
             }
@@ -163,50 +225,113 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
                         &ds.name,
                         Some(&file),
                         Some(f.name()),
-                        format!("schema drift: type {} here but {} in `{}`; rewrite the files with one type", f.data_type(), g.data_type(), file_url(&files[0])),
+                        format!(
+                            "schema drift: type {} here but {} in `{}`; rewrite the files with one type",
+                            f.data_type(),
+                            g.data_type(),
+                            file_url(&files[0])
+                        ),
                     ));
                 }
                 Err(_) => {
-                    return Err(Error::input(&ds.name, Some(&file), Some(f.name()), format!("schema drift: column is missing from `{}`", file_url(&files[0]))));
+                    return Err(Error::input(
+                        &ds.name,
+                        Some(&file),
+                        Some(f.name()),
+                        format!(
+                            "schema drift: column is missing from `{}`",
+                            file_url(&files[0])
+                        ),
+                    ));
                 }
                 Ok(_) => {}
             }
         }
         if schema.fields().len() != first.fields().len() {
-            let missing = first.fields().iter().find(|g| schema.field_with_name(g.name()).is_err()).map(|g| g.name().clone()).unwrap_or_default();
-            return Err(Error::input(&ds.name, Some(&file), Some(&missing), format!("schema drift: column is present in `{}` but not here", file_url(&files[0]))));
+            let missing = first
+                .fields()
+                .iter()
+                .find(|g| schema.field_with_name(g.name()).is_err())
+                .map(|g| g.name().clone())
+                .unwrap_or_default();
+            return Err(Error::input(
+                &ds.name,
+                Some(&file),
+                Some(&missing),
+                format!(
+                    "schema drift: column is present in `{}` but not here",
+                    file_url(&files[0])
+                ),
+            ));
         }
     }
 
     let schema: SchemaRef = Arc::new(Schema::new(first.fields().clone()));
-    let is_special = |name: &str| ds.identities.iter().any(|(c, _)| c == name) || name == ds.timestamp || ds.event_type.as_deref() == Some(name);
+    let is_special = |name: &str| {
+        ds.identities.iter().any(|(c, _)| c == name)
+            || name == ds.timestamp
+            || ds.event_type.as_deref() == Some(name)
+    };
     let columns: Vec<(String, DataType)> = match (&ds.attributes, ds.kind) {
-        (Some(attrs), _) => attrs.iter().filter_map(|a| schema.field_with_name(a).ok().map(|f| (a.clone(), f.data_type().clone()))).collect(),
-        (None, _) => schema.fields().iter().filter(|f| !is_special(f.name())).map(|f| (f.name().clone(), f.data_type().clone())).collect(),
+        (Some(attrs), _) => attrs
+            .iter()
+            .filter_map(|a| {
+                schema
+                    .field_with_name(a)
+                    .ok()
+                    .map(|f| (a.clone(), f.data_type().clone()))
+            })
+            .collect(),
+        (None, _) => schema
+            .fields()
+            .iter()
+            .filter(|f| !is_special(f.name()))
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect(),
     };
 
     let urls: Vec<ListingTableUrl> = files
         .iter()
-        .map(|m| ListingTableUrl::parse(file_url(m)).map_err(|e| Error::input(&ds.name, Some(&file_url(m)), None, e.to_string())))
+        .map(|m| {
+            ListingTableUrl::parse(file_url(m))
+                .map_err(|e| Error::input(&ds.name, Some(&file_url(m)), None, e.to_string()))
+        })
         .collect::<Result<_>>()?;
     let options = ListingOptions::new(Arc::new(format)).with_file_extension("");
-    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema.clone());
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema.clone());
     let table = ListingTable::try_new(config).map_err(Error::engine("ingest"))?;
     let name = table_name(&ds.name);
-    ctx.register_table(name.as_str(), Arc::new(table)).map_err(Error::engine("ingest"))?;
+    ctx.register_table(name.as_str(), Arc::new(table))
+        .map_err(Error::engine("ingest"))?;
 
     let files = files
         .iter()
-        .map(|m| InputFile { path: file_url(m), size: m.size, last_modified: m.last_modified.to_rfc3339(), etag: m.e_tag.clone() })
+        .map(|m| InputFile {
+            path: file_url(m),
+            size: m.size,
+            last_modified: m.last_modified.to_rfc3339(),
+            etag: m.e_tag.clone(),
+        })
         .collect();
-    Ok(Ingested { dataset: ds.clone(), table: name, schema, files, columns })
+    Ok(Ingested {
+        dataset: ds.clone(),
+        table: name,
+        schema,
+        files,
+        columns,
+    })
 }
 
 /// An attribute (or property) name has one type across the datasets of a class.
 fn check_attribute_types(datasets: &[Ingested]) -> Result<()> {
     for a in datasets {
         for b in datasets {
-            if a.dataset.name >= b.dataset.name || a.dataset.class != b.dataset.class || a.dataset.kind != b.dataset.kind {
+            if a.dataset.name >= b.dataset.name
+                || a.dataset.class != b.dataset.class
+                || a.dataset.kind != b.dataset.kind
+            {
                 continue;
             }
             for (name, ta) in &a.columns {
@@ -216,7 +341,10 @@ fn check_attribute_types(datasets: &[Ingested]) -> Result<()> {
                             &b.dataset.name,
                             None,
                             Some(name),
-                            format!("has type {tb} here but {ta} in dataset `{}`; an attribute must have one type across datasets", a.dataset.name),
+                            format!(
+                                "has type {tb} here but {ta} in dataset `{}`; an attribute must have one type across datasets",
+                                a.dataset.name
+                            ),
                         ));
                     }
                 }
@@ -232,12 +360,23 @@ fn same_logical_type(a: &DataType, b: &DataType) -> bool {
 }
 
 /// The unified attributes of a class: name and type, sorted by name.
-pub fn class_columns(datasets: &[Ingested], class: Class, kind: DatasetKind) -> Vec<(String, DataType)> {
+pub fn class_columns(
+    datasets: &[Ingested],
+    class: Class,
+    kind: DatasetKind,
+) -> Vec<(String, DataType)> {
     let mut cols: Vec<(String, DataType)> = Vec::new();
-    for d in datasets.iter().filter(|d| d.dataset.class == class && d.dataset.kind == kind) {
+    for d in datasets
+        .iter()
+        .filter(|d| d.dataset.class == class && d.dataset.kind == kind)
+    {
         for (n, t) in &d.columns {
             if !cols.iter().any(|(m, _)| m == n) {
-                let t = if is_string(t) { DataType::Utf8 } else { t.clone() };
+                let t = if is_string(t) {
+                    DataType::Utf8
+                } else {
+                    t.clone()
+                };
                 cols.push((n.clone(), t));
             }
         }

@@ -20,6 +20,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{JoinType, ScalarValue};
 use datafusion::datasource::MemTable;
+use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{Expr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
 
@@ -34,7 +35,11 @@ pub const EVENT_COLUMNS: [&str; 4] = ["profile_id", "dataset", "event_type", "ev
 
 /// Register the identity stage's tables (`__keys_<class>`, `__base_<class>`) and
 /// the anchor function on the session.
-pub fn register_identity_tables(ctx: &SessionContext, project: &Project, stitched: &Stitched) -> Result<()> {
+pub fn register_identity_tables(
+    ctx: &SessionContext,
+    project: &Project,
+    stitched: &Stitched,
+) -> Result<()> {
     ctx.register_udf(anchor::udf(&project.namespaces));
     for (class, batch) in &stitched.keys {
         register_batch(ctx, &format!("__keys_{}", class.as_str()), batch.clone())?;
@@ -51,10 +56,17 @@ pub fn register_batch(ctx: &SessionContext, name: &str, batch: RecordBatch) -> R
 }
 
 /// Register batches as a table, replacing any table of that name.
-pub fn register_batches(ctx: &SessionContext, name: &str, schema: Arc<Schema>, batches: Vec<RecordBatch>) -> Result<()> {
+pub fn register_batches(
+    ctx: &SessionContext,
+    name: &str,
+    schema: Arc<Schema>,
+    batches: Vec<RecordBatch>,
+) -> Result<()> {
     let table = MemTable::try_new(schema, vec![batches]).map_err(Error::engine("register"))?;
-    ctx.deregister_table(name).map_err(Error::engine("register"))?;
-    ctx.register_table(name, Arc::new(table)).map_err(Error::engine("register"))?;
+    ctx.deregister_table(name)
+        .map_err(Error::engine("register"))?;
+    ctx.register_table(name, Arc::new(table))
+        .map_err(Error::engine("register"))?;
     Ok(())
 }
 
@@ -67,7 +79,10 @@ async fn attributed(ctx: &SessionContext, d: &Ingested) -> Result<DataFrame> {
         args.push(ident(column));
     }
     let anchor_fn = ctx.udf(anchor::NAME).map_err(Error::engine("merge"))?;
-    let keys = ctx.table(format!("__keys_{}", ds.class.as_str())).await.map_err(Error::engine("merge"))?;
+    let keys = ctx
+        .table(format!("__keys_{}", ds.class.as_str()))
+        .await
+        .map_err(Error::engine("merge"))?;
     ctx.table(d.table.as_str())
         .await
         .and_then(|df| df.with_column("__key", anchor_fn.call(args)))
@@ -89,19 +104,41 @@ fn typed(d: &Ingested, name: &str, t: &DataType) -> Result<Expr> {
 /// # Errors
 /// [`Error::Input`] when an attribute name collides with `profile_id` or an
 /// identity column of the profile; [`Error::Engine`] when execution fails.
-pub async fn profiles(ctx: &SessionContext, project: &Project, datasets: &[Ingested], policy: &MergePolicy) -> Result<(Arc<Schema>, Vec<RecordBatch>)> {
+pub async fn profiles(
+    ctx: &SessionContext,
+    datasets: &[Ingested],
+    policy: &MergePolicy,
+) -> Result<(Arc<Schema>, Vec<RecordBatch>)> {
     let class = policy.class;
     let attrs = class_columns(datasets, class, DatasetKind::Profile);
     let base = format!("__base_{}", class.as_str());
-    let base_schema = ctx.table(base.as_str()).await.map_err(Error::engine("merge"))?.schema().as_arrow().clone();
+    let base_schema = ctx
+        .table(base.as_str())
+        .await
+        .map_err(Error::engine("merge"))?
+        .schema()
+        .as_arrow()
+        .clone();
     for (a, _) in &attrs {
         if base_schema.field_with_name(a).is_ok() {
-            let ds = datasets.iter().find(|d| d.dataset.class == class && d.columns.iter().any(|(c, _)| c == a)).map(|d| d.dataset.name.clone()).unwrap_or_default();
-            return Err(Error::input(&ds, None, Some(a), "attribute name collides with `profile_id` or an identity column of the profile (`<namespace>` or `<namespace>_all`); rename the column or list `attributes` explicitly"));
+            let ds = datasets
+                .iter()
+                .find(|d| d.dataset.class == class && d.columns.iter().any(|(c, _)| c == a))
+                .map(|d| d.dataset.name.clone())
+                .unwrap_or_default();
+            return Err(Error::input(
+                &ds,
+                None,
+                Some(a),
+                "attribute name collides with `profile_id` or an identity column of the profile (`<namespace>` or `<namespace>_all`); rename the column or list `attributes` explicitly",
+            ));
         }
     }
     let mut sources: Vec<(&Ingested, usize)> = Vec::new();
-    let mut named: Vec<&Ingested> = datasets.iter().filter(|d| d.dataset.class == class && d.dataset.kind == DatasetKind::Profile).collect();
+    let mut named: Vec<&Ingested> = datasets
+        .iter()
+        .filter(|d| d.dataset.class == class && d.dataset.kind == DatasetKind::Profile)
+        .collect();
     named.sort_by(|a, b| a.dataset.name.cmp(&b.dataset.name));
     match policy.method {
         MergeMethod::Timestamp => sources.extend(named.iter().enumerate().map(|(i, d)| (*d, i))),
@@ -116,11 +153,18 @@ pub async fn profiles(ctx: &SessionContext, project: &Project, datasets: &[Inges
     let mut union: Option<DataFrame> = None;
     if !attrs.is_empty() {
         for (d, rank) in &sources {
-            let mut exprs = vec![ident("profile_id"), lit(*rank as i64).alias("__rank"), cast(ident(&d.dataset.timestamp), timestamp_type()).alias("__ts")];
+            let mut exprs = vec![
+                ident("profile_id"),
+                lit(*rank as i64).alias("__rank"),
+                cast(ident(&d.dataset.timestamp), timestamp_type()).alias("__ts"),
+            ];
             for (a, t) in &attrs {
                 exprs.push(typed(d, a, t)?);
             }
-            let df = attributed(ctx, d).await?.select(exprs).map_err(Error::engine("merge"))?;
+            let df = attributed(ctx, d)
+                .await?
+                .select(exprs)
+                .map_err(Error::engine("merge"))?;
             union = Some(match union {
                 None => df,
                 Some(u) => u.union(df).map_err(Error::engine("merge"))?,
@@ -130,24 +174,42 @@ pub async fn profiles(ctx: &SessionContext, project: &Project, datasets: &[Inges
     let merged_view = format!("__merged_{}", policy.name);
     let sql = match union {
         Some(u) => {
-            ctx.deregister_table("__recs").map_err(Error::engine("merge"))?;
-            ctx.register_table("__recs", u.into_view()).map_err(Error::engine("merge"))?;
+            ctx.deregister_table("__recs")
+                .map_err(Error::engine("merge"))?;
+            ctx.register_table("__recs", u.into_view())
+                .map_err(Error::engine("merge"))?;
             let order = match policy.method {
                 MergeMethod::Timestamp => "__ts DESC, __rank ASC",
                 MergeMethod::Precedence => "__rank ASC, __ts DESC",
             };
             let aggs: Vec<String> = attrs
                 .iter()
-                .map(|(a, _)| format!("first_value({q} ORDER BY {order}, {q} ASC) IGNORE NULLS AS {q}", q = quote(a)))
+                .map(|(a, _)| {
+                    format!(
+                        "first_value({q} ORDER BY {order}, {q} ASC) IGNORE NULLS AS {q}",
+                        q = quote(a)
+                    )
+                })
                 .collect();
             let merged = ctx
-                .sql(&format!("SELECT profile_id, {} FROM __recs GROUP BY profile_id", aggs.join(", ")))
+                .sql(&format!(
+                    "SELECT profile_id, {} FROM __recs GROUP BY profile_id",
+                    aggs.join(", ")
+                ))
                 .await
                 .map_err(Error::engine("merge"))?;
-            ctx.deregister_table(merged_view.as_str()).map_err(Error::engine("merge"))?;
-            ctx.register_table(merged_view.as_str(), merged.into_view()).map_err(Error::engine("merge"))?;
-            let cols: Vec<String> = attrs.iter().map(|(a, _)| format!("m.{}", quote(a))).collect();
-            format!("SELECT b.*, {} FROM {base} b LEFT JOIN {merged_view} m ON b.profile_id = m.profile_id ORDER BY b.profile_id", cols.join(", "))
+            ctx.deregister_table(merged_view.as_str())
+                .map_err(Error::engine("merge"))?;
+            ctx.register_table(merged_view.as_str(), merged.into_view())
+                .map_err(Error::engine("merge"))?;
+            let cols: Vec<String> = attrs
+                .iter()
+                .map(|(a, _)| format!("m.{}", quote(a)))
+                .collect();
+            format!(
+                "SELECT b.*, {} FROM {base} b LEFT JOIN {merged_view} m ON b.profile_id = m.profile_id ORDER BY b.profile_id",
+                cols.join(", ")
+            )
         }
         None => format!("SELECT * FROM {base} ORDER BY profile_id"),
     };
@@ -160,19 +222,42 @@ pub async fn profiles(ctx: &SessionContext, project: &Project, datasets: &[Inges
 /// The `events` relation of a class: every event dataset's rows with their
 /// profile id, dataset name, event type, event time and properties (NULL where
 /// a dataset lacks a property).
-pub async fn events(ctx: &SessionContext, datasets: &[Ingested], class: Class) -> Result<DataFrame> {
+pub async fn events(
+    ctx: &SessionContext,
+    datasets: &[Ingested],
+    class: Class,
+) -> Result<DataFrame> {
     let props = class_columns(datasets, class, DatasetKind::Event);
     for (p, _) in &props {
         if EVENT_COLUMNS.contains(&p.as_str()) {
-            let ds = datasets.iter().find(|d| d.dataset.class == class && d.columns.iter().any(|(c, _)| c == p)).map(|d| d.dataset.name.clone()).unwrap_or_default();
-            return Err(Error::input(&ds, None, Some(p), format!("event property name is reserved in `events` ({}); rename the column", EVENT_COLUMNS.join(", "))));
+            let ds = datasets
+                .iter()
+                .find(|d| d.dataset.class == class && d.columns.iter().any(|(c, _)| c == p))
+                .map(|d| d.dataset.name.clone())
+                .unwrap_or_default();
+            return Err(Error::input(
+                &ds,
+                None,
+                Some(p),
+                format!(
+                    "event property name is reserved in `events` ({}); rename the column",
+                    EVENT_COLUMNS.join(", ")
+                ),
+            ));
         }
     }
     let mut union: Option<DataFrame> = None;
-    let mut evs: Vec<&Ingested> = datasets.iter().filter(|d| d.dataset.class == class && d.dataset.kind == DatasetKind::Event).collect();
+    let mut evs: Vec<&Ingested> = datasets
+        .iter()
+        .filter(|d| d.dataset.class == class && d.dataset.kind == DatasetKind::Event)
+        .collect();
     evs.sort_by(|a, b| a.dataset.name.cmp(&b.dataset.name));
     for d in evs {
-        let et = d.dataset.event_type.as_deref().ok_or_else(|| Error::Internal("event dataset without event_type".into()))?;
+        let et = d
+            .dataset
+            .event_type
+            .as_deref()
+            .ok_or_else(|| Error::Internal("event dataset without event_type".into()))?;
         let mut exprs = vec![
             ident("profile_id"),
             lit(d.dataset.name.as_str()).alias("dataset"),
@@ -182,7 +267,10 @@ pub async fn events(ctx: &SessionContext, datasets: &[Ingested], class: Class) -
         for (p, t) in &props {
             exprs.push(typed(d, p, t)?);
         }
-        let df = attributed(ctx, d).await?.select(exprs).map_err(Error::engine("events"))?;
+        let df = attributed(ctx, d)
+            .await?
+            .select(exprs)
+            .map_err(Error::engine("events"))?;
         union = Some(match union {
             None => df,
             Some(u) => u.union(df).map_err(Error::engine("events"))?,

@@ -21,7 +21,7 @@ use crate::engine;
 use crate::error::{Error, Result};
 use crate::export::{self, ExportManifest, ProfilesByPolicy};
 use crate::identity::{self, Stitched};
-use crate::ingest::{self, InputFile, Ingested};
+use crate::ingest::{self, Ingested, InputFile};
 use crate::merge;
 use crate::segment::{self, Group};
 use progress::{Progress, thousands};
@@ -85,7 +85,12 @@ pub struct InputFileRecord {
 
 impl From<&InputFile> for InputFileRecord {
     fn from(f: &InputFile) -> Self {
-        InputFileRecord { path: f.path.clone(), size: f.size, last_modified: f.last_modified.clone(), etag: f.etag.clone() }
+        InputFileRecord {
+            path: f.path.clone(),
+            size: f.size,
+            last_modified: f.last_modified.clone(),
+            etag: f.etag.clone(),
+        }
     }
 }
 
@@ -115,11 +120,19 @@ pub fn new_run_id(now: DateTime<Utc>) -> String {
     let mut h = Sha256::new();
     h.update(now.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
     h.update(std::process::id().to_le_bytes());
-    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &hex::encode(h.finalize())[..6])
+    format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        &hex::encode(h.finalize())[..6]
+    )
 }
 
 fn is_valid_run_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The whole batch pipeline over one project.
@@ -143,7 +156,12 @@ impl Pipeline {
     pub fn new(project: Project) -> Self {
         let now = Utc::now();
         let as_of = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
-        Pipeline { project, as_of, run_id: new_run_id(now), progress: Progress::hidden() }
+        Pipeline {
+            project,
+            as_of,
+            run_id: new_run_id(now),
+            progress: Progress::hidden(),
+        }
     }
 
     pub fn with_as_of(mut self, as_of: DateTime<Utc>) -> Self {
@@ -158,7 +176,11 @@ impl Pipeline {
     pub fn with_run_id(mut self, run_id: &str) -> Result<Self> {
         if !is_valid_run_id(run_id) {
             let mut p = crate::error::Problems::default();
-            p.push("--run-id", "", format!("`{run_id}` is not a run id: use 1-64 letters, digits, `-` or `_`"));
+            p.push(
+                "--run-id",
+                "",
+                format!("`{run_id}` is not a run id: use 1-64 letters, digits, `-` or `_`"),
+            );
             return Err(Error::Config(p));
         }
         self.run_id = run_id.to_string();
@@ -180,7 +202,13 @@ impl Pipeline {
     /// The first stage error; the run record then has status `failed` and the error.
     pub async fn run(self) -> Result<RunRecord> {
         let started = Utc::now();
-        let mut c = Collected { datasets: Vec::new(), stitched: None, stages: Vec::new(), segments: Vec::new(), exports: Vec::new() };
+        let mut c = Collected {
+            datasets: Vec::new(),
+            stitched: None,
+            stages: Vec::new(),
+            segments: Vec::new(),
+            exports: Vec::new(),
+        };
         let result = self.stages(&mut c).await;
         let rejections = c
             .stitched
@@ -189,7 +217,12 @@ impl Pipeline {
                 s.rejections
                     .counts
                     .iter()
-                    .map(|((dataset, column, reason), count)| RejectionCount { dataset: dataset.clone(), column: column.clone(), reason: reason.clone(), count: *count })
+                    .map(|((dataset, column, reason), count)| RejectionCount {
+                        dataset: dataset.clone(),
+                        column: column.clone(),
+                        reason: reason.clone(),
+                        count: *count,
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -197,7 +230,11 @@ impl Pipeline {
             run_id: self.run_id.clone(),
             project: self.project.name.clone(),
             trigger: Trigger::Manual,
-            status: if result.is_ok() { RunStatus::Succeeded } else { RunStatus::Failed },
+            status: if result.is_ok() {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            },
             as_of: self.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
             started_at: started.to_rfc3339_opts(SecondsFormat::Millis, true),
             finished_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -207,7 +244,10 @@ impl Pipeline {
             inputs: c
                 .datasets
                 .iter()
-                .map(|d| DatasetInputs { dataset: d.dataset.name.clone(), files: d.files.iter().map(InputFileRecord::from).collect() })
+                .map(|d| DatasetInputs {
+                    dataset: d.dataset.name.clone(),
+                    files: d.files.iter().map(InputFileRecord::from).collect(),
+                })
                 .collect(),
             stages: c.stages,
             rejections,
@@ -227,23 +267,35 @@ impl Pipeline {
         if let Some(s) = stitched {
             let mut buf = Vec::new();
             {
-                let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, s.identity_map.schema(), None).map_err(|e| Error::Internal(e.to_string()))?;
-                w.write(&s.identity_map).map_err(|e| Error::Internal(e.to_string()))?;
+                let mut w =
+                    parquet::arrow::ArrowWriter::try_new(&mut buf, s.identity_map.schema(), None)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                w.write(&s.identity_map)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
                 w.close().map_err(|e| Error::Internal(e.to_string()))?;
             }
             let loc = dir.join("identity_map.parquet");
-            store.put(&loc.path(), PutPayload::from(buf)).await.map_err(Error::storage(loc.display()))?;
+            store
+                .put(&loc.path(), PutPayload::from(buf))
+                .await
+                .map_err(Error::storage(loc.display()))?;
             let mut lines = Vec::new();
             for v in &s.rejections.sample {
                 lines.extend(serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?);
                 lines.push(b'\n');
             }
             let loc = dir.join("rejected_sample.jsonl");
-            store.put(&loc.path(), PutPayload::from(lines)).await.map_err(Error::storage(loc.display()))?;
+            store
+                .put(&loc.path(), PutPayload::from(lines))
+                .await
+                .map_err(Error::storage(loc.display()))?;
         }
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
         let loc = dir.join("run.json");
-        store.put(&loc.path(), PutPayload::from(Bytes::from(json))).await.map_err(Error::storage(loc.display()))?;
+        store
+            .put(&loc.path(), PutPayload::from(Bytes::from(json)))
+            .await
+            .map_err(Error::storage(loc.display()))?;
         Ok(())
     }
 
@@ -255,15 +307,29 @@ impl Pipeline {
         c.datasets = ingest::ingest(&ctx, project).await?;
         let files: usize = c.datasets.iter().map(|d| d.files.len()).sum();
         let secs = st.finish(&format!("{} datasets, {} files", c.datasets.len(), files));
-        c.stages.push(StageRecord { stage: "ingest".into(), seconds: secs, counts: BTreeMap::from([("datasets".into(), c.datasets.len() as u64), ("files".into(), files as u64)]) });
+        c.stages.push(StageRecord {
+            stage: "ingest".into(),
+            seconds: secs,
+            counts: BTreeMap::from([
+                ("datasets".into(), c.datasets.len() as u64),
+                ("files".into(), files as u64),
+            ]),
+        });
 
         // Fields of every destination are checked against the profile columns before anything is read.
         self.check_destination_fields(&c.datasets)?;
 
         let st = self.progress.stage("identity");
-        let stitched = identity::stitch(&ctx, project, &c.datasets, |rows| st.update(format!("{} rows", thousands(rows)))).await?;
+        let stitched = identity::stitch(&ctx, project, &c.datasets, |rows| {
+            st.update(format!("{} rows", thousands(rows)))
+        })
+        .await?;
         let rows: u64 = stitched.rows_read.values().sum();
-        let profiles_by_class: BTreeMap<Class, usize> = stitched.profiles.iter().map(|(k, b)| (*k, b.num_rows())).collect();
+        let profiles_by_class: BTreeMap<Class, usize> = stitched
+            .profiles
+            .iter()
+            .map(|(k, b)| (*k, b.num_rows()))
+            .collect();
         let n_profiles: usize = profiles_by_class.values().sum();
         let secs = st.finish(&format!(
             "{} rows, {} identities, {} profiles, {} rejected",
@@ -281,7 +347,11 @@ impl Pipeline {
         for (class, n) in &profiles_by_class {
             counts.insert(format!("profiles_{}", class.as_str()), *n as u64);
         }
-        c.stages.push(StageRecord { stage: "identity".into(), seconds: secs, counts });
+        c.stages.push(StageRecord {
+            stage: "identity".into(),
+            seconds: secs,
+            counts,
+        });
         merge::register_identity_tables(&ctx, project, &stitched)?;
         let identity_map = stitched.identity_map.clone();
         c.stitched = Some(stitched);
@@ -293,36 +363,77 @@ impl Pipeline {
         let (memberships, groups) = segment::evaluate(&ctx, project, |class, policy_name| {
             let policy = project.policy(&policy_name).cloned();
             async move {
-                let policy = policy.ok_or_else(|| Error::Internal(format!("policy {policy_name} vanished")))?;
-                let profiles = merge::profiles(ctx_ref, project, datasets, &policy).await?;
+                let policy = policy
+                    .ok_or_else(|| Error::Internal(format!("policy {policy_name} vanished")))?;
+                let profiles = merge::profiles(ctx_ref, datasets, &policy).await?;
                 let events = merge::events(ctx_ref, datasets, class).await?.into_view();
                 let identities = class_identities(identity_map, class)?;
-                Ok(Group { class, policy: policy.name.clone(), profiles, events, identities })
+                Ok(Group {
+                    class,
+                    policy: policy.name.clone(),
+                    profiles,
+                    events,
+                    identities,
+                })
             }
         })
         .await?;
         let profiles: ProfilesByPolicy = groups.into_iter().map(|(k, g)| (k, g.profiles)).collect();
         let total: usize = memberships.iter().map(|m| m.members.len()).sum();
-        let secs = st.finish(&format!("{} segments, {} memberships", memberships.len(), thousands(total as u64)));
+        let secs = st.finish(&format!(
+            "{} segments, {} memberships",
+            memberships.len(),
+            thousands(total as u64)
+        ));
         c.segments = memberships
             .iter()
-            .map(|m| SegmentCount { segment: m.segment.clone(), class: m.class.as_str().into(), policy: m.policy.clone(), members: m.members.len() as u64 })
+            .map(|m| SegmentCount {
+                segment: m.segment.clone(),
+                class: m.class.as_str().into(),
+                policy: m.policy.clone(),
+                members: m.members.len() as u64,
+            })
             .collect();
         c.stages.push(StageRecord {
             stage: "segments".into(),
             seconds: secs,
-            counts: BTreeMap::from([("segments".into(), memberships.len() as u64), ("memberships".into(), total as u64)]),
+            counts: BTreeMap::from([
+                ("segments".into(), memberships.len() as u64),
+                ("memberships".into(), total as u64),
+            ]),
         });
 
         let st = self.progress.stage("export");
-        c.exports = export::export(&ctx, project, &self.run_id, self.as_of, &memberships, &profiles, |d| st.update(d.to_string())).await?;
+        c.exports = export::export(
+            &ctx,
+            project,
+            &self.run_id,
+            self.as_of,
+            &memberships,
+            &profiles,
+            |d| st.update(d.to_string()),
+        )
+        .await?;
         let nfiles: usize = c.exports.iter().map(|m| m.files.len()).sum();
-        let rows: u64 = c.exports.iter().flat_map(|m| m.files.iter().map(|f| f.rows)).sum();
-        let secs = st.finish(&format!("{} destinations, {} files, {} rows", c.exports.len(), nfiles, thousands(rows)));
+        let rows: u64 = c
+            .exports
+            .iter()
+            .flat_map(|m| m.files.iter().map(|f| f.rows))
+            .sum();
+        let secs = st.finish(&format!(
+            "{} destinations, {} files, {} rows",
+            c.exports.len(),
+            nfiles,
+            thousands(rows)
+        ));
         c.stages.push(StageRecord {
             stage: "export".into(),
             seconds: secs,
-            counts: BTreeMap::from([("destinations".into(), c.exports.len() as u64), ("files".into(), nfiles as u64), ("rows".into(), rows)]),
+            counts: BTreeMap::from([
+                ("destinations".into(), c.exports.len() as u64),
+                ("files".into(), nfiles as u64),
+                ("rows".into(), rows),
+            ]),
         });
         Ok(())
     }
@@ -335,11 +446,21 @@ impl Pipeline {
             seg_policy.insert(m.id.clone(), segment::policy_of(project, m)?);
         }
         for p in &project.policies {
-            let mut fields = vec![datafusion::arrow::datatypes::Field::new("profile_id", datafusion::arrow::datatypes::DataType::Utf8, false)];
+            let mut fields = vec![datafusion::arrow::datatypes::Field::new(
+                "profile_id",
+                datafusion::arrow::datatypes::DataType::Utf8,
+                false,
+            )];
             for n in &project.namespaces {
-                fields.push(datafusion::arrow::datatypes::Field::new(&n.name, datafusion::arrow::datatypes::DataType::Utf8, true));
+                fields.push(datafusion::arrow::datatypes::Field::new(
+                    &n.name,
+                    datafusion::arrow::datatypes::DataType::Utf8,
+                    true,
+                ));
             }
-            for (a, t) in ingest::class_columns(datasets, p.class, crate::config::DatasetKind::Profile) {
+            for (a, t) in
+                ingest::class_columns(datasets, p.class, crate::config::DatasetKind::Profile)
+            {
                 fields.push(datafusion::arrow::datatypes::Field::new(a, t, true));
             }
             schemas.insert(p.name.clone(), Arc::new(Schema::new(fields)));
@@ -349,11 +470,26 @@ impl Pipeline {
 }
 
 /// The `identities` relation of a class: the identity map without its class column.
-fn class_identities(map: &datafusion::arrow::record_batch::RecordBatch, class: Class) -> Result<(Arc<Schema>, Vec<datafusion::arrow::record_batch::RecordBatch>)> {
+fn class_identities(
+    map: &datafusion::arrow::record_batch::RecordBatch,
+    class: Class,
+) -> Result<(
+    Arc<Schema>,
+    Vec<datafusion::arrow::record_batch::RecordBatch>,
+)> {
     use datafusion::arrow::array::{Array, StringArray};
-    let classes = map.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| Error::Internal("identity map class column".into()))?;
-    let mask: datafusion::arrow::array::BooleanArray = (0..classes.len()).map(|i| Some(classes.value(i) == class.as_str())).collect();
-    let filtered = datafusion::arrow::compute::filter_record_batch(map, &mask).map_err(|e| Error::Internal(e.to_string()))?;
-    let projected = filtered.project(&[3, 1, 2, 4, 5]).map_err(|e| Error::Internal(e.to_string()))?;
+    let classes = map
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| Error::Internal("identity map class column".into()))?;
+    let mask: datafusion::arrow::array::BooleanArray = (0..classes.len())
+        .map(|i| Some(classes.value(i) == class.as_str()))
+        .collect();
+    let filtered = datafusion::arrow::compute::filter_record_batch(map, &mask)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let projected = filtered
+        .project(&[3, 1, 2, 4, 5])
+        .map_err(|e| Error::Internal(e.to_string()))?;
     Ok((projected.schema(), vec![projected]))
 }

@@ -15,7 +15,9 @@ pub struct Progress {
 impl Progress {
     /// Spinners when stderr is a terminal and `quiet` is off; log events otherwise.
     pub fn new(quiet: bool) -> Self {
-        Progress { terminal: !quiet && std::io::stderr().is_terminal() }
+        Progress {
+            terminal: !quiet && std::io::stderr().is_terminal(),
+        }
     }
 
     /// No spinners (tests, libraries).
@@ -26,13 +28,20 @@ impl Progress {
     pub fn stage(&self, name: &'static str) -> Stage {
         let bar = self.terminal.then(|| {
             let b = ProgressBar::new_spinner();
-            b.set_style(ProgressStyle::with_template("{spinner} {prefix:.bold} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:.bold} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             b.set_prefix(name);
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
         tracing::debug!(stage = name, "stage started");
-        Stage { name, start: Instant::now(), bar }
+        Stage {
+            name,
+            start: Instant::now(),
+            bar,
+        }
     }
 }
 

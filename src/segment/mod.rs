@@ -42,7 +42,10 @@ pub struct Group {
 
 /// Options that make segment SQL read-only.
 pub fn read_only() -> SQLOptions {
-    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// The policy a model uses: its header's, or its class default.
@@ -52,15 +55,31 @@ pub fn policy_of(project: &Project, m: &SqlModel) -> Result<String> {
         None => project
             .default_policy(m.class)
             .map(|p| p.name.clone())
-            .ok_or_else(|| Error::Internal(format!("no default {} policy after validation", m.class.as_str()))),
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "no default {} policy after validation",
+                    m.class.as_str()
+                ))
+            }),
     }
 }
 
-fn activate(ctx: &SessionContext, g: &Group, features: &BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>) -> Result<()> {
+fn activate(
+    ctx: &SessionContext,
+    g: &Group,
+    features: &BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>,
+) -> Result<()> {
     register_batches(ctx, "profiles", g.profiles.0.clone(), g.profiles.1.clone())?;
-    register_batches(ctx, "identities", g.identities.0.clone(), g.identities.1.clone())?;
-    ctx.deregister_table("events").map_err(Error::engine("segments"))?;
-    ctx.register_table("events", g.events.clone()).map_err(Error::engine("segments"))?;
+    register_batches(
+        ctx,
+        "identities",
+        g.identities.0.clone(),
+        g.identities.1.clone(),
+    )?;
+    ctx.deregister_table("events")
+        .map_err(Error::engine("segments"))?;
+    ctx.register_table("events", g.events.clone())
+        .map_err(Error::engine("segments"))?;
     for (id, (schema, batches)) in features {
         register_batches(ctx, id, schema.clone(), batches.clone())?;
     }
@@ -76,11 +95,19 @@ fn sql_error(m: &SqlModel, e: impl std::fmt::Display) -> Error {
         .step_by(2)
         .filter_map(|name| {
             let short = name.rsplit('.').next().unwrap_or(name);
-            (!short.is_empty()).then(|| m.sql.lines().position(|l| !l.trim_start().starts_with("--") && l.contains(short)))?
+            (!short.is_empty()).then(|| {
+                m.sql
+                    .lines()
+                    .position(|l| !l.trim_start().starts_with("--") && l.contains(short))
+            })?
         })
         .next()
         .map(|i| i + 1);
-    Error::Sql { file: m.file.clone(), line, message }
+    Error::Sql {
+        file: m.file.clone(),
+        line,
+        message,
+    }
 }
 
 /// Evaluate every segment (and the features they read) in dependency order.
@@ -91,17 +118,27 @@ fn sql_error(m: &SqlModel, e: impl std::fmt::Display) -> Error {
 /// # Errors
 /// [`Error::Sql`] naming the file (and line, when known) for a query that fails
 /// to plan or run, or that returns no `profile_id` column.
-pub async fn evaluate<F, Fut>(ctx: &SessionContext, project: &Project, mut group: F) -> Result<(Vec<Membership>, BTreeMap<String, Group>)>
+pub async fn evaluate<F, Fut>(
+    ctx: &SessionContext,
+    project: &Project,
+    mut group: F,
+) -> Result<(Vec<Membership>, BTreeMap<String, Group>)>
 where
     F: FnMut(Class, String) -> Fut,
     Fut: std::future::Future<Output = Result<Group>>,
 {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    let mut features: BTreeMap<String, BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>> = BTreeMap::new();
+    let mut features: BTreeMap<String, BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>> =
+        BTreeMap::new();
     let mut active: Option<String> = None;
     let mut out = Vec::new();
-    let by_id: BTreeMap<&str, &SqlModel> = project.models.iter().map(|m| (m.id.as_str(), m)).collect();
-    for seg in project.models.iter().filter(|m| m.kind == ModelKind::Segment) {
+    let by_id: BTreeMap<&str, &SqlModel> =
+        project.models.iter().map(|m| (m.id.as_str(), m)).collect();
+    for seg in project
+        .models
+        .iter()
+        .filter(|m| m.kind == ModelKind::Segment)
+    {
         let policy = policy_of(project, seg)?;
         if !groups.contains_key(&policy) {
             let g = group(seg.class, policy.clone()).await?;
@@ -123,35 +160,68 @@ where
                 }
             }
         }
-        for m in project.models.iter().filter(|m| needed.contains(m.id.as_str()) && !feats.contains_key(&m.id)) {
-            let df = ctx.sql_with_options(&m.sql, read_only()).await.map_err(|e| sql_error(m, e))?;
+        let todo: Vec<&SqlModel> = project
+            .models
+            .iter()
+            .filter(|m| needed.contains(m.id.as_str()) && !feats.contains_key(&m.id))
+            .collect();
+        for m in todo {
+            let df = ctx
+                .sql_with_options(&m.sql, read_only())
+                .await
+                .map_err(|e| sql_error(m, e))?;
             let schema = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await.map_err(|e| sql_error(m, e))?;
             register_batches(ctx, &m.id, schema.clone(), batches.clone())?;
             feats.insert(m.id.clone(), (schema, batches));
         }
         let members = run_segment(ctx, seg).await?;
-        let schema = Arc::new(Schema::new(vec![Field::new("profile_id", DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from_iter_values(members.iter()))])
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "profile_id",
+            DataType::Utf8,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from_iter_values(members.iter()))],
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
         register_batches(ctx, &seg.id, schema, vec![batch])?;
-        out.push(Membership { segment: seg.id.clone(), class: seg.class, policy, members });
+        out.push(Membership {
+            segment: seg.id.clone(),
+            class: seg.class,
+            policy,
+            members,
+        });
     }
     Ok((out, groups))
 }
 
 async fn run_segment(ctx: &SessionContext, seg: &SqlModel) -> Result<Vec<String>> {
-    let df = ctx.sql_with_options(&seg.sql, read_only()).await.map_err(|e| sql_error(seg, e))?;
-    let cols: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let df = ctx
+        .sql_with_options(&seg.sql, read_only())
+        .await
+        .map_err(|e| sql_error(seg, e))?;
+    let cols: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     if !cols.iter().any(|c| c == "profile_id") {
         return Err(Error::Sql {
             file: seg.file.clone(),
             line: None,
-            message: format!("a segment must return a `profile_id` column; this query returns: {}", cols.join(", ")),
+            message: format!(
+                "a segment must return a `profile_id` column; this query returns: {}",
+                cols.join(", ")
+            ),
         });
     }
-    ctx.deregister_table("__segment").map_err(Error::engine("segments"))?;
-    ctx.register_table("__segment", df.into_view()).map_err(Error::engine("segments"))?;
+    ctx.deregister_table("__segment")
+        .map_err(Error::engine("segments"))?;
+    ctx.register_table("__segment", df.into_view())
+        .map_err(Error::engine("segments"))?;
     let members = ctx
         .sql("SELECT DISTINCT CAST(s.profile_id AS VARCHAR) AS profile_id FROM __segment s WHERE s.profile_id IN (SELECT profile_id FROM profiles) ORDER BY 1")
         .await

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (README "Quick start"): sets up what the tests need, then runs
+# the whole suite with cargo-nextest. Extra arguments go to nextest, e.g.
+#   scripts/test.sh -E 'test(config_)'
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "cargo-nextest not found; installing it (cargo install --locked cargo-nextest)" >&2
+    cargo install --locked cargo-nextest
+fi
+
+# Under CI every test must run: a test whose prerequisite is missing fails.
+export AUDIENCE_TEST_STRICT="${CI:-}"
+
+cargo nextest run --no-fail-fast "$@"

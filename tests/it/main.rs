@@ -1,0 +1,8 @@
+//! Integration tests: one binary, a module per stage plus the CLI.
+
+mod cli;
+mod config;
+mod ingest;
+mod pipeline;
+mod reference;
+mod support;
