@@ -347,16 +347,16 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
             );
         }
         match (ns.normaliser, &ns.default_region) {
-            (NormaliserKind::Phone, Some(region)) => {
-                if crate::identity::normalise::phone_region(region).is_none() {
-                    problems.push(
-                        FILE,
-                        format!("{path}.default_region"),
-                        format!(
-                            "`{region}` is not a known ISO 3166 region code (e.g. `GB`, `US`, `DE`)"
-                        ),
-                    );
-                }
+            (NormaliserKind::Phone, Some(region))
+                if crate::identity::normalise::phone_region(region).is_none() =>
+            {
+                problems.push(
+                    FILE,
+                    format!("{path}.default_region"),
+                    format!(
+                        "`{region}` is not a known ISO 3166 region code (e.g. `GB`, `US`, `DE`)"
+                    ),
+                );
             }
             (NormaliserKind::Phone, None) => {}
             (_, Some(_)) => problems.push(
@@ -580,21 +580,20 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
     let policy_names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
     let models = sql::load_models(root, &segments_dir, &features_dir, &policy_names, problems);
     for m in &models {
-        if let Some(policy) = &m.policy {
-            if let Some(p) = policies.iter().find(|p| &p.name == policy) {
-                if p.class != m.class {
-                    problems.push(
-                        &m.file,
-                        "header `policy`",
-                        format!(
-                            "merge policy `{policy}` is for {} profiles but this {} is {}",
-                            p.class.as_str(),
-                            m.kind.as_str(),
-                            m.class.as_str()
-                        ),
-                    );
-                }
-            }
+        if let Some(policy) = &m.policy
+            && let Some(p) = policies.iter().find(|p| &p.name == policy)
+            && p.class != m.class
+        {
+            problems.push(
+                &m.file,
+                "header `policy`",
+                format!(
+                    "merge policy `{policy}` is for {} profiles but this {} is {}",
+                    p.class.as_str(),
+                    m.kind.as_str(),
+                    m.class.as_str()
+                ),
+            );
         }
         if m.kind == ModelKind::Segment && !classes.contains(&m.class) {
             problems.push(

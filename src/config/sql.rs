@@ -247,17 +247,17 @@ fn parse_model(
         }
     };
     let policy = header.get("policy").cloned();
-    if let Some(p) = &policy {
-        if !policies.contains(&p.as_str()) {
-            problems.push(
-                file,
-                "header `policy`",
-                format!(
-                    "unknown merge policy `{p}`: {}",
-                    one_of(p, policies.iter().copied())
-                ),
-            );
-        }
+    if let Some(p) = &policy
+        && !policies.contains(&p.as_str())
+    {
+        problems.push(
+            file,
+            "header `policy`",
+            format!(
+                "unknown merge policy `{p}`: {}",
+                one_of(p, policies.iter().copied())
+            ),
+        );
     }
     let depends_on = match check_query(&sql) {
         Ok(deps) => deps,

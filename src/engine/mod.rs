@@ -9,6 +9,9 @@ pub mod udf;
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
 use chrono::{DateTime, Utc};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::DiskManagerBuilder;
@@ -19,6 +22,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::config::Project;
 use crate::error::{Error, Result};
 use storage::Location;
+
+/// A materialised relation: its schema and batches.
+pub type Batches = (SchemaRef, Vec<RecordBatch>);
 
 /// Build a session for `project` whose time functions return `as_of`.
 ///

@@ -22,6 +22,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Destination, FormatKind, Project};
+use crate::engine::Batches;
 use crate::engine::storage::Location;
 use crate::error::{Error, Result, one_of};
 use crate::segment::Membership;
@@ -51,7 +52,7 @@ pub struct ExportManifest {
 }
 
 /// Profiles of each merge policy, as the export reads them.
-pub type ProfilesByPolicy = BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>;
+pub type ProfilesByPolicy = BTreeMap<String, Batches>;
 
 /// Check that every destination's fields are exportable columns of its segments' profiles.
 pub fn check_fields(
@@ -193,7 +194,7 @@ async fn member_rows(
     m: &Membership,
     schema: Arc<Schema>,
     batches: Vec<RecordBatch>,
-) -> Result<(Arc<Schema>, Vec<RecordBatch>)> {
+) -> Result<Batches> {
     let ms = Arc::new(Schema::new(vec![Field::new(
         "member_id",
         DataType::Utf8,

@@ -46,7 +46,7 @@ impl ScalarUDFImpl for AnchorUdf {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let n = args.number_rows;
-        if args.args.len() % 2 != 0 || args.args.is_empty() {
+        if !args.args.len().is_multiple_of(2) || args.args.is_empty() {
             return exec_err!("{NAME} takes pairs of (namespace literal, column)");
         }
         let mut cols: Vec<(usize, Normaliser, ArrayRef)> = Vec::new();

@@ -46,6 +46,9 @@ pub struct Ingested {
     pub columns: Vec<(String, DataType)>,
 }
 
+/// Whether a column's type is accepted for its role.
+type TypeCheck = fn(&DataType) -> bool;
+
 fn is_string(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
@@ -163,14 +166,14 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         .await?;
 
     // Declared columns, in every file, with accepted types.
-    let mut declared: Vec<(&str, &str, fn(&DataType) -> bool)> = ds
+    let mut declared: Vec<(&str, &str, TypeCheck)> = ds
         .identities
         .iter()
         .map(|(c, _)| {
             (
                 c.as_str(),
                 "a string or integer identity",
-                is_identity_type as fn(&DataType) -> bool,
+                is_identity_type as TypeCheck,
             )
         })
         .collect();
@@ -335,18 +338,18 @@ fn check_attribute_types(datasets: &[Ingested]) -> Result<()> {
                 continue;
             }
             for (name, ta) in &a.columns {
-                if let Some((_, tb)) = b.columns.iter().find(|(n, _)| n == name) {
-                    if !same_logical_type(ta, tb) {
-                        return Err(Error::input(
-                            &b.dataset.name,
-                            None,
-                            Some(name),
-                            format!(
-                                "has type {tb} here but {ta} in dataset `{}`; an attribute must have one type across datasets",
-                                a.dataset.name
-                            ),
-                        ));
-                    }
+                if let Some((_, tb)) = b.columns.iter().find(|(n, _)| n == name)
+                    && !same_logical_type(ta, tb)
+                {
+                    return Err(Error::input(
+                        &b.dataset.name,
+                        None,
+                        Some(name),
+                        format!(
+                            "has type {tb} here but {ta} in dataset `{}`; an attribute must have one type across datasets",
+                            a.dataset.name
+                        ),
+                    ));
                 }
             }
         }

@@ -25,6 +25,7 @@ use datafusion::logical_expr::{Expr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::config::{Class, DatasetKind, MergeMethod, MergePolicy, Project};
+use crate::engine::Batches;
 use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
 use crate::identity::{Stitched, anchor, quote};
@@ -108,7 +109,7 @@ pub async fn profiles(
     ctx: &SessionContext,
     datasets: &[Ingested],
     policy: &MergePolicy,
-) -> Result<(Arc<Schema>, Vec<RecordBatch>)> {
+) -> Result<Batches> {
     let class = policy.class;
     let attrs = class_columns(datasets, class, DatasetKind::Profile);
     let base = format!("__base_{}", class.as_str());

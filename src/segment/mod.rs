@@ -17,6 +17,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 
 use crate::config::{Class, ModelKind, Project, SqlModel};
+use crate::engine::Batches;
 use crate::error::{Error, Result};
 use crate::merge::register_batches;
 
@@ -35,9 +36,9 @@ pub struct Membership {
 pub struct Group {
     pub class: Class,
     pub policy: String,
-    pub profiles: (Arc<Schema>, Vec<RecordBatch>),
+    pub profiles: Batches,
     pub events: Arc<dyn datafusion::catalog::TableProvider>,
-    pub identities: (Arc<Schema>, Vec<RecordBatch>),
+    pub identities: Batches,
 }
 
 /// Options that make segment SQL read-only.
@@ -64,11 +65,7 @@ pub fn policy_of(project: &Project, m: &SqlModel) -> Result<String> {
     }
 }
 
-fn activate(
-    ctx: &SessionContext,
-    g: &Group,
-    features: &BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>,
-) -> Result<()> {
+fn activate(ctx: &SessionContext, g: &Group, features: &BTreeMap<String, Batches>) -> Result<()> {
     register_batches(ctx, "profiles", g.profiles.0.clone(), g.profiles.1.clone())?;
     register_batches(
         ctx,
@@ -128,8 +125,7 @@ where
     Fut: std::future::Future<Output = Result<Group>>,
 {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    let mut features: BTreeMap<String, BTreeMap<String, (Arc<Schema>, Vec<RecordBatch>)>> =
-        BTreeMap::new();
+    let mut features: BTreeMap<String, BTreeMap<String, Batches>> = BTreeMap::new();
     let mut active: Option<String> = None;
     let mut out = Vec::new();
     let by_id: BTreeMap<&str, &SqlModel> =
@@ -154,10 +150,11 @@ where
         let mut needed = BTreeSet::new();
         let mut stack: Vec<&str> = seg.depends_on.iter().map(String::as_str).collect();
         while let Some(id) = stack.pop() {
-            if let Some(m) = by_id.get(id) {
-                if m.kind == ModelKind::Feature && needed.insert(id) {
-                    stack.extend(m.depends_on.iter().map(String::as_str));
-                }
+            if let Some(m) = by_id.get(id)
+                && m.kind == ModelKind::Feature
+                && needed.insert(id)
+            {
+                stack.extend(m.depends_on.iter().map(String::as_str));
             }
         }
         let todo: Vec<&SqlModel> = project

@@ -151,13 +151,19 @@ impl Uf {
     }
 }
 
+/// (preferred email, merged city, merged loyalty tier).
+pub type ProfileFields = (Option<String>, Option<String>, Option<String>);
+
+/// Profile id → its identities as (namespace rank, value, first seen, last seen).
+type Members = HashMap<String, Vec<(usize, String, i64, i64)>>;
+
 /// Expected results for one class.
 #[derive(Debug, Default)]
 pub struct Expected {
     /// Segment id → expected profile ids.
     pub segments: BTreeMap<String, BTreeSet<String>>,
     /// Profile id → (preferred email, merged city, merged loyalty tier).
-    pub profiles: BTreeMap<String, (Option<String>, Option<String>, Option<String>)>,
+    pub profiles: BTreeMap<String, ProfileFields>,
 }
 
 fn profile_id(class: &str, ns: &str, value: &str) -> String {
@@ -168,13 +174,7 @@ fn profile_id(class: &str, ns: &str, value: &str) -> String {
 
 /// Stitch rows of one class; returns per row its profile id (None if rejected),
 /// and per profile the identities with (first, last) seen.
-fn stitch(
-    class: &str,
-    rows: &[Row],
-) -> (
-    Vec<Option<String>>,
-    HashMap<String, Vec<(usize, String, i64, i64)>>,
-) {
+fn stitch(class: &str, rows: &[Row]) -> (Vec<Option<String>>, Members) {
     let mut index: HashMap<(usize, String), usize> = HashMap::new();
     let mut seen: Vec<(i64, i64)> = Vec::new();
     let mut keys: Vec<(usize, String)> = Vec::new();
