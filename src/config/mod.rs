@@ -358,7 +358,7 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
                     ),
                 );
             }
-            (NormaliserKind::Phone, None) => {}
+            (NormaliserKind::Phone, _) => {}
             (_, Some(_)) => problems.push(
                 FILE,
                 format!("{path}.default_region"),
