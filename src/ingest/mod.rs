@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -190,11 +190,20 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
             declared.push((a.as_str(), "any type", |_| true));
         }
     }
+    let partitions = partition_columns(ds, &url, &files, &file_url)?;
     let first = &schemas[0];
     for (meta, schema) in files.iter().zip(&schemas) {
         let file = file_url(meta);
         for (col, expected, ok) in &declared {
-            match schema.field_with_name(col) {
+            let partition = partitions
+                .iter()
+                .any(|p| p == col)
+                .then(|| Arc::new(Field::new(*col, DataType::Utf8, true)));
+            match schema
+                .field_with_name(col)
+                .map(|f| Arc::new(f.clone()))
+                .or(partition.ok_or(()))
+            {
                 Err(_) => {
                     let names: Vec<&str> =
                         schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -269,7 +278,14 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         }
     }
 
-    let schema: SchemaRef = Arc::new(Schema::new(first.fields().clone()));
+    let file_schema: SchemaRef = Arc::new(Schema::new(first.fields().clone()));
+    let mut all_fields: Vec<Field> = first.fields().iter().map(|f| f.as_ref().clone()).collect();
+    all_fields.extend(
+        partitions
+            .iter()
+            .map(|p| Field::new(p, DataType::Utf8, true)),
+    );
+    let schema: SchemaRef = Arc::new(Schema::new(all_fields));
     let is_special = |name: &str| {
         ds.identities.iter().any(|(c, _)| c == name)
             || name == ds.timestamp
@@ -293,17 +309,30 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
             .collect(),
     };
 
-    let urls: Vec<ListingTableUrl> = files
-        .iter()
-        .map(|m| {
-            ListingTableUrl::parse(file_url(m))
-                .map_err(|e| Error::input(&ds.name, Some(&file_url(m)), None, e.to_string()))
-        })
-        .collect::<Result<_>>()?;
-    let options = ListingOptions::new(Arc::new(format)).with_file_extension("");
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(schema.clone());
+    let config = if partitions.is_empty() {
+        // Exactly the files validated above (and recorded in the run record).
+        let urls: Vec<ListingTableUrl> = files
+            .iter()
+            .map(|m| {
+                ListingTableUrl::parse(file_url(m))
+                    .map_err(|e| Error::input(&ds.name, Some(&file_url(m)), None, e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let options = ListingOptions::new(Arc::new(format)).with_file_extension("");
+        ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options)
+    } else {
+        // Hive-style partitions: the table lists the dataset root and parses `key=value` folders.
+        let options = ListingOptions::new(Arc::new(format))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(
+                partitions
+                    .iter()
+                    .map(|p| (p.clone(), DataType::Utf8))
+                    .collect(),
+            );
+        ListingTableConfig::new(url.clone()).with_listing_options(options)
+    }
+    .with_schema(file_schema);
     let table = ListingTable::try_new(config).map_err(Error::engine("ingest"))?;
     let name = table_name(&ds.name);
     ctx.register_table(name.as_str(), Arc::new(table))
@@ -325,6 +354,44 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         files,
         columns,
     })
+}
+
+/// Hive-style partition columns (`key=value` folders below the dataset path), the
+/// same keys in the same order for every file; empty when the files are not partitioned.
+fn partition_columns(
+    ds: &Dataset,
+    url: &ListingTableUrl,
+    files: &[ObjectMeta],
+    file_url: &dyn Fn(&ObjectMeta) -> String,
+) -> Result<Vec<String>> {
+    let keys_of = |m: &ObjectMeta| -> Vec<String> {
+        let parts: Vec<String> = match m.location.prefix_match(url.prefix()) {
+            Some(parts) => parts.map(|p| p.as_ref().to_string()).collect(),
+            None => Vec::new(),
+        };
+        let dirs = &parts[..parts.len().saturating_sub(1)];
+        dirs.iter()
+            .filter_map(|d| d.split_once('=').map(|(k, _)| k.to_string()))
+            .collect()
+    };
+    let first = keys_of(&files[0]);
+    for m in &files[1..] {
+        let keys = keys_of(m);
+        if keys != first {
+            return Err(Error::input(
+                &ds.name,
+                Some(&file_url(m)),
+                None,
+                format!(
+                    "partition folders ({}) differ from `{}` ({}); every file needs the same `key=value` folders",
+                    keys.join("/"),
+                    file_url(&files[0]),
+                    first.join("/")
+                ),
+            ));
+        }
+    }
+    Ok(first)
 }
 
 /// An attribute (or property) name has one type across the datasets of a class.

@@ -160,11 +160,27 @@ fn config_segment_cycle_names_files() {
 #[test]
 fn config_phone_region_checked() {
     let dir = sample_copy();
-    edit_config(dir.path(), "default_region = \"GB\"", "default_region = \"XX\"");
-    edit_config(dir.path(), "normaliser = \"id\"\npriority = 5", "normaliser = \"id\"\npriority = 5\ndefault_region = \"GB\"");
+    edit_config(
+        dir.path(),
+        "default_region = \"GB\"",
+        "default_region = \"XX\"",
+    );
+    edit_config(
+        dir.path(),
+        "normaliser = \"id\"\npriority = 5",
+        "normaliser = \"id\"\npriority = 5\ndefault_region = \"GB\"",
+    );
     let (code, out) = validate(dir.path());
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("namespaces.phone.default_region: `XX` is not a known ISO 3166 region code"), "{out}");
-    assert!(out.contains("namespaces.cookie.default_region: only phone namespaces take a default_region"), "{out}");
+    assert!(
+        out.contains("namespaces.phone.default_region: `XX` is not a known ISO 3166 region code"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "namespaces.cookie.default_region: only phone namespaces take a default_region"
+        ),
+        "{out}"
+    );
     assert!(out.contains("2 problems"), "{out}");
 }

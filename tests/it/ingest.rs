@@ -96,3 +96,143 @@ fn ingest_wrong_type_named() {
         "{out}"
     );
 }
+
+/// Datasets, destinations and state behind object-store URLs (`memory://` here;
+/// the same code paths serve s3://, gs:// and az://).
+#[test]
+fn ingest_reads_and_writes_object_store_urls() {
+    use audience::engine::storage::store_for;
+    use object_store::{ObjectStoreExt, PutPayload};
+    let dir = sample_copy();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let input = store_for(&url::Url::parse("memory://ingest-test/").expect("url")).expect("store");
+    rt.block_on(async {
+        for f in crate::support::files_under(&dir.path().join("data")) {
+            let bytes = std::fs::read(dir.path().join("data").join(&f)).expect("read");
+            input
+                .put(
+                    &object_store::path::Path::from(format!("lake/{f}")),
+                    PutPayload::from(bytes),
+                )
+                .await
+                .expect("put");
+        }
+    });
+    std::fs::remove_dir_all(dir.path().join("data")).expect("rm local data");
+    let cfg = dir.path().join("audience.toml");
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    let text = text
+        .replace("path = \"data/", "path = \"memory://ingest-test/lake/")
+        .replace(
+            "url = \"out/exports/",
+            "url = \"memory://ingest-out/exports/",
+        )
+        .replace("state = \"state\"", "state = \"memory://ingest-state/\"");
+    std::fs::write(&cfg, text).expect("write");
+    let project = audience::config::Project::load(dir.path()).expect("valid");
+    let record = rt
+        .block_on(
+            audience::run::Pipeline::new(project)
+                .with_as_of(crate::support::as_of())
+                .with_run_id("mem")
+                .expect("id")
+                .run(),
+        )
+        .expect("run over memory:// succeeds");
+    assert!(
+        record.inputs.iter().all(|d| d
+            .files
+            .iter()
+            .all(|f| f.path.starts_with("memory://ingest-test/lake/"))),
+        "{:?}",
+        record.inputs
+    );
+    let out = store_for(&url::Url::parse("memory://ingest-out/").expect("url")).expect("store");
+    let state = store_for(&url::Url::parse("memory://ingest-state/").expect("url")).expect("store");
+    rt.block_on(async {
+        out.head(&object_store::path::Path::from(
+            "exports/crm_lists/mem/_SUCCESS",
+        ))
+        .await
+        .expect("_SUCCESS in the bucket");
+        out.head(&object_store::path::Path::from(
+            "exports/crm_lists/mem/high_value.csv",
+        ))
+        .await
+        .expect("file in the bucket");
+        state
+            .head(&object_store::path::Path::from("runs/mem/run.json"))
+            .await
+            .expect("run record in the state bucket");
+    });
+    // Same members as the local run.
+    let local = sample_copy();
+    let project = audience::config::Project::load(local.path()).expect("valid");
+    let local_record = rt
+        .block_on(
+            audience::run::Pipeline::new(project)
+                .with_as_of(crate::support::as_of())
+                .run(),
+        )
+        .expect("local run");
+    let counts = |r: &audience::run::RunRecord| {
+        r.segments
+            .iter()
+            .map(|s| (s.segment.clone(), s.members))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&record), counts(&local_record));
+}
+
+#[test]
+fn ingest_hive_partitions_become_columns() {
+    let dir = sample_copy();
+    let purchases = dir.path().join("data/purchases");
+    std::fs::create_dir_all(purchases.join("source=shop")).expect("mkdir");
+    std::fs::rename(
+        purchases.join("part-00000.parquet"),
+        purchases.join("source=shop/part-00000.parquet"),
+    )
+    .expect("mv");
+    std::fs::write(
+        dir.path().join("sql/segments/shop_buyers.sql"),
+        "SELECT profile_id FROM events WHERE source = 'shop'",
+    )
+    .expect("write");
+    let (code, out) = run(dir.path());
+    assert_eq!(code, 0, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("segment shop_buyers"))
+        .expect("segment line");
+    let n: u64 = line
+        .split_whitespace()
+        .nth(2)
+        .expect("count")
+        .replace(',', "")
+        .parse()
+        .expect("number");
+    assert!(n > 100, "{line}");
+}
+
+#[test]
+fn ingest_mixed_partition_layout_is_an_error() {
+    let dir = sample_copy();
+    let purchases = dir.path().join("data/purchases");
+    std::fs::create_dir_all(purchases.join("source=shop")).expect("mkdir");
+    std::fs::copy(
+        purchases.join("part-00000.parquet"),
+        purchases.join("source=shop/part-00001.parquet"),
+    )
+    .expect("cp");
+    let (code, out) = run(dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("dataset `purchases`, file"), "{out}");
+    assert!(
+        out.contains("every file needs the same `key=value` folders"),
+        "{out}"
+    );
+}
