@@ -36,8 +36,24 @@ pub struct Namespace {
     pub priority: u32,
     /// Region for national phone numbers (phone only).
     pub default_region: Option<String>,
-    /// User-declared blocked values, normalised the way the namespace normalises.
+    /// User-declared blocked values, trimmed (and lower-cased for e-mail).
     pub blocked: BTreeSet<String>,
+    /// Blocked patterns, as written (compiled by the normaliser).
+    pub blocked_patterns: Vec<String>,
+    pub unique: bool,
+    pub max_links: Option<u64>,
+    /// Normalised values exempt from hub quarantine.
+    pub allow: BTreeSet<String>,
+}
+
+/// Graph-wide identity rules (`[identity]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct IdentityRules {
+    pub max_identities: Option<u64>,
+    /// Normalised `(namespace, value)` pairs that never share a profile.
+    pub never_link_pairs: Vec<((String, String), (String, String))>,
+    /// Normalised identities never linked to anything.
+    pub never_link_values: Vec<(String, String)>,
 }
 
 /// A validated dataset.
@@ -90,6 +106,7 @@ pub struct Project {
     pub name: String,
     pub state: Location,
     pub engine: EngineSettings,
+    pub identity: IdentityRules,
     /// Sorted by (priority, name): the anchor order.
     pub namespaces: Vec<Namespace>,
     /// Sorted by name.
@@ -161,9 +178,10 @@ impl Project {
 }
 
 const FILE: &str = CONFIG_FILE;
-const TOP_KEYS: [&str; 6] = [
+const TOP_KEYS: [&str; 7] = [
     "project",
     "engine",
+    "identity",
     "namespaces",
     "datasets",
     "merge_policies",
@@ -251,6 +269,91 @@ fn check_identifier(name: &str, path: &str, what: &str, problems: &mut Problems)
             format!("{what} name `{name}` must be lower-case letters, digits and `_`, starting with a letter or `_`"),
         );
     }
+}
+
+/// Parse `namespace:value` and normalise the value; a problem at `path` otherwise.
+fn parse_identity(
+    text: &str,
+    path: &str,
+    namespaces: &[Namespace],
+    problems: &mut Problems,
+) -> Option<(String, String)> {
+    let Some((ns, value)) = text.split_once(':') else {
+        problems.push(
+            FILE,
+            path,
+            format!("`{text}` is not an identity: write `namespace:value`"),
+        );
+        return None;
+    };
+    let Some(namespace) = namespaces.iter().find(|n| n.name == ns) else {
+        let names: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
+        problems.push(
+            FILE,
+            path,
+            format!(
+                "unknown namespace `{ns}`: {}",
+                one_of(ns, names.iter().copied())
+            ),
+        );
+        return None;
+    };
+    match crate::identity::normalise::Normaliser::new(namespace).apply(value) {
+        Ok(v) => Some((ns.to_string(), v.into_owned())),
+        Err(r) => {
+            problems.push(
+                FILE,
+                path,
+                format!("`{value}` is not a valid {ns} value ({})", r.as_str()),
+            );
+            None
+        }
+    }
+}
+
+fn identity_rules(
+    raw: raw::RawIdentity,
+    namespaces: &[Namespace],
+    problems: &mut Problems,
+) -> IdentityRules {
+    if raw.max_identities == Some(0) {
+        problems.push(FILE, "identity.max_identities", "must be at least 1");
+    }
+    let mut rules = IdentityRules {
+        max_identities: raw.max_identities,
+        ..Default::default()
+    };
+    for (i, rule) in raw.never_link.iter().enumerate() {
+        let a = parse_identity(
+            &rule.a,
+            &format!("identity.never_link[{i}].a"),
+            namespaces,
+            problems,
+        );
+        match &rule.b {
+            None => rules.never_link_values.extend(a),
+            Some(b) => {
+                let b = parse_identity(
+                    b,
+                    &format!("identity.never_link[{i}].b"),
+                    namespaces,
+                    problems,
+                );
+                if let (Some(a), Some(b)) = (a, b) {
+                    if a == b {
+                        problems.push(
+                            FILE,
+                            format!("identity.never_link[{i}]"),
+                            "`a` and `b` are the same identity",
+                        );
+                    } else {
+                        rules.never_link_pairs.push((a, b));
+                    }
+                }
+            }
+        }
+    }
+    rules
 }
 
 /// Parse sizes like `8GiB`, `512MiB`, `1000000`.
@@ -373,16 +476,70 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
                 b,
             ));
         }
-        namespaces.push(Namespace {
+        for (i, pat) in ns.blocked_patterns.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(pat) {
+                problems.push(
+                    FILE,
+                    format!("{path}.blocked_patterns[{i}]"),
+                    format!("not a valid regular expression: {e}"),
+                );
+            }
+        }
+        if ns.max_links == Some(0) {
+            problems.push(
+                FILE,
+                format!("{path}.max_links"),
+                "must be at least 1 (an identity with more distinct links is quarantined)",
+            );
+        }
+        if !ns.allow.is_empty() && ns.max_links.is_none() {
+            problems.push(
+                FILE,
+                format!("{path}.allow"),
+                "an allow-list only matters with max_links; set max_links or remove allow",
+            );
+        }
+        let mut namespace = Namespace {
             name,
             normaliser: ns.normaliser,
             priority: ns.priority,
             default_region: ns.default_region,
             blocked,
-        });
+            blocked_patterns: ns.blocked_patterns,
+            unique: ns.unique,
+            max_links: ns.max_links,
+            allow: BTreeSet::new(),
+        };
+        let normaliser = crate::identity::normalise::Normaliser::new(&namespace);
+        let mut allow = BTreeSet::new();
+        for (i, a) in ns.allow.iter().enumerate() {
+            match normaliser.apply(a) {
+                Ok(v) => {
+                    allow.insert(v.into_owned());
+                }
+                Err(r) => problems.push(
+                    FILE,
+                    format!("{path}.allow[{i}]"),
+                    format!(
+                        "`{a}` is not a valid {} value ({})",
+                        namespace.name,
+                        r.as_str()
+                    ),
+                ),
+            }
+        }
+        namespace.allow = allow;
+        namespaces.push(namespace);
     }
     namespaces.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
     let ns_names: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
+    let identity = match top
+        .remove("identity")
+        .and_then(|v| de::<raw::RawIdentity>(v, "identity", problems))
+    {
+        Some(raw) => identity_rules(raw, &namespaces, problems),
+        None => IdentityRules::default(),
+    };
 
     // Datasets.
     let mut datasets = Vec::new();
@@ -709,6 +866,7 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         name,
         state: state?,
         engine,
+        identity,
         namespaces,
         datasets,
         policies,

@@ -55,9 +55,43 @@ pub struct RawNamespace {
     pub priority: u32,
     /// Region for phone numbers written without a country code (ISO 3166 code, e.g. `GB`, `US`). Phone only.
     pub default_region: Option<String>,
-    /// Extra blocked values (compared after normalisation), beside the built-in ones.
+    /// Extra blocked values (compared after trimming, and lower-casing for e-mail), beside the built-in ones.
     #[serde(default)]
     pub blocked: Vec<String>,
+    /// Regular expressions; a value matching any is blocked (matched after trimming, and lower-casing for e-mail).
+    #[serde(default)]
+    pub blocked_patterns: Vec<String>,
+    /// A unified profile holds at most one value of this namespace (e.g. one crm_id).
+    /// Links that would join two values are cut, newest links first.
+    #[serde(default)]
+    pub unique: bool,
+    /// An identity directly linked to more than this many distinct identities is
+    /// quarantined (a shared device, a call-centre e-mail): none of its links is used.
+    pub max_links: Option<u64>,
+    /// Values exempt from hub quarantine (as written; normalised like any value).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// `[identity]`: graph-wide identity rules.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// A profile with more identities than this is flagged oversized, excluded
+    /// from exports and reported. Default: no cap.
+    pub max_identities: Option<u64>,
+    /// Never-link rules, applied to all history on every run.
+    #[serde(default)]
+    pub never_link: Vec<RawNeverLink>,
+}
+
+/// `[[identity.never_link]]`: `a` and `b` never end up in one profile; with no
+/// `b`, `a` is never linked to anything. Identities are written `namespace:value`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNeverLink {
+    pub a: String,
+    pub b: Option<String>,
 }
 
 /// The kind of a dataset.

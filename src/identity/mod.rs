@@ -10,15 +10,16 @@
 //! row per component with each namespace's preferred value and full list), and
 //! the lookup from anchor key to profile id used to attribute records and events.
 //!
-//! Profile ids: 32 hex characters of SHA-256 over the class and the component's
-//! earliest-seen identity (ties: namespace priority, namespace name, value). The
-//! same input gives byte-identical ids.
+//! Graph rules (quarantine, unique namespaces, never-link) are in [`graph`];
+//! profile ids and how they carry over between runs in [`ids`].
 
 pub mod anchor;
 pub mod graph;
+pub mod ids;
 pub mod normalise;
+pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -29,13 +30,12 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Class, Project};
 use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
 use crate::ingest::Ingested;
-use graph::IdentityGraph;
+use graph::{IdentityGraph, LinkStatus, Quarantine};
 use normalise::Normaliser;
 
 /// Rejected rows kept as a sample per dataset.
@@ -82,37 +82,98 @@ impl Rejections {
     }
 }
 
+/// Graph health: what a data engineer checks after a run.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct GraphHealth {
+    pub identities: u64,
+    pub links: u64,
+    pub links_used: u64,
+    pub links_cut: u64,
+    pub links_dropped_quarantine: u64,
+    pub quarantined: u64,
+    pub oversized: u64,
+    /// Profiles per class.
+    pub profiles: BTreeMap<String, u64>,
+    /// `(bucket, profiles)` by number of identities: 1, 2, 3, 4, 5-9, 10-49, 50-99, 100-999, 1000+.
+    pub size_histogram: Vec<(String, u64)>,
+    /// The largest profiles, biggest first (ties: profile id).
+    pub largest: Vec<LargeProfile>,
+}
+
+/// One of the largest profiles.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LargeProfile {
+    pub profile_id: String,
+    pub class: String,
+    pub identities: u64,
+    pub by_namespace: BTreeMap<String, u64>,
+    pub oversized: bool,
+}
+
 /// Output of the identity stage.
 #[derive(Debug, Clone)]
 pub struct Stitched {
-    /// `class, namespace, value, profile_id, first_seen, last_seen`, sorted by class, namespace, value.
+    /// `class, namespace, value, profile_id, first_seen, last_seen, datasets`,
+    /// sorted by class, namespace (priority order), value.
     pub identity_map: RecordBatch,
     /// Per class: `profile_id`, then per namespace (by name) `<ns>` (preferred value) and `<ns>_all` (sorted list).
     pub profiles: BTreeMap<Class, RecordBatch>,
     /// Per class: `key` (`namespace:value`), `profile_id`.
     pub keys: BTreeMap<Class, RecordBatch>,
+    /// Per class: keys of quarantined identities (records skip them when choosing a profile).
+    pub quarantined_keys: BTreeMap<Class, BTreeSet<String>>,
+    /// Every distinct link with its status: `class, anchor_namespace, anchor_value,
+    /// other_namespace, other_value, linked_at, dataset, status, reason`.
+    pub links: RecordBatch,
+    /// `class, namespace, value, profile_id, degree, reason`.
+    pub quarantined: RecordBatch,
+    /// Profiles with more identities than `identity.max_identities`: excluded from exports.
+    pub oversized: BTreeSet<String>,
+    pub health: GraphHealth,
     pub rejections: Rejections,
     pub rows_read: BTreeMap<String, u64>,
-    pub identities: u64,
-    pub links: u64,
+}
+
+impl Stitched {
+    /// The cut links (a view of [`Stitched::links`]).
+    pub fn cut_links(&self) -> Result<RecordBatch> {
+        filter_status(&self.links, |s| s.starts_with("cut"))
+    }
+}
+
+fn filter_status(batch: &RecordBatch, keep: impl Fn(&str) -> bool) -> Result<RecordBatch> {
+    let status = batch
+        .column_by_name("status")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| Error::Internal("links batch has no status column".into()))?;
+    let mask: datafusion::arrow::array::BooleanArray = (0..status.len())
+        .map(|i| Some(keep(status.value(i))))
+        .collect();
+    datafusion::arrow::compute::filter_record_batch(batch, &mask)
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Stitch identities across every dataset.
 ///
+/// `previous` is the previous successful run's identity map, whose profile ids
+/// carry over (see [`ids`]).
+///
 /// # Errors
-/// [`Error::Engine`] when reading a dataset fails.
+/// [`Error::Input`] when reading a dataset fails.
 pub async fn stitch(
     ctx: &SessionContext,
     project: &Project,
     datasets: &[Ingested],
+    previous: Option<&[RecordBatch]>,
     mut progress: impl FnMut(u64),
 ) -> Result<Stitched> {
-    let mut graph = IdentityGraph::default();
+    let mut graph = IdentityGraph::new();
     let mut rejections = Rejections::default();
     let mut rows_read = BTreeMap::new();
     let mut total_rows = 0u64;
-    for d in datasets {
+    for (ds_index, d) in datasets.iter().enumerate() {
         let ds = &d.dataset;
+        let ds_index = ds_index as u16;
         let cols: Vec<(usize, &str, Normaliser)> = ds
             .identities
             .iter()
@@ -138,7 +199,6 @@ pub async fn stitch(
             .await
             .map_err(Error::engine("identity"))?;
         let mut rows = 0u64;
-        let mut found: Vec<(u16, String)> = Vec::new();
         while let Some(batch) = stream.next().await {
             let batch = batch
                 .map_err(|e| Error::input(&ds.name, None, None, format!("reading failed: {e}")))?;
@@ -173,6 +233,8 @@ pub async fn stitch(
                 );
                 serde_json::Value::Object(m)
             };
+            let mut found: Vec<(u16, std::borrow::Cow<'_, str>)> = Vec::with_capacity(cols.len());
+            let mut interned: Vec<u32> = Vec::with_capacity(cols.len());
             for row in 0..batch.num_rows() {
                 if ts.is_null(row) {
                     rejections.add(&ds.name, &ds.timestamp, "null_timestamp", || row_json(row));
@@ -193,12 +255,16 @@ pub async fn stitch(
                     rejections.add(&ds.name, "*", "no_valid_identity", || row_json(row));
                     continue;
                 }
-                found.sort();
-                found.dedup();
-                let anchor = graph.intern(ds.class, found[0].0, &found[0].1, t);
-                for (ns, v) in &found[1..] {
-                    let id = graph.intern(ds.class, *ns, v, t);
-                    graph.union(anchor, id);
+                if found.len() > 1 {
+                    found.sort();
+                    found.dedup();
+                }
+                interned.clear();
+                for (ns, v) in &found {
+                    interned.push(graph.intern(ds.class, *ns, v, t, ds_index));
+                }
+                for &other in &interned[1..] {
+                    graph.link(interned[0], other, t, ds_index);
                 }
             }
             rows += batch.num_rows() as u64;
@@ -207,7 +273,8 @@ pub async fn stitch(
         }
         rows_read.insert(ds.name.clone(), rows);
     }
-    build_outputs(project, graph, rejections, rows_read)
+    let names: Vec<&str> = datasets.iter().map(|d| d.dataset.name.as_str()).collect();
+    build_outputs(project, graph, &names, previous, rejections, rows_read)
 }
 
 /// Quote an identifier for SQL.
@@ -225,98 +292,370 @@ pub(crate) fn to_strings(a: &ArrayRef) -> Result<StringArray> {
         .ok_or_else(|| Error::Internal("string cast".into()))
 }
 
-/// The profile id of a component represented by `(class, namespace, value)`.
-pub fn profile_id(class: Class, namespace: &str, value: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"audience-profile-v1\x1f");
-    h.update(class.as_str().as_bytes());
-    h.update([0x1f]);
-    h.update(namespace.as_bytes());
-    h.update([0x1f]);
-    h.update(value.as_bytes());
-    hex::encode(&h.finalize()[..16])
+/// Read a previous identity map into ids of this run's identities.
+fn previous_ids(
+    graph: &IdentityGraph,
+    project: &Project,
+    batches: &[RecordBatch],
+) -> Result<ids::Previous> {
+    let mut prev = ids::Previous::default();
+    let mut name_index: HashMap<String, u32> = HashMap::new();
+    for b in batches {
+        let col = |n: &str| -> Result<StringArray> {
+            b.column_by_name(n)
+                .map(to_strings)
+                .transpose()?
+                .ok_or_else(|| Error::Internal(format!("previous identity map has no {n} column")))
+        };
+        let (class, ns, value, pid) = (
+            col("class")?,
+            col("namespace")?,
+            col("value")?,
+            col("profile_id")?,
+        );
+        for i in 0..b.num_rows() {
+            let class = match class.value(i) {
+                "prospect" => Class::Prospect,
+                _ => Class::Customer,
+            };
+            let Some(ns_idx) = project
+                .namespaces
+                .iter()
+                .position(|n| n.name == ns.value(i))
+            else {
+                continue;
+            };
+            let p = pid.value(i);
+            let idx = match name_index.get(p) {
+                Some(&k) => k,
+                None => {
+                    let k = prev.names.len() as u32;
+                    prev.names.push(p.to_string());
+                    prev.all.insert(p.to_string());
+                    name_index.insert(p.to_string(), k);
+                    k
+                }
+            };
+            if let Some(id) = graph.get(class, ns_idx as u16, value.value(i)) {
+                prev.by_identity.insert(id, idx);
+            }
+        }
+    }
+    Ok(prev)
+}
+
+fn size_bucket(n: u64) -> usize {
+    match n {
+        0..=4 => n.saturating_sub(1) as usize,
+        5..=9 => 4,
+        10..=49 => 5,
+        50..=99 => 6,
+        100..=999 => 7,
+        _ => 8,
+    }
+}
+const BUCKETS: [&str; 9] = [
+    "1", "2", "3", "4", "5-9", "10-49", "50-99", "100-999", "1000+",
+];
+
+fn ts_array(values: impl Iterator<Item = i64>) -> ArrayRef {
+    let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for v in values {
+        b.append_value(v);
+    }
+    Arc::new(b.finish())
+}
+
+fn batch(fields: Vec<Field>, arrays: Vec<ArrayRef>) -> Result<RecordBatch> {
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 fn build_outputs(
     project: &Project,
     mut graph: IdentityGraph,
+    dataset_names: &[&str],
+    previous: Option<&[RecordBatch]>,
     rejections: Rejections,
     rows_read: BTreeMap<String, u64>,
 ) -> Result<Stitched> {
-    let roots = graph.components();
     let ns_names: Vec<&str> = project.namespaces.iter().map(|n| n.name.as_str()).collect();
-    let ids = &graph.identities;
-    // Representative per root: earliest first seen, then namespace order, then value.
-    let mut rep: HashMap<u32, u32> = HashMap::new();
-    for (i, id) in ids.iter().enumerate() {
-        let r = roots[i];
-        let better = match rep.get(&r) {
-            None => true,
-            Some(&j) => {
-                let o = &ids[j as usize];
-                (id.first_seen, id.ns, &id.value) < (o.first_seen, o.ns, &o.value)
-            }
-        };
-        if better {
-            rep.insert(r, i as u32);
-        }
-    }
-    let pid_of_root: HashMap<u32, String> = rep
+    let n = graph.len();
+    let (order, rank) = graph.ranks();
+    // Rules by namespace index; never-link identities that occur in the data.
+    let rules: Vec<graph::NsRules> = project
+        .namespaces
         .iter()
-        .map(|(r, i)| {
-            let id = &ids[*i as usize];
-            (
-                *r,
-                profile_id(id.class, ns_names[id.ns as usize], &id.value),
-            )
+        .map(|ns| graph::NsRules {
+            unique: ns.unique,
+            max_links: ns.max_links,
         })
         .collect();
-
-    // Identity map, sorted by class, namespace name, value.
-    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
-    order.sort_by(|&a, &b| {
-        let (x, y) = (&ids[a as usize], &ids[b as usize]);
-        (x.class, ns_names[x.ns as usize], &x.value).cmp(&(
-            y.class,
-            ns_names[y.ns as usize],
-            &y.value,
-        ))
-    });
-    let ts_field = |name: &str| Field::new(name, timestamp_type(), false);
-    let map_schema = Arc::new(Schema::new(vec![
-        Field::new("class", DataType::Utf8, false),
-        Field::new("namespace", DataType::Utf8, false),
-        Field::new("value", DataType::Utf8, false),
-        Field::new("profile_id", DataType::Utf8, false),
-        ts_field("first_seen"),
-        ts_field("last_seen"),
-    ]));
-    let pid = |i: u32| pid_of_root[&roots[i as usize]].as_str();
-    let ts_col = |f: &dyn Fn(u32) -> i64| -> ArrayRef {
-        let mut b = TimestampMicrosecondBuilder::with_capacity(order.len()).with_timezone("UTC");
-        for &i in &order {
-            b.append_value(f(i));
-        }
-        Arc::new(b.finish())
+    let lookup = |g: &IdentityGraph, (ns, value): &(String, String)| -> Vec<u32> {
+        let Some(idx) = ns_names.iter().position(|n| n == ns) else {
+            return Vec::new();
+        };
+        [Class::Customer, Class::Prospect]
+            .iter()
+            .filter_map(|c| g.get(*c, idx as u16, value))
+            .collect()
     };
-    let identity_map = RecordBatch::try_new(
-        map_schema,
+    let never_values: Vec<u32> = project
+        .identity
+        .never_link_values
+        .iter()
+        .flat_map(|v| lookup(&graph, v))
+        .collect();
+    let mut never_pairs = Vec::new();
+    for (a, b) in &project.identity.never_link_pairs {
+        for x in lookup(&graph, a) {
+            for y in lookup(&graph, b) {
+                if graph.class[x as usize] == graph.class[y as usize] {
+                    never_pairs.push((x, y));
+                }
+            }
+        }
+    }
+    let allow = |id: u32| {
+        project.namespaces[graph.ns[id as usize] as usize]
+            .allow
+            .contains(graph.value(id))
+    };
+    let allowed: Vec<bool> = (0..n as u32).map(allow).collect();
+    let st = graph.stitch(
+        &rules,
+        &never_values,
+        &never_pairs,
+        &|id| allowed[id as usize],
+        &rank,
+    );
+    let prev = previous
+        .map(|b| previous_ids(&graph, project, b))
+        .transpose()?;
+    let pid_of_root = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
+    let pid = |i: u32| pid_of_root[&st.roots[i as usize]].as_str();
+
+    // Component sizes, oversized, histogram, largest.
+    let mut sizes: HashMap<u32, u64> = HashMap::new();
+    for &r in &st.roots {
+        *sizes.entry(r).or_default() += 1;
+    }
+    let oversized: BTreeSet<String> = match project.identity.max_identities {
+        Some(max) => sizes
+            .iter()
+            .filter(|(_, s)| **s > max)
+            .map(|(r, _)| pid_of_root[r].clone())
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let mut health = GraphHealth {
+        identities: n as u64,
+        links: st.links.len() as u64,
+        oversized: oversized.len() as u64,
+        ..Default::default()
+    };
+    let mut hist = [0u64; 9];
+    for (r, s) in &sizes {
+        hist[size_bucket(*s)] += 1;
+        *health
+            .profiles
+            .entry(graph.class[*r as usize].as_str().to_string())
+            .or_default() += 1;
+    }
+    health.size_histogram = BUCKETS
+        .iter()
+        .zip(hist)
+        .map(|(b, c)| (b.to_string(), c))
+        .collect();
+    let mut big: Vec<(u64, &str, u32)> = sizes
+        .iter()
+        .map(|(r, s)| (*s, pid_of_root[r].as_str(), *r))
+        .collect();
+    big.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    big.truncate(10);
+    for (s, p, r) in &big {
+        let mut by_ns = BTreeMap::new();
+        for i in 0..n {
+            if st.roots[i] == *r {
+                *by_ns
+                    .entry(ns_names[graph.ns[i] as usize].to_string())
+                    .or_default() += 1;
+            }
+        }
+        health.largest.push(LargeProfile {
+            profile_id: p.to_string(),
+            class: graph.class[*r as usize].as_str().into(),
+            identities: *s,
+            by_namespace: by_ns,
+            oversized: oversized.contains(*p),
+        });
+    }
+    for l in &st.links {
+        match l.status {
+            LinkStatus::Used => health.links_used += 1,
+            LinkStatus::Quarantined => health.links_dropped_quarantine += 1,
+            LinkStatus::CutUnique(_) | LinkStatus::CutNeverLink => health.links_cut += 1,
+        }
+    }
+    health.quarantined = st.quarantine.iter().filter(|q| q.is_some()).count() as u64;
+
+    // Identity map, in rank order.
+    let ds_lists = {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for &i in &order {
+            for d in graph.datasets_of(i) {
+                b.values().append_value(dataset_names[d as usize]);
+            }
+            b.append(true);
+        }
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let ts_field = |name: &str| Field::new(name, timestamp_type(), false);
+    let identity_map = batch(
+        vec![
+            Field::new("class", DataType::Utf8, false),
+            Field::new("namespace", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+            Field::new("profile_id", DataType::Utf8, false),
+            ts_field("first_seen"),
+            ts_field("last_seen"),
+            Field::new("datasets", ds_lists.data_type().clone(), false),
+        ],
         vec![
             Arc::new(StringArray::from_iter_values(
-                order.iter().map(|&i| ids[i as usize].class.as_str()),
+                order.iter().map(|&i| graph.class[i as usize].as_str()),
             )),
             Arc::new(StringArray::from_iter_values(
-                order.iter().map(|&i| ns_names[ids[i as usize].ns as usize]),
+                order
+                    .iter()
+                    .map(|&i| ns_names[graph.ns[i as usize] as usize]),
             )),
             Arc::new(StringArray::from_iter_values(
-                order.iter().map(|&i| ids[i as usize].value.as_str()),
+                order.iter().map(|&i| graph.value(i)),
             )),
             Arc::new(StringArray::from_iter_values(order.iter().map(|&i| pid(i)))),
-            ts_col(&|i| ids[i as usize].first_seen),
-            ts_col(&|i| ids[i as usize].last_seen),
+            ts_array(order.iter().map(|&i| graph.first_seen[i as usize])),
+            ts_array(order.iter().map(|&i| graph.last_seen[i as usize])),
+            ds_lists,
         ],
-    )
-    .map_err(|e| Error::Internal(e.to_string()))?;
+    )?;
+
+    // Links with their status.
+    let status = |l: &graph::Link| match l.status {
+        LinkStatus::Used => ("used", None),
+        LinkStatus::Quarantined => (
+            "dropped_quarantined",
+            Some("an endpoint is quarantined".to_string()),
+        ),
+        LinkStatus::CutUnique(ns) => (
+            "cut_unique",
+            Some(format!(
+                "would put two `{}` values in one profile",
+                ns_names[ns as usize]
+            )),
+        ),
+        LinkStatus::CutNeverLink => (
+            "cut_never_link",
+            Some("would join the two sides of a never-link rule".to_string()),
+        ),
+    };
+    let ls = &st.links;
+    let links = batch(
+        vec![
+            Field::new("class", DataType::Utf8, false),
+            Field::new("anchor_namespace", DataType::Utf8, false),
+            Field::new("anchor_value", DataType::Utf8, false),
+            Field::new("other_namespace", DataType::Utf8, false),
+            Field::new("other_value", DataType::Utf8, false),
+            Field::new("linked_at", timestamp_type(), false),
+            Field::new("dataset", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("reason", DataType::Utf8, true),
+        ],
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                ls.iter().map(|l| graph.class[l.anchor as usize].as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ls.iter()
+                    .map(|l| ns_names[graph.ns[l.anchor as usize] as usize]),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ls.iter().map(|l| graph.value(l.anchor)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ls.iter()
+                    .map(|l| ns_names[graph.ns[l.other as usize] as usize]),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ls.iter().map(|l| graph.value(l.other)),
+            )),
+            ts_array(ls.iter().map(|l| l.ts)),
+            Arc::new(StringArray::from_iter_values(
+                ls.iter().map(|l| dataset_names[l.dataset as usize]),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                ls.iter().map(|l| status(l).0),
+            )),
+            Arc::new(StringArray::from(
+                ls.iter().map(|l| status(l).1).collect::<Vec<_>>(),
+            )),
+        ],
+    )?;
+
+    // Quarantined identities.
+    let q: Vec<u32> = order
+        .iter()
+        .copied()
+        .filter(|&i| st.quarantine[i as usize].is_some())
+        .collect();
+    let reason = |i: u32| match st.quarantine[i as usize] {
+        Some(Quarantine::MaxLinks) => format!(
+            "linked to {} distinct identities, more than max_links = {}",
+            st.degree[i as usize],
+            rules[graph.ns[i as usize] as usize]
+                .max_links
+                .unwrap_or_default()
+        ),
+        _ => "named by a never-link rule".to_string(),
+    };
+    let quarantined = batch(
+        vec![
+            Field::new("class", DataType::Utf8, false),
+            Field::new("namespace", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+            Field::new("profile_id", DataType::Utf8, false),
+            Field::new("degree", DataType::UInt64, false),
+            Field::new("reason", DataType::Utf8, false),
+        ],
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                q.iter().map(|&i| graph.class[i as usize].as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                q.iter().map(|&i| ns_names[graph.ns[i as usize] as usize]),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                q.iter().map(|&i| graph.value(i)),
+            )),
+            Arc::new(StringArray::from_iter_values(q.iter().map(|&i| pid(i)))),
+            Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(
+                q.iter().map(|&i| u64::from(st.degree[i as usize])),
+            )),
+            Arc::new(StringArray::from_iter_values(q.iter().map(|&i| reason(i)))),
+        ],
+    )?;
+    let mut quarantined_keys: BTreeMap<Class, BTreeSet<String>> = BTreeMap::new();
+    for &i in &q {
+        quarantined_keys
+            .entry(graph.class[i as usize])
+            .or_default()
+            .insert(format!(
+                "{}:{}",
+                ns_names[graph.ns[i as usize] as usize],
+                graph.value(i)
+            ));
+    }
 
     // Per class: profile skeletons and anchor keys.
     let mut by_ns_name: Vec<usize> = (0..ns_names.len()).collect();
@@ -324,11 +663,10 @@ fn build_outputs(
     let mut profiles = BTreeMap::new();
     let mut keys = BTreeMap::new();
     for class in project.classes() {
-        // profile_id -> per namespace: Vec<identity index>
         let mut members: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-        for (i, id) in ids.iter().enumerate() {
-            if id.class == class {
-                members.entry(pid(i as u32)).or_default().push(i as u32);
+        for &i in &order {
+            if graph.class[i as usize] == class {
+                members.entry(pid(i)).or_default().push(i);
             }
         }
         let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
@@ -340,66 +678,72 @@ fn build_outputs(
             .collect();
         for (p, idents) in &members {
             pid_b.append_value(p);
-            for &n in &by_ns_name {
-                let mut vals: Vec<&crate::identity::graph::Identity> = idents
+            for &k in &by_ns_name {
+                // Members are in rank order, so values of one namespace come sorted.
+                let vals: Vec<u32> = idents
                     .iter()
-                    .map(|&i| &ids[i as usize])
-                    .filter(|x| x.ns as usize == n)
+                    .copied()
+                    .filter(|&i| graph.ns[i as usize] as usize == k)
                     .collect();
-                let best = vals.iter().max_by(|a, b| {
-                    a.last_seen
-                        .cmp(&b.last_seen)
-                        .then_with(|| b.value.cmp(&a.value))
+                let best = vals.iter().copied().max_by(|&a, &b| {
+                    graph.last_seen[a as usize]
+                        .cmp(&graph.last_seen[b as usize])
+                        .then_with(|| graph.value(b).cmp(graph.value(a)))
                 });
-                pref[n].append_option(best.map(|b| b.value.as_str()));
-                vals.sort_by(|a, b| a.value.cmp(&b.value));
+                pref[k].append_option(best.map(|b| graph.value(b)));
                 for v in vals {
-                    all[n].values().append_value(&v.value);
+                    all[k].values().append_value(graph.value(v));
                 }
-                all[n].append(true);
+                all[k].append(true);
             }
         }
         let mut arrays: Vec<ArrayRef> = vec![Arc::new(pid_b.finish())];
-        for &n in &by_ns_name {
-            fields.push(Field::new(ns_names[n], DataType::Utf8, true));
-            arrays.push(Arc::new(pref[n].finish()));
-            let list: ArrayRef = Arc::new(all[n].finish());
+        for &k in &by_ns_name {
+            fields.push(Field::new(ns_names[k], DataType::Utf8, true));
+            arrays.push(Arc::new(pref[k].finish()));
+            let list: ArrayRef = Arc::new(all[k].finish());
             fields.push(Field::new(
-                format!("{}_all", ns_names[n]),
+                format!("{}_all", ns_names[k]),
                 list.data_type().clone(),
                 true,
             ));
             arrays.push(list);
         }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        profiles.insert(class, batch);
+        profiles.insert(class, batch(fields, arrays)?);
 
         let mut kb = StringBuilder::new();
         let mut pb = StringBuilder::new();
-        for (i, id) in ids.iter().enumerate() {
-            if id.class == class {
-                kb.append_value(format!("{}:{}", ns_names[id.ns as usize], id.value));
-                pb.append_value(pid(i as u32));
+        for &i in &order {
+            if graph.class[i as usize] == class {
+                kb.append_value(format!(
+                    "{}:{}",
+                    ns_names[graph.ns[i as usize] as usize],
+                    graph.value(i)
+                ));
+                pb.append_value(pid(i));
             }
         }
-        let ks = Arc::new(Schema::new(vec![
-            Field::new("key", DataType::Utf8, false),
-            Field::new("profile_id", DataType::Utf8, false),
-        ]));
         keys.insert(
             class,
-            RecordBatch::try_new(ks, vec![Arc::new(kb.finish()), Arc::new(pb.finish())])
-                .map_err(|e| Error::Internal(e.to_string()))?,
+            batch(
+                vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("profile_id", DataType::Utf8, false),
+                ],
+                vec![Arc::new(kb.finish()), Arc::new(pb.finish())],
+            )?,
         );
     }
     Ok(Stitched {
         identity_map,
         profiles,
         keys,
+        quarantined_keys,
+        links,
+        quarantined,
+        oversized,
+        health,
         rejections,
         rows_read,
-        identities: graph.len() as u64,
-        links: graph.links,
     })
 }

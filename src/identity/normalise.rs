@@ -3,8 +3,11 @@
 //! Checks, in this order: longer than 1,024 characters → `too_long`; trim (and
 //! lower-case for e-mail); blocked → `blocked`; invalid → `invalid`.
 
+use std::borrow::Cow;
+
 use phonenumber::country::Id as Region;
 use phonenumber::{Mode, PhoneNumber};
+use regex::Regex;
 
 use crate::config::{Namespace, NormaliserKind};
 
@@ -67,25 +70,47 @@ fn builtin_blocked(v: &str) -> bool {
 pub struct Normaliser<'a> {
     ns: &'a Namespace,
     region: Option<Region>,
+    patterns: Vec<Regex>,
 }
 
 impl<'a> Normaliser<'a> {
+    /// A normaliser for `ns`. Patterns that do not compile were refused at
+    /// validation and are skipped here.
     pub fn new(ns: &'a Namespace) -> Self {
         let region = ns.default_region.as_deref().and_then(phone_region);
-        Normaliser { ns, region }
+        let patterns = ns
+            .blocked_patterns
+            .iter()
+            .filter_map(|p| Regex::new(p).ok())
+            .collect();
+        Normaliser {
+            ns,
+            region,
+            patterns,
+        }
     }
 
     /// Normalise one raw value into the identity value, or say why it is rejected.
-    pub fn apply(&self, raw: &str) -> Result<String, Reject> {
-        if raw.chars().count() > MAX_LEN {
+    /// Borrows from `raw` when normalising only trims.
+    pub fn apply<'r>(&self, raw: &'r str) -> Result<Cow<'r, str>, Reject> {
+        if raw.len() > MAX_LEN && raw.chars().count() > MAX_LEN {
             return Err(Reject::TooLong);
         }
         let trimmed = raw.trim();
-        let value = match self.ns.normaliser {
-            NormaliserKind::Email => trimmed.to_lowercase(),
-            _ => trimmed.to_string(),
+        let value: Cow<'r, str> = match self.ns.normaliser {
+            NormaliserKind::Email
+                if trimmed
+                    .bytes()
+                    .any(|b| b.is_ascii_uppercase() || !b.is_ascii()) =>
+            {
+                Cow::Owned(trimmed.to_lowercase())
+            }
+            _ => Cow::Borrowed(trimmed),
         };
-        if builtin_blocked(&value) || self.ns.blocked.contains(&value) {
+        if builtin_blocked(&value)
+            || self.ns.blocked.contains(value.as_ref())
+            || self.patterns.iter().any(|p| p.is_match(&value))
+        {
             return Err(Reject::Blocked);
         }
         match self.ns.normaliser {
@@ -107,7 +132,7 @@ impl<'a> Normaliser<'a> {
                 if !phonenumber::is_valid(&parsed) {
                     return Err(Reject::Invalid);
                 }
-                Ok(parsed.format().mode(Mode::E164).to_string())
+                Ok(Cow::Owned(parsed.format().mode(Mode::E164).to_string()))
             }
         }
     }
@@ -128,6 +153,10 @@ mod tests {
                 .iter()
                 .map(|b| canonical_blocked(kind, b))
                 .collect::<BTreeSet<_>>(),
+            blocked_patterns: vec!["^test\\+.*@".into()],
+            unique: false,
+            max_links: None,
+            allow: BTreeSet::new(),
         }
     }
 
@@ -138,6 +167,11 @@ mod tests {
         assert_eq!(
             e.apply("  Ann.Lee@Example.COM "),
             Ok("ann.lee@example.com".into())
+        );
+        assert_eq!(
+            e.apply(" Test+1@Shop.com"),
+            Err(Reject::Blocked),
+            "a blocked pattern, matched after lower-casing"
         );
         assert_eq!(e.apply("test@example.com"), Err(Reject::Blocked));
         assert_eq!(e.apply(" UNKNOWN "), Err(Reject::Blocked));

@@ -41,7 +41,14 @@ pub fn register_identity_tables(
     project: &Project,
     stitched: &Stitched,
 ) -> Result<()> {
-    ctx.register_udf(anchor::udf(&project.namespaces));
+    for class in project.classes() {
+        let quarantined = stitched
+            .quarantined_keys
+            .get(&class)
+            .cloned()
+            .unwrap_or_default();
+        ctx.register_udf(anchor::udf(class, &project.namespaces, quarantined));
+    }
     for (class, batch) in &stitched.keys {
         register_batch(ctx, &format!("__keys_{}", class.as_str()), batch.clone())?;
     }
@@ -79,7 +86,9 @@ async fn attributed(ctx: &SessionContext, d: &Ingested) -> Result<DataFrame> {
         args.push(lit(ns.as_str()));
         args.push(ident(column));
     }
-    let anchor_fn = ctx.udf(anchor::NAME).map_err(Error::engine("merge"))?;
+    let anchor_fn = ctx
+        .udf(&anchor::name(ds.class))
+        .map_err(Error::engine("merge"))?;
     let keys = ctx
         .table(format!("__keys_{}", ds.class.as_str()))
         .await

@@ -10,10 +10,8 @@ pub mod progress;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use datafusion::arrow::datatypes::Schema;
-use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Class, Project};
@@ -262,40 +260,15 @@ impl Pipeline {
     }
 
     async fn write_record(&self, record: &RunRecord, stitched: Option<&Stitched>) -> Result<()> {
-        let dir = self.project.state.join(&format!("runs/{}", self.run_id));
-        let store = dir.store()?;
+        let dir = identity::store::run_dir(&self.project, &self.run_id);
         if let Some(s) = stitched {
-            let mut buf = Vec::new();
-            {
-                let mut w =
-                    parquet::arrow::ArrowWriter::try_new(&mut buf, s.identity_map.schema(), None)
-                        .map_err(|e| Error::Internal(e.to_string()))?;
-                w.write(&s.identity_map)
-                    .map_err(|e| Error::Internal(e.to_string()))?;
-                w.close().map_err(|e| Error::Internal(e.to_string()))?;
-            }
-            let loc = dir.join("identity_map.parquet");
-            store
-                .put(&loc.path(), PutPayload::from(buf))
-                .await
-                .map_err(Error::storage(loc.display()))?;
-            let mut lines = Vec::new();
-            for v in &s.rejections.sample {
-                lines.extend(serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?);
-                lines.push(b'\n');
-            }
-            let loc = dir.join("rejected_sample.jsonl");
-            store
-                .put(&loc.path(), PutPayload::from(lines))
-                .await
-                .map_err(Error::storage(loc.display()))?;
+            identity::store::write_outputs(&self.project, &self.run_id, s).await?;
         }
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
-        let loc = dir.join("run.json");
-        store
-            .put(&loc.path(), PutPayload::from(Bytes::from(json)))
-            .await
-            .map_err(Error::storage(loc.display()))?;
+        identity::store::put(&dir.join("run.json"), json).await?;
+        if record.status == RunStatus::Succeeded {
+            identity::store::mark_latest(&self.project, &self.run_id).await?;
+        }
         Ok(())
     }
 
@@ -320,7 +293,8 @@ impl Pipeline {
         self.check_destination_fields(&c.datasets)?;
 
         let st = self.progress.stage("identity");
-        let stitched = identity::stitch(&ctx, project, &c.datasets, |rows| {
+        let previous = identity::store::load_previous(project).await?;
+        let stitched = identity::stitch(&ctx, project, &c.datasets, previous.as_deref(), |rows| {
             st.update(format!("{} rows", thousands(rows)))
         })
         .await?;
@@ -334,14 +308,17 @@ impl Pipeline {
         let secs = st.finish(&format!(
             "{} rows, {} identities, {} profiles, {} rejected",
             thousands(rows),
-            thousands(stitched.identities),
+            thousands(stitched.health.identities),
             thousands(n_profiles as u64),
             thousands(stitched.rejections.total())
         ));
         let mut counts = BTreeMap::from([
             ("rows".to_string(), rows),
-            ("identities".to_string(), stitched.identities),
-            ("links".to_string(), stitched.links),
+            ("identities".to_string(), stitched.health.identities),
+            ("links".to_string(), stitched.health.links),
+            ("links_cut".to_string(), stitched.health.links_cut),
+            ("quarantined".to_string(), stitched.health.quarantined),
+            ("oversized".to_string(), stitched.health.oversized),
             ("rejected".to_string(), stitched.rejections.total()),
         ]);
         for (class, n) in &profiles_by_class {
