@@ -36,6 +36,8 @@ pub struct ManifestFile {
     pub rows: u64,
     pub bytes: u64,
     pub sha256: String,
+    /// Members left out because their profile is oversized (`identity.max_identities`).
+    pub excluded_oversized: u64,
 }
 
 /// `manifest.json`, written after the data files and before `_SUCCESS`.
@@ -110,16 +112,23 @@ pub async fn export(
     project: &Project,
     run_id: &str,
     as_of: DateTime<Utc>,
-    memberships: &[Membership],
-    profiles: &ProfilesByPolicy,
+    audiences: &Audiences<'_>,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<ExportManifest>> {
     let mut manifests = Vec::new();
     for d in &project.destinations {
         progress(&d.name);
-        manifests.push(export_one(ctx, project, d, run_id, as_of, memberships, profiles).await?);
+        manifests.push(export_one(ctx, project, d, run_id, as_of, audiences).await?);
     }
     Ok(manifests)
+}
+
+/// What the exports read: memberships, each policy's profiles, and the
+/// profiles excluded from every export (oversized).
+pub struct Audiences<'a> {
+    pub memberships: &'a [Membership],
+    pub profiles: &'a ProfilesByPolicy,
+    pub oversized: &'a std::collections::BTreeSet<String>,
 }
 
 async fn put(store: &Arc<dyn ObjectStore>, loc: &Location, bytes: Bytes) -> Result<()> {
@@ -136,8 +145,7 @@ async fn export_one(
     d: &Destination,
     run_id: &str,
     as_of: DateTime<Utc>,
-    memberships: &[Membership],
-    profiles: &ProfilesByPolicy,
+    audiences: &Audiences<'_>,
 ) -> Result<ExportManifest> {
     let store = d.location.store()?;
     let run_dir = d.location.join(run_id);
@@ -148,14 +156,24 @@ async fn export_one(
     }
     let mut files = Vec::new();
     for seg in &d.segments {
-        let m = memberships
+        let m = audiences
+            .memberships
             .iter()
             .find(|m| &m.segment == seg)
             .ok_or_else(|| Error::Internal(format!("segment {seg} has no membership")))?;
-        let (schema, batches) = profiles
+        let (schema, batches) = audiences
+            .profiles
             .get(&m.policy)
             .ok_or_else(|| Error::Internal(format!("no profiles for policy {}", m.policy)))?;
-        let (row_schema, rows) = member_rows(ctx, d, m, schema.clone(), batches.clone()).await?;
+        let members: Vec<&str> = m
+            .members
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !audiences.oversized.contains(*p))
+            .collect();
+        let excluded_oversized = (m.members.len() - members.len()) as u64;
+        let (row_schema, rows) =
+            member_rows(ctx, d, &members, schema.clone(), batches.clone()).await?;
         let (bytes, n) = match d.format {
             FormatKind::Csv => to_csv(&row_schema, &rows)?,
         };
@@ -169,6 +187,7 @@ async fn export_one(
             rows: n,
             bytes: len,
             sha256: sha,
+            excluded_oversized,
         });
     }
     let manifest = ExportManifest {
@@ -191,7 +210,7 @@ async fn export_one(
 async fn member_rows(
     ctx: &SessionContext,
     d: &Destination,
-    m: &Membership,
+    members: &[&str],
     schema: Arc<Schema>,
     batches: Vec<RecordBatch>,
 ) -> Result<Batches> {
@@ -202,7 +221,7 @@ async fn member_rows(
     )]));
     let mb = RecordBatch::try_new(
         ms.clone(),
-        vec![Arc::new(StringArray::from_iter_values(m.members.iter()))],
+        vec![Arc::new(StringArray::from_iter_values(members.iter()))],
     )
     .map_err(|e| Error::Internal(e.to_string()))?;
     let members = ctx

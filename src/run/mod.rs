@@ -381,15 +381,19 @@ impl Pipeline {
         });
 
         let st = self.progress.stage("export");
-        c.exports = export::export(
-            &ctx,
-            project,
-            &self.run_id,
-            self.as_of,
-            &memberships,
-            &profiles,
-            |d| st.update(d.to_string()),
-        )
+        let oversized = c
+            .stitched
+            .as_ref()
+            .map(|s| s.oversized.clone())
+            .unwrap_or_default();
+        let audiences = export::Audiences {
+            memberships: &memberships,
+            profiles: &profiles,
+            oversized: &oversized,
+        };
+        c.exports = export::export(&ctx, project, &self.run_id, self.as_of, &audiences, |d| {
+            st.update(d.to_string())
+        })
         .await?;
         let nfiles: usize = c.exports.iter().map(|m| m.files.len()).sum();
         let rows: u64 = c

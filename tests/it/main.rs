@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod graph;
 mod ingest;
 mod pipeline;
 mod reference;
