@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod graph;
+mod identity;
 mod ingest;
 mod pipeline;
 mod reference;
