@@ -9,8 +9,13 @@ use audience::cli::{Cli, LogFormat, dispatch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("AUDIENCE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,audience=info"));
+    let default_filter = if cli.quiet {
+        "warn"
+    } else {
+        "warn,audience=info"
+    };
+    let filter =
+        EnvFilter::try_from_env("AUDIENCE_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, all calling the library.
 
+pub mod explain;
 pub mod generate;
 pub mod run;
 pub mod validate;
@@ -49,6 +50,8 @@ pub enum Command {
     Run(run::Args),
     /// Write a synthetic project of any size (deterministic for a seed).
     Generate(generate::Args),
+    /// Show an identity's profile, all its identities, and the links that joined them.
+    Explain(explain::Args),
 }
 
 /// Parse an RFC 3339 time or a date (midnight UTC).
@@ -73,5 +76,6 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Validate(a) => validate::run(a),
         Command::Run(a) => run::run(a, cli.quiet).await,
         Command::Generate(a) => generate::run(a, cli.quiet),
+        Command::Explain(a) => explain::run(a).await,
     }
 }

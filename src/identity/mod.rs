@@ -14,6 +14,7 @@
 //! profile ids and how they carry over between runs in [`ids`].
 
 pub mod anchor;
+pub mod explain;
 pub mod graph;
 pub mod ids;
 pub mod normalise;

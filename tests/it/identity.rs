@@ -18,15 +18,33 @@ pub struct Rows<'a> {
 }
 
 fn write_dataset(dir: &Path, name: &str, rows: &Rows, event: bool) {
-    let mut fields: Vec<Field> = rows.columns.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect();
-    fields.push(Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true));
+    let mut fields: Vec<Field> = rows
+        .columns
+        .iter()
+        .map(|c| Field::new(*c, DataType::Utf8, true))
+        .collect();
+    fields.push(Field::new(
+        "ts",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    ));
     if event {
         fields.push(Field::new("event_type", DataType::Utf8, true));
     }
     let mut arrays: Vec<ArrayRef> = (0..rows.columns.len())
-        .map(|c| Arc::new(StringArray::from(rows.rows.iter().map(|(cells, _)| cells[c]).collect::<Vec<_>>())) as ArrayRef)
+        .map(|c| {
+            Arc::new(StringArray::from(
+                rows.rows
+                    .iter()
+                    .map(|(cells, _)| cells[c])
+                    .collect::<Vec<_>>(),
+            )) as ArrayRef
+        })
         .collect();
-    arrays.push(Arc::new(TimestampMicrosecondArray::from(rows.rows.iter().map(|(_, d)| d * DAY).collect::<Vec<_>>()).with_timezone("UTC")));
+    arrays.push(Arc::new(
+        TimestampMicrosecondArray::from(rows.rows.iter().map(|(_, d)| d * DAY).collect::<Vec<_>>())
+            .with_timezone("UTC"),
+    ));
     if event {
         arrays.push(Arc::new(StringArray::from(vec!["visit"; rows.rows.len()])));
     }
@@ -47,9 +65,21 @@ pub fn project(dir: &Path, extra_ns: &str, extra: &str, crm: &Rows, web: &Rows, 
     write_dataset(dir, "web", web, true);
     write_dataset(dir, "prospects", prospects, false);
     std::fs::create_dir_all(dir.join("sql/segments")).expect("mkdir");
-    std::fs::write(dir.join("sql/segments/everyone.sql"), "SELECT profile_id FROM profiles").expect("write");
-    std::fs::write(dir.join("sql/segments/visitors.sql"), "SELECT profile_id FROM events").expect("write");
-    std::fs::write(dir.join("sql/segments/all_prospects.sql"), "-- class: prospect\nSELECT profile_id FROM profiles").expect("write");
+    std::fs::write(
+        dir.join("sql/segments/everyone.sql"),
+        "SELECT profile_id FROM profiles",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("sql/segments/visitors.sql"),
+        "SELECT profile_id FROM events",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("sql/segments/all_prospects.sql"),
+        "-- class: prospect\nSELECT profile_id FROM profiles",
+    )
+    .expect("write");
     let config = format!(
         r#"
 [namespaces.crm_id]
@@ -99,20 +129,39 @@ fields = ["profile_id", "crm_id", "email", "name"]
 
 pub fn run(dir: &Path, run_id: &str) -> RunRecord {
     let project = Project::load(dir).expect("valid project");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
-    rt.block_on(Pipeline::new(project).with_as_of(crate::support::as_of()).with_run_id(run_id).expect("id").run()).expect("run")
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(
+        Pipeline::new(project)
+            .with_as_of(crate::support::as_of())
+            .with_run_id(run_id)
+            .expect("id")
+            .run(),
+    )
+    .expect("run")
 }
 
 fn read(dir: &Path, run_id: &str, file: &str) -> Vec<BTreeMap<String, String>> {
     let bytes = std::fs::read(dir.join("state/runs").join(run_id).join(file)).expect("output file");
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).expect("parquet").build().expect("reader");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .expect("parquet")
+    .build()
+    .expect("reader");
     let mut out = Vec::new();
     for b in reader {
         let b = b.expect("batch");
         for i in 0..b.num_rows() {
             let mut row = BTreeMap::new();
             for (f, c) in b.schema().fields().iter().zip(b.columns()) {
-                let v = if c.is_null(i) { String::new() } else { arrow::util::display::array_value_to_string(c, i).expect("display") };
+                let v = if c.is_null(i) {
+                    String::new()
+                } else {
+                    arrow::util::display::array_value_to_string(c, i).expect("display")
+                };
                 row.insert(f.name().clone(), v);
             }
             out.push(row);
@@ -125,7 +174,12 @@ fn read(dir: &Path, run_id: &str, file: &str) -> Vec<BTreeMap<String, String>> {
 pub fn profile_ids(dir: &Path, run_id: &str) -> BTreeMap<String, String> {
     read(dir, run_id, "identity_map.parquet")
         .into_iter()
-        .map(|r| (format!("{}/{}:{}", r["class"], r["namespace"], r["value"]), r["profile_id"].clone()))
+        .map(|r| {
+            (
+                format!("{}/{}:{}", r["class"], r["namespace"], r["value"]),
+                r["profile_id"].clone(),
+            )
+        })
         .collect()
 }
 
@@ -138,60 +192,132 @@ fn rows<'a>(columns: &'a [&'a str], rows: Vec<(Vec<Option<&'a str>>, i64)>) -> R
 }
 
 fn no_prospects() -> Rows<'static> {
-    rows(&["email", "name"], vec![(vec![Some("p@x.com"), Some("P")], 1)])
+    rows(
+        &["email", "name"],
+        vec![(vec![Some("p@x.com"), Some("P")], 1)],
+    )
 }
 
 fn no_web() -> Rows<'static> {
-    rows(&["cookie", "email"], vec![(vec![Some("ck_lonely"), None], 1)])
+    rows(
+        &["cookie", "email"],
+        vec![(vec![Some("ck_lonely"), None], 1)],
+    )
 }
 
 #[test]
 fn identity_plain_components_join_through_events() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("A@x.com "), Some("Ann")], 1), (vec![Some("C2"), Some("b@x.com"), Some("Bo")], 2)]);
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("A@x.com "), Some("Ann")], 1),
+            (vec![Some("C2"), Some("b@x.com"), Some("Bo")], 2),
+        ],
+    );
     // A login event links an anonymous cookie to Ann's e-mail.
-    let web = rows(&["cookie", "email"], vec![(vec![Some("ck1"), None], 3), (vec![Some("ck1"), Some("a@x.com")], 4), (vec![Some("ck9"), None], 5)]);
+    let web = rows(
+        &["cookie", "email"],
+        vec![
+            (vec![Some("ck1"), None], 3),
+            (vec![Some("ck1"), Some("a@x.com")], 4),
+            (vec![Some("ck9"), None], 5),
+        ],
+    );
     project(dir.path(), "", "", &crm, &web, &no_prospects());
     let rec = run(dir.path(), "r1");
     let ids = profile_ids(dir.path(), "r1");
     assert!(same(&ids, "crm_id:C1", "email:a@x.com"));
-    assert!(same(&ids, "crm_id:C1", "cookie:ck1"), "events link the cookie to the person");
+    assert!(
+        same(&ids, "crm_id:C1", "cookie:ck1"),
+        "events link the cookie to the person"
+    );
     assert!(!same(&ids, "crm_id:C1", "crm_id:C2"));
     // The anonymous cookie ck9 is a profile of its own, with null attributes.
-    let everyone = rec.segments.iter().find(|s| s.segment == "everyone").expect("segment");
+    let everyone = rec
+        .segments
+        .iter()
+        .find(|s| s.segment == "everyone")
+        .expect("segment");
     assert_eq!(everyone.members, 3, "C1+a+ck1, C2+b, ck9");
-    assert!(ids.values().all(|p| p.len() == 32 && p.chars().all(|c| c.is_ascii_hexdigit())), "ids are hashes");
+    assert!(
+        ids.values()
+            .all(|p| p.len() == 32 && p.chars().all(|c| c.is_ascii_hexdigit())),
+        "ids are hashes"
+    );
 }
 
 #[test]
 fn identity_unique_namespace_cuts_older_link() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("shared@x.com"), Some("Old")], 1), (vec![Some("C2"), Some("shared@x.com"), Some("New")], 2)]);
-    project(dir.path(), "unique = true", "", &crm, &no_web(), &no_prospects());
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("shared@x.com"), Some("Old")], 1),
+            (vec![Some("C2"), Some("shared@x.com"), Some("New")], 2),
+        ],
+    );
+    project(
+        dir.path(),
+        "unique = true",
+        "",
+        &crm,
+        &no_web(),
+        &no_prospects(),
+    );
     run(dir.path(), "r1");
     let ids = profile_ids(dir.path(), "r1");
-    assert!(same(&ids, "crm_id:C2", "email:shared@x.com"), "the newest link is applied first");
-    assert!(!same(&ids, "crm_id:C1", "email:shared@x.com"), "the older link would put two crm_ids in one profile");
+    assert!(
+        same(&ids, "crm_id:C2", "email:shared@x.com"),
+        "the newest link is applied first"
+    );
+    assert!(
+        !same(&ids, "crm_id:C1", "email:shared@x.com"),
+        "the older link would put two crm_ids in one profile"
+    );
     let cut = read(dir.path(), "r1", "cut_links.parquet");
     assert_eq!(cut.len(), 1, "{cut:?}");
-    assert_eq!((cut[0]["anchor_value"].as_str(), cut[0]["other_value"].as_str(), cut[0]["status"].as_str()), ("C1", "shared@x.com", "cut_unique"));
-    assert!(cut[0]["reason"].contains("two `crm_id` values"), "{:?}", cut[0]);
+    assert_eq!(
+        (
+            cut[0]["anchor_value"].as_str(),
+            cut[0]["other_value"].as_str(),
+            cut[0]["status"].as_str()
+        ),
+        ("C1", "shared@x.com", "cut_unique")
+    );
+    assert!(
+        cut[0]["reason"].contains("two `crm_id` values"),
+        "{:?}",
+        cut[0]
+    );
 }
 
 #[test]
 fn identity_without_unique_namespace_joins_all() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("shared@x.com"), Some("Old")], 1), (vec![Some("C2"), Some("shared@x.com"), Some("New")], 2)]);
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("shared@x.com"), Some("Old")], 1),
+            (vec![Some("C2"), Some("shared@x.com"), Some("New")], 2),
+        ],
+    );
     project(dir.path(), "", "", &crm, &no_web(), &no_prospects());
     run(dir.path(), "r1");
     let ids = profile_ids(dir.path(), "r1");
-    assert!(same(&ids, "crm_id:C1", "crm_id:C2"), "plain connected components");
+    assert!(
+        same(&ids, "crm_id:C1", "crm_id:C2"),
+        "plain connected components"
+    );
 }
 
 #[test]
 fn identity_hub_quarantined_unless_allowed() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("a@x.com"), Some("A")], 1)]);
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![(vec![Some("C1"), Some("a@x.com"), Some("A")], 1)],
+    );
     // ck_hub links three e-mails (> max_links = 2); ck_ok does too but is allow-listed.
     let web = rows(
         &["cookie", "email"],
@@ -207,19 +333,35 @@ fn identity_hub_quarantined_unless_allowed() {
     project(dir.path(), "", "", &crm, &web, &no_prospects());
     run(dir.path(), "r1");
     let ids = profile_ids(dir.path(), "r1");
-    assert!(!same(&ids, "email:a@x.com", "email:b@x.com"), "a hub does not join people");
-    assert!(!same(&ids, "cookie:ck_hub", "email:a@x.com"), "a quarantined identity stays a profile of its own");
-    assert!(same(&ids, "email:d@x.com", "email:e@x.com") && same(&ids, "email:e@x.com", "email:f@x.com"), "allow-listed");
+    assert!(
+        !same(&ids, "email:a@x.com", "email:b@x.com"),
+        "a hub does not join people"
+    );
+    assert!(
+        !same(&ids, "cookie:ck_hub", "email:a@x.com"),
+        "a quarantined identity stays a profile of its own"
+    );
+    assert!(
+        same(&ids, "email:d@x.com", "email:e@x.com")
+            && same(&ids, "email:e@x.com", "email:f@x.com"),
+        "allow-listed"
+    );
     let q = read(dir.path(), "r1", "quarantined.parquet");
     assert_eq!(q.len(), 1, "{q:?}");
-    assert_eq!((q[0]["value"].as_str(), q[0]["degree"].as_str()), ("ck_hub", "3"));
+    assert_eq!(
+        (q[0]["value"].as_str(), q[0]["degree"].as_str()),
+        ("ck_hub", "3")
+    );
     assert!(q[0]["reason"].contains("max_links = 2"), "{q:?}");
 }
 
 #[test]
 fn identity_records_belong_to_highest_non_quarantined_identity() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("a@x.com"), Some("A")], 1)]);
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![(vec![Some("C1"), Some("a@x.com"), Some("A")], 1)],
+    );
     // callcentre@x.com is an e-mail hub (max_links = 2 on email): the event carrying it and
     // ck1 belongs to ck1's profile, not the hub's.
     let web = rows(
@@ -232,68 +374,155 @@ fn identity_records_belong_to_highest_non_quarantined_identity() {
     );
     project(dir.path(), "", "", &crm, &web, &no_prospects());
     let cfg = dir.path().join("audience.toml");
-    let text = std::fs::read_to_string(&cfg).expect("read").replace("normaliser = \"email\"\npriority = 2", "normaliser = \"email\"\npriority = 2\nmax_links = 2");
+    let text = std::fs::read_to_string(&cfg).expect("read").replace(
+        "normaliser = \"email\"\npriority = 2",
+        "normaliser = \"email\"\npriority = 2\nmax_links = 2",
+    );
     std::fs::write(&cfg, text).expect("write");
     let rec = run(dir.path(), "r1");
     let ids = profile_ids(dir.path(), "r1");
-    let visitors = rec.segments.iter().find(|s| s.segment == "visitors").expect("segment");
-    assert_eq!(visitors.members, 3, "each event goes to its cookie's profile");
+    let visitors = rec
+        .segments
+        .iter()
+        .find(|s| s.segment == "visitors")
+        .expect("segment");
+    assert_eq!(
+        visitors.members, 3,
+        "each event goes to its cookie's profile"
+    );
     let csv = std::fs::read_to_string(dir.path().join("out/r1/visitors.csv")).expect("export");
     for ck in ["ck1", "ck2", "ck3"] {
-        assert!(csv.contains(&ids[&format!("customer/cookie:{ck}")]), "{ck} profile among visitors: {csv}");
+        assert!(
+            csv.contains(&ids[&format!("customer/cookie:{ck}")]),
+            "{ck} profile among visitors: {csv}"
+        );
     }
-    assert!(!csv.contains(&ids["customer/email:callcentre@x.com"]), "not the hub's profile");
+    assert!(
+        !csv.contains(&ids["customer/email:callcentre@x.com"]),
+        "not the hub's profile"
+    );
 }
 
 #[test]
 fn identity_never_link_rules_apply_to_history() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("a@x.com"), Some("A")], 1), (vec![Some("C2"), Some("ops@shop.com"), Some("Ops")], 1)]);
-    let web = rows(&["cookie", "email"], vec![(vec![Some("ck1"), Some("a@x.com")], 2), (vec![Some("ck2"), Some("ops@shop.com")], 2)]);
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("a@x.com"), Some("A")], 1),
+            (vec![Some("C2"), Some("ops@shop.com"), Some("Ops")], 1),
+        ],
+    );
+    let web = rows(
+        &["cookie", "email"],
+        vec![
+            (vec![Some("ck1"), Some("a@x.com")], 2),
+            (vec![Some("ck2"), Some("ops@shop.com")], 2),
+        ],
+    );
     let rules = "[[identity.never_link]]\na = \"crm_id:C1\"\nb = \"cookie:ck1\"\n\n[[identity.never_link]]\na = \"email:OPS@shop.com\"\n";
     project(dir.path(), "", rules, &crm, &web, &no_prospects());
     run(dir.path(), "r1");
     let ids = profile_ids(dir.path(), "r1");
     // Newest first: a@x.com joins ck1 (day 2); C1 (day 1) would then share a profile with ck1.
     assert!(same(&ids, "email:a@x.com", "cookie:ck1"));
-    assert!(!same(&ids, "crm_id:C1", "cookie:ck1"), "a never-link pair never shares a profile");
-    assert!(!same(&ids, "crm_id:C2", "email:ops@shop.com") && !same(&ids, "cookie:ck2", "email:ops@shop.com"), "a never-link value links to nothing");
+    assert!(
+        !same(&ids, "crm_id:C1", "cookie:ck1"),
+        "a never-link pair never shares a profile"
+    );
+    assert!(
+        !same(&ids, "crm_id:C2", "email:ops@shop.com")
+            && !same(&ids, "cookie:ck2", "email:ops@shop.com"),
+        "a never-link value links to nothing"
+    );
     let links = read(dir.path(), "r1", "links.parquet");
-    let status = |a: &str, b: &str| links.iter().find(|l| l["anchor_value"] == a && l["other_value"] == b).map(|l| l["status"].clone()).expect("link");
+    let status = |a: &str, b: &str| {
+        links
+            .iter()
+            .find(|l| l["anchor_value"] == a && l["other_value"] == b)
+            .map(|l| l["status"].clone())
+            .expect("link")
+    };
     assert_eq!(status("C1", "a@x.com"), "cut_never_link");
     assert_eq!(status("a@x.com", "ck1"), "used");
     assert_eq!(status("C2", "ops@shop.com"), "dropped_quarantined");
     let q = read(dir.path(), "r1", "quarantined.parquet");
-    assert!(q.iter().any(|r| r["value"] == "ops@shop.com" && r["reason"].contains("never-link")), "{q:?}");
+    assert!(
+        q.iter()
+            .any(|r| r["value"] == "ops@shop.com" && r["reason"].contains("never-link")),
+        "{q:?}"
+    );
 }
 
 #[test]
 fn identity_prospects_never_stitch_with_customers() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("same@x.com"), Some("Cust")], 1)]);
-    let prospects = rows(&["email", "name"], vec![(vec![Some("same@x.com"), Some("Pros")], 1)]);
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![(vec![Some("C1"), Some("same@x.com"), Some("Cust")], 1)],
+    );
+    let prospects = rows(
+        &["email", "name"],
+        vec![(vec![Some("same@x.com"), Some("Pros")], 1)],
+    );
     project(dir.path(), "", "", &crm, &no_web(), &prospects);
     let rec = run(dir.path(), "r1");
     let ids = profile_ids(dir.path(), "r1");
-    assert_ne!(ids["customer/email:same@x.com"], ids["prospect/email:same@x.com"]);
-    assert_eq!(rec.segments.iter().find(|s| s.segment == "all_prospects").expect("seg").members, 1);
+    assert_ne!(
+        ids["customer/email:same@x.com"],
+        ids["prospect/email:same@x.com"]
+    );
+    assert_eq!(
+        rec.segments
+            .iter()
+            .find(|s| s.segment == "all_prospects")
+            .expect("seg")
+            .members,
+        1
+    );
 }
 
 #[test]
 fn identity_oversized_profiles_flagged_and_not_exported() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("a@x.com"), Some("A")], 1), (vec![Some("C2"), Some("b@x.com"), Some("B")], 1)]);
-    let web = rows(&["cookie", "email"], vec![(vec![Some("ck1"), Some("a@x.com")], 2)]);
-    project(dir.path(), "", "[identity]\nmax_identities = 2\n", &crm, &web, &no_prospects());
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("a@x.com"), Some("A")], 1),
+            (vec![Some("C2"), Some("b@x.com"), Some("B")], 1),
+        ],
+    );
+    let web = rows(
+        &["cookie", "email"],
+        vec![(vec![Some("ck1"), Some("a@x.com")], 2)],
+    );
+    project(
+        dir.path(),
+        "",
+        "[identity]\nmax_identities = 2\n",
+        &crm,
+        &web,
+        &no_prospects(),
+    );
     let rec = run(dir.path(), "r1");
     let ids = profile_ids(dir.path(), "r1");
     let big = &ids["customer/crm_id:C1"];
-    let everyone = &rec.exports[0].files.iter().find(|f| f.segment == "everyone").expect("file");
+    let everyone = &rec.exports[0]
+        .files
+        .iter()
+        .find(|f| f.segment == "everyone")
+        .expect("file");
     assert_eq!(everyone.excluded_oversized, 1);
     let csv = std::fs::read_to_string(dir.path().join("out/r1/everyone.csv")).expect("csv");
-    assert!(!csv.contains(big.as_str()), "oversized profile not exported");
+    assert!(
+        !csv.contains(big.as_str()),
+        "oversized profile not exported"
+    );
     assert!(csv.contains(ids["customer/crm_id:C2"].as_str()));
-    let health: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("state/runs/r1/graph_health.json")).expect("health")).expect("json");
+    let health: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("state/runs/r1/graph_health.json")).expect("health"),
+    )
+    .expect("json");
     assert_eq!(health["oversized"], 1);
     assert_eq!(health["largest"][0]["profile_id"], big.as_str());
     assert_eq!(health["largest"][0]["oversized"], true);
@@ -302,8 +531,18 @@ fn identity_oversized_profiles_flagged_and_not_exported() {
 #[test]
 fn identity_ids_carry_forward_as_input_grows() {
     let dir = tempfile::tempdir().expect("tmp");
-    let crm1 = rows(&["crm_id", "email", "name"], vec![(vec![Some("C1"), Some("a@x.com"), Some("A")], 5), (vec![Some("C2"), Some("b@x.com"), Some("B")], 5), (vec![Some("C3"), Some("c@x.com"), Some("C")], 5)]);
-    let web1 = rows(&["cookie", "email"], vec![(vec![Some("ck3"), Some("c@x.com")], 6)]);
+    let crm1 = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("a@x.com"), Some("A")], 5),
+            (vec![Some("C2"), Some("b@x.com"), Some("B")], 5),
+            (vec![Some("C3"), Some("c@x.com"), Some("C")], 5),
+        ],
+    );
+    let web1 = rows(
+        &["cookie", "email"],
+        vec![(vec![Some("ck3"), Some("c@x.com")], 6)],
+    );
     project(dir.path(), "", "", &crm1, &web1, &no_prospects());
     run(dir.path(), "r1");
     let before = profile_ids(dir.path(), "r1");
@@ -311,14 +550,25 @@ fn identity_ids_carry_forward_as_input_grows() {
     // b and c merge through a cookie; c's profile has more identities, so its id survives.
     let web2 = rows(
         &["cookie", "email"],
-        vec![(vec![Some("ck3"), Some("c@x.com")], 6), (vec![Some("ck0"), Some("a@x.com")], 1), (vec![Some("ck_bc"), Some("b@x.com")], 7), (vec![Some("ck_bc"), Some("c@x.com")], 7)],
+        vec![
+            (vec![Some("ck3"), Some("c@x.com")], 6),
+            (vec![Some("ck0"), Some("a@x.com")], 1),
+            (vec![Some("ck_bc"), Some("b@x.com")], 7),
+            (vec![Some("ck_bc"), Some("c@x.com")], 7),
+        ],
     );
     project(dir.path(), "", "", &crm1, &web2, &no_prospects());
     run(dir.path(), "r2");
     let after = profile_ids(dir.path(), "r2");
-    assert_eq!(after["customer/crm_id:C1"], before["customer/crm_id:C1"], "a component that only grows keeps its id");
+    assert_eq!(
+        after["customer/crm_id:C1"], before["customer/crm_id:C1"],
+        "a component that only grows keeps its id"
+    );
     assert_eq!(after["customer/cookie:ck0"], before["customer/crm_id:C1"]);
-    assert_eq!(after["customer/crm_id:C2"], before["customer/crm_id:C3"], "on a merge the id carried by most identities survives");
+    assert_eq!(
+        after["customer/crm_id:C2"], before["customer/crm_id:C3"],
+        "on a merge the id carried by most identities survives"
+    );
     assert_eq!(after["customer/crm_id:C3"], before["customer/crm_id:C3"]);
     // Run 3: a never-link rule splits the merged profile. Links apply newest first, so the
     // older (C3, c@x.com) link is the one cut: C3 is left alone, and the larger part
@@ -329,10 +579,16 @@ fn identity_ids_carry_forward_as_input_grows() {
     run(dir.path(), "r3");
     let split = profile_ids(dir.path(), "r3");
     let kept = &before["customer/crm_id:C3"];
-    assert_eq!(&split["customer/crm_id:C2"], kept, "the larger part keeps the id");
+    assert_eq!(
+        &split["customer/crm_id:C2"], kept,
+        "the larger part keeps the id"
+    );
     assert_eq!(&split["customer/email:c@x.com"], kept);
     assert_ne!(&split["customer/crm_id:C3"], kept);
-    assert_ne!(split["customer/crm_id:C3"], before["customer/crm_id:C2"], "a retired id is not reused");
+    assert_ne!(
+        split["customer/crm_id:C3"], before["customer/crm_id:C2"],
+        "a retired id is not reused"
+    );
     assert_ne!(split["customer/crm_id:C3"], before["customer/crm_id:C1"]);
     // The same input again gives the same ids.
     run(dir.path(), "r4");
@@ -359,7 +615,11 @@ fn identity_rejections_counted_per_dataset_column_reason() {
         Field::new("crm_id", DataType::Utf8, true),
         Field::new("email", DataType::Utf8, true),
         Field::new("name", DataType::Utf8, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
     ]));
     let b = RecordBatch::try_new(
         schema.clone(),
@@ -371,11 +631,22 @@ fn identity_rejections_counted_per_dataset_column_reason() {
         ],
     )
     .expect("batch");
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(dir.path().join("data/crm/part-1.parquet")).expect("f"), schema, None).expect("w");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(dir.path().join("data/crm/part-1.parquet")).expect("f"),
+        schema,
+        None,
+    )
+    .expect("w");
     w.write(&b).expect("write");
     w.close().expect("close");
     let rec = run(dir.path(), "r1");
-    let count = |column: &str, reason: &str| rec.rejections.iter().find(|r| r.dataset == "crm" && r.column == column && r.reason == reason).map(|r| r.count).unwrap_or(0);
+    let count = |column: &str, reason: &str| {
+        rec.rejections
+            .iter()
+            .find(|r| r.dataset == "crm" && r.column == column && r.reason == reason)
+            .map(|r| r.count)
+            .unwrap_or(0)
+    };
     assert_eq!(count("email", "blocked"), 1);
     assert_eq!(count("email", "invalid"), 2, "not-an-email and n/a");
     assert_eq!(count("email", "too_long"), 1);
@@ -385,7 +656,58 @@ fn identity_rejections_counted_per_dataset_column_reason() {
     // A null identity cell is simply absent: C5 is a profile, not a rejection.
     let ids = profile_ids(dir.path(), "r1");
     assert!(ids.contains_key("customer/crm_id:C5"));
-    let sample = std::fs::read_to_string(dir.path().join("state/runs/r1/rejected_sample.jsonl")).expect("sample");
+    let sample = std::fs::read_to_string(dir.path().join("state/runs/r1/rejected_sample.jsonl"))
+        .expect("sample");
     assert_eq!(sample.lines().count(), 7, "{sample}");
-    assert!(sample.contains("\"_reason\":\"null_timestamp\""), "{sample}");
+    assert!(
+        sample.contains("\"_reason\":\"null_timestamp\""),
+        "{sample}"
+    );
+}
+
+#[test]
+fn identity_explain_shows_paths_cuts_and_quarantine() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![(vec![Some("C1"), Some("a@x.com"), Some("A")], 1)],
+    );
+    let web = rows(
+        &["cookie", "email"],
+        vec![
+            (vec![Some("ck1"), Some("a@x.com")], 2),
+            (vec![Some("ck_hub"), Some("a@x.com")], 3),
+            (vec![Some("ck_hub"), Some("b@x.com")], 3),
+            (vec![Some("ck_hub"), Some("c@x.com")], 3),
+        ],
+    );
+    let rule = "[[identity.never_link]]\na = \"crm_id:C1\"\nb = \"cookie:ck1\"\n";
+    project(dir.path(), "", rule, &crm, &web, &no_prospects());
+    run(dir.path(), "r1");
+    let p = dir.path().to_str().expect("utf-8");
+    let (code, out, err) = crate::support::audience(&["explain", "--project", p, "email: A@X.com"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("email:a@x.com (customer) is in profile"),
+        "{out}"
+    );
+    assert!(
+        out.contains("via email:a@x.com -> cookie:ck1  [web at 1970-01-03T00:00:00Z]"),
+        "{out}"
+    );
+    assert!(out.contains("crm_id:C1 -> email:a@x.com  [crm at 1970-01-02T00:00:00Z]: cut_never_link (would join the two sides of a never-link rule)"), "{out}");
+    assert!(out.contains("email:a@x.com -> cookie:ck_hub"), "{out}");
+    assert!(out.contains("dropped_quarantined"), "{out}");
+    let (code, out, _) = crate::support::audience(&["explain", "--project", p, "cookie:ck_hub"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("quarantined: linked to 3 distinct identities, more than max_links = 2"),
+        "{out}"
+    );
+    let (code, _, err) = crate::support::audience(&["explain", "--project", p, "emial:a@x.com"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unknown namespace `emial`: did you mean `email`?"),
+        "{err}"
+    );
 }
