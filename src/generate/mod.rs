@@ -179,6 +179,8 @@ pub fn generate(opts: &GenerateOptions, mut progress: impl FnMut(u64)) -> Result
     let end = opts.end.timestamp_micros();
     let start = end - 365 * DAY_US;
     let hub_count = (opts.people / 2000).max(1);
+    // About eight people log in on each shared device.
+    let hub_rate = (hub_count as f64 * 8.0 / opts.people.max(1) as f64).min(1.0);
     let epp = f64::from(opts.events_per_person);
 
     let blocks = opts.people.div_ceil(BLOCK);
@@ -188,7 +190,16 @@ pub fn generate(opts: &GenerateOptions, mut progress: impl FnMut(u64)) -> Result
         let lo = block * BLOCK;
         let hi = ((block + 1) * BLOCK).min(opts.people);
         for i in lo..hi {
-            person(&mut rng, &mut t, opts.seed, i, start, end, hub_count, epp)?;
+            person(
+                &mut rng,
+                &mut t,
+                opts.seed,
+                i,
+                start,
+                end,
+                (hub_count, hub_rate),
+                epp,
+            )?;
         }
         progress(hi);
     }
@@ -210,7 +221,7 @@ fn person(
     i: u64,
     start: i64,
     end: i64,
-    hub_count: u64,
+    (hub_count, hub_rate): (u64, f64),
     epp: f64,
 ) -> Result<()> {
     let first = pick(rng, &FIRST);
@@ -375,7 +386,7 @@ fn person(
         }
     }
     // A shared device (hub): a few logins on one of the shared cookies.
-    if rng.random_bool(0.004) {
+    if rng.random_bool(hub_rate) {
         let hub = format!("ck_shared_{:04}", rng.random_range(0..hub_count));
         let when = ts(rng);
         let email = dirty_email(rng, &p.email);

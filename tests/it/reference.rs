@@ -172,17 +172,19 @@ fn profile_id(class: &str, ns: &str, value: &str) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// Cookies seen with more distinct identities than this are shared devices (the sample's `max_links`).
+const COOKIE_MAX_LINKS: usize = 5;
+
 /// Stitch rows of one class; returns per row its profile id (None if rejected),
 /// and per profile the identities with (first, last) seen.
 fn stitch(class: &str, rows: &[Row]) -> (Vec<Option<String>>, Members) {
     let mut index: HashMap<(usize, String), usize> = HashMap::new();
     let mut seen: Vec<(i64, i64)> = Vec::new();
     let mut keys: Vec<(usize, String)> = Vec::new();
-    let mut uf = Uf(Vec::new());
-    let mut anchors = Vec::new();
+    let mut row_nodes: Vec<Option<Vec<usize>>> = Vec::new();
     for r in rows {
         let Some(ts) = r.ts else {
-            anchors.push(None);
+            row_nodes.push(None);
             continue;
         };
         let mut ids: Vec<(usize, String)> = r
@@ -193,7 +195,7 @@ fn stitch(class: &str, rows: &[Row]) -> (Vec<Option<String>>, Members) {
         ids.sort();
         ids.dedup();
         if ids.is_empty() {
-            anchors.push(None);
+            row_nodes.push(None);
             continue;
         }
         let mut nodes = Vec::new();
@@ -201,16 +203,32 @@ fn stitch(class: &str, rows: &[Row]) -> (Vec<Option<String>>, Members) {
             let n = *index.entry(k.clone()).or_insert_with(|| {
                 keys.push(k.clone());
                 seen.push((ts, ts));
-                uf.0.push(uf.0.len());
-                uf.0.len() - 1
+                keys.len() - 1
             });
             seen[n] = (seen[n].0.min(ts), seen[n].1.max(ts));
             nodes.push(n);
         }
-        for n in &nodes[1..] {
-            uf.union(nodes[0], *n);
+        row_nodes.push(Some(nodes));
+    }
+    // Distinct links anchor -> other; cookies with too many are quarantined.
+    let links: BTreeSet<(usize, usize)> = row_nodes
+        .iter()
+        .flatten()
+        .flat_map(|n| n[1..].iter().map(move |o| (n[0], *o)))
+        .collect();
+    let mut degree = vec![0usize; keys.len()];
+    for (a, b) in &links {
+        degree[*a] += 1;
+        degree[*b] += 1;
+    }
+    let quarantined: Vec<bool> = (0..keys.len())
+        .map(|n| NAMESPACES[keys[n].0] == "cookie" && degree[n] > COOKIE_MAX_LINKS)
+        .collect();
+    let mut uf = Uf((0..keys.len()).collect());
+    for (a, b) in &links {
+        if !quarantined[*a] && !quarantined[*b] {
+            uf.union(*a, *b);
         }
-        anchors.push(Some(nodes[0]));
     }
     let mut comps: HashMap<usize, Vec<usize>> = HashMap::new();
     for n in 0..keys.len() {
@@ -234,9 +252,15 @@ fn stitch(class: &str, rows: &[Row]) -> (Vec<Option<String>>, Members) {
         );
         pid_of_root.insert(*root, pid);
     }
-    let pids = anchors
+    // A row belongs to its best identity that is not quarantined (else its best).
+    let pids = row_nodes
         .into_iter()
-        .map(|a| a.map(|n| pid_of_root[&uf.find(n)].clone()))
+        .map(|nodes| {
+            nodes.map(|n| {
+                let owner = n.iter().copied().find(|x| !quarantined[*x]).unwrap_or(n[0]);
+                pid_of_root[&uf.find(owner)].clone()
+            })
+        })
         .collect();
     (pids, members)
 }
