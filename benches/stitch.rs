@@ -1,0 +1,245 @@
+//! Identity stitching benchmark: `identity/<variant>/<people>`.
+//!
+//! For each scale it generates a project (once, under `benches/data/`), then,
+//! in a child process per case so that peak memory is the case's own, runs
+//! ingest plus the identity stage (Parquet decoding, normalisation, interning,
+//! links, stitching, Arrow outputs) and reports links per second, wall and CPU
+//! seconds, peak RSS, and the memory model of the issue (1.3 x distinct identity
+//! bytes + 24 B per identity + 8 B per link) for comparison. It also writes the
+//! string links (`links_for_peers.parquet`) that `benches/compare_stitch.py`
+//! runs DuckDB and scipy on.
+//!
+//! Variants: `plain` (no unique namespace, no hub limit: connected components),
+//! `links-only` (like for like with the peers: components of the string links
+//! file, from Parquet to a label per identity), and `constrained` (the generated
+//! config: unique crm_id, cookie max_links).
+//!
+//! Scales: `AUDIENCE_BENCH_PEOPLE=1000000,5000000,10000000` (default `1000000`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use audience::config::Project;
+use audience::generate::{GenerateOptions, generate};
+
+fn proc_status(key: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data")
+}
+
+fn ensure_project(people: u64) -> PathBuf {
+    let dir = data_dir().join(format!("p{people}"));
+    if !dir.join("audience.toml").exists() {
+        eprintln!("generating {people} people into {}", dir.display());
+        let opts = GenerateOptions {
+            people,
+            out: dir.clone(),
+            seed: 42,
+            events_per_person: 10,
+            end: chrono::DateTime::parse_from_rfc3339("2025-07-01T00:00:00Z")
+                .expect("date")
+                .to_utc(),
+        };
+        generate(&opts, |_| {}).expect("generate");
+    }
+    dir
+}
+
+fn child(dir: &Path, variant: &str) {
+    let mut project = Project::load(dir).expect("project");
+    if variant == "plain" {
+        for ns in &mut project.namespaces {
+            ns.unique = false;
+            ns.max_links = None;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let stitched = rt.block_on(async {
+        let ctx = audience::engine::session(&project, chrono::Utc::now()).expect("session");
+        let datasets = audience::ingest::ingest(&ctx, &project)
+            .await
+            .expect("ingest");
+        audience::identity::stitch(&ctx, &project, &datasets, None, |_| {})
+            .await
+            .expect("stitch")
+    });
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let h = &stitched.health;
+    let values = stitched
+        .identity_map
+        .column_by_name("value")
+        .expect("value column");
+    let value_bytes = values
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .map(|a| a.value_data().len())
+        .unwrap_or(0) as f64;
+    let model = 1.3 * value_bytes + 24.0 * h.identities as f64 + 8.0 * h.links as f64;
+    let rows: u64 = stitched.rows_read.values().sum();
+    println!(
+        "{{\"case\":\"identity/{variant}/{}\",\"rows\":{rows},\"identities\":{},\"links\":{},\"cut\":{},\"quarantined\":{},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0},\"model_mb\":{:.0}}}",
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .trim_start_matches('p'),
+        h.identities,
+        h.links,
+        h.links_cut,
+        h.quarantined,
+        h.links as f64 / wall,
+        proc_status("VmHWM:") as f64 / 1024.0,
+        model / 1e6,
+    );
+    if variant == "plain" {
+        // String links for the peers in compare_stitch.py.
+        let l = &stitched.links;
+        let col = |n: &str| l.column_by_name(n).expect("column").clone();
+        let src = arrow::compute::kernels::concat_elements::concat_elements_utf8(
+            &arrow::compute::kernels::concat_elements::concat_elements_utf8(
+                col("anchor_namespace")
+                    .as_any()
+                    .downcast_ref()
+                    .expect("utf8"),
+                &arrow::array::StringArray::from(vec![":"; l.num_rows()]),
+            )
+            .expect("concat"),
+            col("anchor_value").as_any().downcast_ref().expect("utf8"),
+        )
+        .expect("concat");
+        let dst = arrow::compute::kernels::concat_elements::concat_elements_utf8(
+            &arrow::compute::kernels::concat_elements::concat_elements_utf8(
+                col("other_namespace")
+                    .as_any()
+                    .downcast_ref()
+                    .expect("utf8"),
+                &arrow::array::StringArray::from(vec![":"; l.num_rows()]),
+            )
+            .expect("concat"),
+            col("other_value").as_any().downcast_ref().expect("utf8"),
+        )
+        .expect("concat");
+        let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+            ("src", std::sync::Arc::new(src) as arrow::array::ArrayRef),
+            ("dst", std::sync::Arc::new(dst) as arrow::array::ArrayRef),
+        ])
+        .expect("batch");
+        let file = std::fs::File::create(dir.join("links_for_peers.parquet")).expect("create");
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+    }
+}
+
+/// Like for like with the peers: connected components from the string links
+/// file (Parquet decoding, interning, union-find, a label per identity).
+fn child_links(dir: &Path) {
+    use audience::identity::graph::{IdentityGraph, NsRules};
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let file =
+        std::fs::File::open(dir.join("links_for_peers.parquet")).expect("run the plain case first");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let mut g = IdentityGraph::new();
+    let mut links = 0u64;
+    for batch in reader {
+        let batch = batch.expect("batch");
+        let src = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("utf8")
+            .clone();
+        let dst = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("utf8")
+            .clone();
+        for i in 0..batch.num_rows() {
+            let a = g.intern(audience::config::Class::Customer, 0, src.value(i), 0, 0);
+            let b = g.intern(audience::config::Class::Customer, 0, dst.value(i), 0, 0);
+            g.link(a, b, 0, 0);
+            links += 1;
+        }
+    }
+    let rank: Vec<u32> = (0..g.len() as u32).collect();
+    let st = g.stitch(&[NsRules::default()], &[], &[], &|_| false, &rank);
+    let labels = arrow::array::UInt32Array::from(st.roots);
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    println!(
+        "{{\"case\":\"identity/links-only/{}\",\"links\":{links},\"identities\":{},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0}}}",
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .trim_start_matches('p'),
+        labels.len(),
+        links as f64 / wall,
+        proc_status("VmHWM:") as f64 / 1024.0,
+    );
+}
+
+fn main() {
+    if let (Ok(dir), Ok(variant)) = (
+        std::env::var("AUDIENCE_BENCH_CHILD"),
+        std::env::var("AUDIENCE_BENCH_VARIANT"),
+    ) {
+        if variant == "links-only" {
+            child_links(Path::new(&dir));
+        } else {
+            child(Path::new(&dir), &variant);
+        }
+        return;
+    }
+    // `cargo bench` passes --bench; a filter argument selects cases by substring.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let scales: Vec<u64> = std::env::var("AUDIENCE_BENCH_PEOPLE")
+        .unwrap_or_else(|_| "1000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let exe = std::env::current_exe().expect("exe");
+    for people in scales {
+        let dir = ensure_project(people);
+        for variant in ["plain", "links-only", "constrained"] {
+            let case = format!("identity/{variant}/{people}");
+            if filter.as_ref().is_some_and(|f| !case.contains(f.as_str())) {
+                continue;
+            }
+            let out = std::process::Command::new(&exe)
+                .env("AUDIENCE_BENCH_CHILD", &dir)
+                .env("AUDIENCE_BENCH_VARIANT", variant)
+                .output()
+                .expect("run case");
+            if !out.status.success() {
+                eprintln!("{case} failed: {}", String::from_utf8_lossy(&out.stderr));
+                std::process::exit(1);
+            }
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}
