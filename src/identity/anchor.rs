@@ -7,16 +7,17 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, StringBuilder};
+use datafusion::arrow::array::StringBuilder;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{ScalarValue, exec_err};
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
 use std::collections::BTreeSet;
 
+use super::StrCol;
 use super::normalise::Normaliser;
 use crate::config::{Class, Namespace};
 
@@ -60,7 +61,7 @@ impl ScalarUDFImpl for AnchorUdf {
         if !args.args.len().is_multiple_of(2) || args.args.is_empty() {
             return exec_err!("{} takes pairs of (namespace literal, column)", self.name);
         }
-        let mut cols: Vec<(usize, Normaliser, ArrayRef)> = Vec::new();
+        let mut cols: Vec<(usize, Normaliser, StrCol)> = Vec::new();
         for pair in args.args.chunks(2) {
             let ns = match &pair[0] {
                 ColumnarValue::Scalar(ScalarValue::Utf8(Some(s)))
@@ -73,23 +74,15 @@ impl ScalarUDFImpl for AnchorUdf {
                 return exec_err!("{}: unknown namespace {ns}", self.name);
             };
             let arr = pair[1].clone().into_array(n)?;
-            let arr = datafusion::arrow::compute::cast(&arr, &DataType::Utf8)?;
-            cols.push((idx, Normaliser::new(&self.namespaces[idx]), arr));
+            let col = StrCol::new(&arr).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+            cols.push((idx, Normaliser::new(&self.namespaces[idx]), col));
         }
-        let strings: Vec<&datafusion::arrow::array::StringArray> = cols
-            .iter()
-            .map(|(_, _, a)| {
-                a.as_any()
-                    .downcast_ref()
-                    .expect("cast to Utf8 gives a StringArray")
-            })
-            .collect();
         let mut out = StringBuilder::with_capacity(n, n * 24);
         let mut key = String::new();
         for row in 0..n {
             // (quarantined, namespace index, value): the smallest wins.
             let mut best: Option<(bool, usize, String)> = None;
-            for ((idx, norm, _), arr) in cols.iter().zip(&strings) {
+            for (idx, norm, arr) in &cols {
                 if arr.is_null(row) {
                     continue;
                 }

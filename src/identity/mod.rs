@@ -203,8 +203,8 @@ pub async fn stitch(
         while let Some(batch) = stream.next().await {
             let batch = batch
                 .map_err(|e| Error::input(&ds.name, None, None, format!("reading failed: {e}")))?;
-            let ids: Vec<StringArray> = (0..cols.len())
-                .map(|i| to_strings(batch.column(i)))
+            let ids: Vec<StrCol> = (0..cols.len())
+                .map(|i| StrCol::new(batch.column(i)))
                 .collect::<Result<_>>()?;
             let ts_arr = cast(batch.column(cols.len()), &timestamp_type())
                 .map_err(|e| Error::Internal(e.to_string()))?;
@@ -281,6 +281,42 @@ pub async fn stitch(
 /// Quote an identifier for SQL.
 pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string column read without copying (Utf8, LargeUtf8, Utf8View), or
+/// another type cast to Utf8 once.
+pub(crate) enum StrCol {
+    Utf8(StringArray),
+    Large(datafusion::arrow::array::LargeStringArray),
+    View(datafusion::arrow::array::StringViewArray),
+}
+
+impl StrCol {
+    pub(crate) fn new(a: &ArrayRef) -> Result<Self> {
+        use datafusion::arrow::array::AsArray;
+        Ok(match a.data_type() {
+            DataType::Utf8 => StrCol::Utf8(a.as_string::<i32>().clone()),
+            DataType::LargeUtf8 => StrCol::Large(a.as_string::<i64>().clone()),
+            DataType::Utf8View => StrCol::View(a.as_string_view().clone()),
+            _ => StrCol::Utf8(to_strings(a)?),
+        })
+    }
+
+    pub(crate) fn is_null(&self, i: usize) -> bool {
+        match self {
+            StrCol::Utf8(a) => a.is_null(i),
+            StrCol::Large(a) => a.is_null(i),
+            StrCol::View(a) => a.is_null(i),
+        }
+    }
+
+    pub(crate) fn value(&self, i: usize) -> &str {
+        match self {
+            StrCol::Utf8(a) => a.value(i),
+            StrCol::Large(a) => a.value(i),
+            StrCol::View(a) => a.value(i),
+        }
+    }
 }
 
 /// Any identity column as UTF-8 strings.
