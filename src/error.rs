@@ -43,10 +43,13 @@ pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
     pub fn push(&mut self, file: &str, location: impl Into<String>, message: impl Into<String>) {
+        // One line per problem: engine messages can span lines.
+        let message: String = message.into();
+        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
         self.0.push(Problem {
             file: file.to_string(),
             location: location.into(),
-            message: message.into(),
+            message,
         });
     }
     pub fn is_empty(&self) -> bool {

@@ -40,6 +40,8 @@ pub struct Namespace {
     pub blocked: BTreeSet<String>,
     /// Blocked patterns, as written (compiled by the normaliser).
     pub blocked_patterns: Vec<String>,
+    /// For the `sql` normaliser: the expression over `value`.
+    pub expression: Option<String>,
     pub unique: bool,
     pub max_links: Option<u64>,
     /// Normalised values exempt from hub quarantine.
@@ -499,8 +501,27 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
                 "an allow-list only matters with max_links; set max_links or remove allow",
             );
         }
+        match (ns.normaliser, &ns.expression) {
+            (NormaliserKind::Sql, None) => problems.push(
+                FILE,
+                format!("{path}.expression"),
+                "normaliser = \"sql\" needs an expression over `value`, e.g. \"upper(value)\"",
+            ),
+            (NormaliserKind::Sql, Some(e)) => {
+                if let Err(msg) = crate::identity::sql_normaliser::check(e) {
+                    problems.push(FILE, format!("{path}.expression"), msg);
+                }
+            }
+            (_, Some(_)) => problems.push(
+                FILE,
+                format!("{path}.expression"),
+                "only normaliser = \"sql\" takes an expression",
+            ),
+            _ => {}
+        }
         let mut namespace = Namespace {
             name,
+            expression: ns.expression,
             normaliser: ns.normaliser,
             priority: ns.priority,
             default_region: ns.default_region,

@@ -42,14 +42,19 @@ pub enum NormaliserKind {
     Phone,
     /// Trim.
     Id,
+    /// A SQL expression over `value` (e.g. `regexp_replace(upper(value), '[^A-Z0-9]', '')`),
+    /// then trim; a NULL result rejects the value as invalid.
+    Sql,
 }
 
 /// `[namespaces.<name>]`: an identity namespace.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNamespace {
-    /// Normaliser: `email`, `phone` or `id`.
+    /// Normaliser: `email`, `phone`, `id` or `sql`.
     pub normaliser: NormaliserKind,
+    /// For `normaliser = "sql"`: the expression, reading the raw value as `value`.
+    pub expression: Option<String>,
     /// Priority, 1 is highest. A record's anchor is its highest-priority identity
     /// (person ids such as crm_id outrank e-mail and phone, which outrank cookies).
     pub priority: u32,

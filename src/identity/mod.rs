@@ -18,6 +18,7 @@ pub mod explain;
 pub mod graph;
 pub mod ids;
 pub mod normalise;
+pub mod sql_normaliser;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,6 +30,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::logical_expr::{Expr, ident};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
@@ -37,7 +39,7 @@ use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
 use crate::ingest::Ingested;
 use graph::{IdentityGraph, LinkStatus, Quarantine};
-use normalise::Normaliser;
+use normalise::{Normaliser, Reject};
 
 /// Rejected rows kept as a sample per dataset.
 pub const SAMPLE_PER_DATASET: usize = 100;
@@ -191,10 +193,23 @@ pub async fn stitch(
                 ))
             })
             .collect::<Result<_>>()?;
-        let mut select: Vec<String> = cols.iter().map(|(_, c, _)| quote(c)).collect();
-        select.push(quote(&ds.timestamp));
-        let sql = format!("SELECT {} FROM {}", select.join(", "), quote(&d.table));
-        let df = ctx.sql(&sql).await.map_err(Error::engine("identity"))?;
+        // Raw identity columns, the timestamp, then one column per SQL-normalised identity.
+        let mut select: Vec<Expr> = cols.iter().map(|(_, c, _)| ident(*c)).collect();
+        select.push(ident(&ds.timestamp));
+        let mut sql_col: Vec<Option<usize>> = Vec::with_capacity(cols.len());
+        for (ns, c, _) in &cols {
+            if project.namespaces[*ns].expression.is_some() {
+                sql_col.push(Some(select.len()));
+                select.push(sql_normaliser::column_expr(&project.namespaces[*ns], c)?);
+            } else {
+                sql_col.push(None);
+            }
+        }
+        let df = ctx
+            .table(d.table.as_str())
+            .await
+            .and_then(|t| t.select(select))
+            .map_err(Error::engine("identity"))?;
         let mut stream = df
             .execute_stream()
             .await
@@ -205,6 +220,10 @@ pub async fn stitch(
                 .map_err(|e| Error::input(&ds.name, None, None, format!("reading failed: {e}")))?;
             let ids: Vec<StrCol> = (0..cols.len())
                 .map(|i| StrCol::new(batch.column(i)))
+                .collect::<Result<_>>()?;
+            let normalised: Vec<Option<StrCol>> = sql_col
+                .iter()
+                .map(|c| c.map(|c| StrCol::new(batch.column(c))).transpose())
                 .collect::<Result<_>>()?;
             let ts_arr = cast(batch.column(cols.len()), &timestamp_type())
                 .map_err(|e| Error::Internal(e.to_string()))?;
@@ -243,11 +262,20 @@ pub async fn stitch(
                 }
                 let t = ts.value(row);
                 found.clear();
-                for ((ns, column, norm), arr) in cols.iter().zip(&ids) {
+                for (((ns, column, norm), arr), sql) in cols.iter().zip(&ids).zip(&normalised) {
                     if arr.is_null(row) {
                         continue;
                     }
-                    match norm.apply(arr.value(row)) {
+                    let raw = match sql {
+                        None => arr.value(row),
+                        Some(n) if n.is_null(row) => {
+                            rejections
+                                .add(&ds.name, column, Reject::Invalid.as_str(), || row_json(row));
+                            continue;
+                        }
+                        Some(n) => n.value(row),
+                    };
+                    match norm.apply(raw) {
                         Ok(v) => found.push((*ns as u16, v)),
                         Err(r) => rejections.add(&ds.name, column, r.as_str(), || row_json(row)),
                     }

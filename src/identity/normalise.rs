@@ -114,7 +114,8 @@ impl<'a> Normaliser<'a> {
             return Err(Reject::Blocked);
         }
         match self.ns.normaliser {
-            NormaliserKind::Id => Ok(value),
+            // The SQL expression ran in the engine before; what is left is trim and blocked.
+            NormaliserKind::Id | NormaliserKind::Sql => Ok(value),
             NormaliserKind::Email => {
                 let mut parts = value.split('@');
                 match (parts.next(), parts.next(), parts.next()) {
@@ -154,6 +155,7 @@ mod tests {
                 .map(|b| canonical_blocked(kind, b))
                 .collect::<BTreeSet<_>>(),
             blocked_patterns: vec!["^test\\+.*@".into()],
+            expression: None,
             unique: false,
             max_links: None,
             allow: BTreeSet::new(),

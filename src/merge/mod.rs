@@ -79,12 +79,17 @@ pub fn register_batches(
 }
 
 /// Records of `d` joined to their profile ids.
-async fn attributed(ctx: &SessionContext, d: &Ingested) -> Result<DataFrame> {
+async fn attributed(ctx: &SessionContext, project: &Project, d: &Ingested) -> Result<DataFrame> {
     let ds = &d.dataset;
     let mut args = Vec::new();
     for (column, ns) in &ds.identities {
+        let namespace = project
+            .namespace(ns)
+            .ok_or_else(|| Error::Internal(format!("namespace {ns} vanished")))?;
         args.push(lit(ns.as_str()));
-        args.push(ident(column));
+        args.push(crate::identity::sql_normaliser::column_expr(
+            namespace, column,
+        )?);
     }
     let anchor_fn = ctx
         .udf(&anchor::name(ds.class))
@@ -116,6 +121,7 @@ fn typed(d: &Ingested, name: &str, t: &DataType) -> Result<Expr> {
 /// identity column of the profile; [`Error::Engine`] when execution fails.
 pub async fn profiles(
     ctx: &SessionContext,
+    project: &Project,
     datasets: &[Ingested],
     policy: &MergePolicy,
 ) -> Result<Batches> {
@@ -171,7 +177,7 @@ pub async fn profiles(
             for (a, t) in &attrs {
                 exprs.push(typed(d, a, t)?);
             }
-            let df = attributed(ctx, d)
+            let df = attributed(ctx, project, d)
                 .await?
                 .select(exprs)
                 .map_err(Error::engine("merge"))?;
@@ -234,6 +240,7 @@ pub async fn profiles(
 /// a dataset lacks a property).
 pub async fn events(
     ctx: &SessionContext,
+    project: &Project,
     datasets: &[Ingested],
     class: Class,
 ) -> Result<DataFrame> {
@@ -277,7 +284,7 @@ pub async fn events(
         for (p, t) in &props {
             exprs.push(typed(d, p, t)?);
         }
-        let df = attributed(ctx, d)
+        let df = attributed(ctx, project, d)
             .await?
             .select(exprs)
             .map_err(Error::engine("events"))?;

@@ -342,8 +342,10 @@ impl Pipeline {
             async move {
                 let policy = policy
                     .ok_or_else(|| Error::Internal(format!("policy {policy_name} vanished")))?;
-                let profiles = merge::profiles(ctx_ref, datasets, &policy).await?;
-                let events = merge::events(ctx_ref, datasets, class).await?.into_view();
+                let profiles = merge::profiles(ctx_ref, project, datasets, &policy).await?;
+                let events = merge::events(ctx_ref, project, datasets, class)
+                    .await?
+                    .into_view();
                 let identities = class_identities(identity_map, class)?;
                 Ok(Group {
                     class,

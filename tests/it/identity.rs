@@ -711,3 +711,88 @@ fn identity_explain_shows_paths_cuts_and_quarantine() {
         "{err}"
     );
 }
+
+#[test]
+fn identity_sql_normaliser_runs_in_the_engine() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("c-1"), Some("a@x.com"), Some("A")], 1),
+            (vec![Some(" C1 "), Some("b@x.com"), Some("B")], 2),
+            (vec![Some("#"), Some("c@x.com"), Some("C")], 3),
+        ],
+    );
+    project(dir.path(), "", "", &crm, &no_web(), &no_prospects());
+    let cfg = dir.path().join("audience.toml");
+    let text = std::fs::read_to_string(&cfg).expect("read").replacen(
+        "normaliser = \"id\"\npriority = 1",
+        "normaliser = \"sql\"\nexpression = \"nullif(regexp_replace(upper(value), '[^A-Z0-9]', '', 'g'), '')\"\npriority = 1",
+        1,
+    );
+    std::fs::write(&cfg, text).expect("write");
+    let rec = run(dir.path(), "r1");
+    let ids = profile_ids(dir.path(), "r1");
+    assert!(
+        same(&ids, "email:a@x.com", "email:b@x.com"),
+        "c-1 and ' C1 ' normalise to C1: {ids:?}"
+    );
+    assert!(ids.contains_key("customer/crm_id:C1"));
+    let invalid = rec
+        .rejections
+        .iter()
+        .find(|r| r.column == "crm_id" && r.reason == "invalid")
+        .map(|r| r.count);
+    assert_eq!(
+        invalid,
+        Some(1),
+        "a NULL result rejects the value: {:?}",
+        rec.rejections
+    );
+    // The anchor function applies the same expression: both records feed one profile.
+    let everyone = std::fs::read_to_string(dir.path().join("out/r1/everyone.csv")).expect("csv");
+    assert!(
+        everyone
+            .lines()
+            .any(|l| l.contains(",C1,") && l.ends_with(",B")),
+        "most recent name wins in the joined profile: {everyone}"
+    );
+}
+
+#[test]
+fn identity_sql_normaliser_validated() {
+    let dir = tempfile::tempdir().expect("tmp");
+    project(
+        dir.path(),
+        "",
+        "",
+        &rows(&["crm_id", "email", "name"], vec![]),
+        &no_web(),
+        &no_prospects(),
+    );
+    let cfg = dir.path().join("audience.toml");
+    let base = std::fs::read_to_string(&cfg).expect("read");
+    for (expr, msg) in [
+        ("upper(", "not a valid SQL expression"),
+        ("upper(name)", "No field named name. Valid fields are value"),
+        ("(SELECT 1)", "cannot contain a subquery"),
+        ("upper('x')", "does not read `value`"),
+    ] {
+        let text = base.replacen(
+            "normaliser = \"id\"\npriority = 1",
+            &format!("normaliser = \"sql\"\nexpression = \"{expr}\"\npriority = 1"),
+            1,
+        );
+        std::fs::write(&cfg, text).expect("write");
+        let (code, out, err) = crate::support::audience(&[
+            "validate",
+            "--project",
+            dir.path().to_str().expect("utf-8"),
+        ]);
+        assert_eq!(code, 2, "{expr}: {out}{err}");
+        assert!(
+            err.contains("namespaces.crm_id.expression") && err.contains(msg),
+            "{expr}: {err}"
+        );
+    }
+}
