@@ -75,28 +75,25 @@ fn child(dir: &Path, variant: &str) {
         .enable_all()
         .build()
         .expect("rt");
+    let out_dir = dir.join(format!("bench_out_{variant}"));
+    std::fs::create_dir_all(&out_dir).expect("out dir");
+    let out = audience::engine::storage::Location::parse(out_dir.to_str().expect("utf-8"), dir)
+        .expect("location");
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let stitched = rt.block_on(async {
         let ctx = audience::engine::session(&project, chrono::Utc::now()).expect("session");
         let datasets = audience::ingest::ingest(&ctx, &project)
             .await
             .expect("ingest");
-        audience::identity::stitch(&ctx, &project, &datasets, None, |_| {})
+        audience::identity::stitch(&ctx, &project, &datasets, None, &out, |_| {})
             .await
             .expect("stitch")
     });
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     let h = &stitched.health;
-    let values = stitched
-        .identity_map
-        .column_by_name("value")
-        .expect("value column");
-    let value_bytes = values
-        .as_any()
-        .downcast_ref::<arrow::array::StringArray>()
-        .map(|a| a.value_data().len())
-        .unwrap_or(0) as f64;
-    let model = 1.3 * value_bytes + 24.0 * h.identities as f64 + 8.0 * h.links as f64;
+    let model = 1.3 * stitched.lookup.value_bytes() as f64
+        + 24.0 * h.identities as f64
+        + 8.0 * h.links as f64;
     let rows: u64 = stitched.rows_read.values().sum();
     println!(
         "{{\"case\":\"identity/{variant}/{}\",\"rows\":{rows},\"identities\":{},\"links\":{},\"cut\":{},\"quarantined\":{},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0},\"model_mb\":{:.0}}}",
@@ -113,43 +110,47 @@ fn child(dir: &Path, variant: &str) {
         model / 1e6,
     );
     if variant == "plain" {
-        // String links for the peers in compare_stitch.py.
-        let l = &stitched.links;
-        let col = |n: &str| l.column_by_name(n).expect("column").clone();
-        let src = arrow::compute::kernels::concat_elements::concat_elements_utf8(
-            &arrow::compute::kernels::concat_elements::concat_elements_utf8(
-                col("anchor_namespace")
+        // String links for the peers in compare_stitch.py: `namespace:value` pairs (untimed).
+        let file = std::fs::File::open(out_dir.join("links.parquet")).expect("links output");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        let mut writer: Option<parquet::arrow::ArrowWriter<std::fs::File>> = None;
+        for l in reader {
+            let l = l.expect("batch");
+            let s = |n: &str| {
+                l.column_by_name(n)
+                    .expect("column")
                     .as_any()
-                    .downcast_ref()
-                    .expect("utf8"),
-                &arrow::array::StringArray::from(vec![":"; l.num_rows()]),
-            )
-            .expect("concat"),
-            col("anchor_value").as_any().downcast_ref().expect("utf8"),
-        )
-        .expect("concat");
-        let dst = arrow::compute::kernels::concat_elements::concat_elements_utf8(
-            &arrow::compute::kernels::concat_elements::concat_elements_utf8(
-                col("other_namespace")
-                    .as_any()
-                    .downcast_ref()
-                    .expect("utf8"),
-                &arrow::array::StringArray::from(vec![":"; l.num_rows()]),
-            )
-            .expect("concat"),
-            col("other_value").as_any().downcast_ref().expect("utf8"),
-        )
-        .expect("concat");
-        let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
-            ("src", std::sync::Arc::new(src) as arrow::array::ArrayRef),
-            ("dst", std::sync::Arc::new(dst) as arrow::array::ArrayRef),
-        ])
-        .expect("batch");
-        let file = std::fs::File::create(dir.join("links_for_peers.parquet")).expect("create");
-        let mut w =
-            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
-        w.write(&batch).expect("write");
-        w.close().expect("close");
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .expect("utf8")
+                    .clone()
+            };
+            let join = |a: &str, b: &str| -> arrow::array::ArrayRef {
+                let (a, b) = (s(a), s(b));
+                std::sync::Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..l.num_rows()).map(|i| format!("{}:{}", a.value(i), b.value(i))),
+                ))
+            };
+            let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+                ("src", join("anchor_namespace", "anchor_value")),
+                ("dst", join("other_namespace", "other_value")),
+            ])
+            .expect("batch");
+            let w = writer.get_or_insert_with(|| {
+                parquet::arrow::ArrowWriter::try_new(
+                    std::fs::File::create(dir.join("links_for_peers.parquet")).expect("create"),
+                    batch.schema(),
+                    None,
+                )
+                .expect("writer")
+            });
+            w.write(&batch).expect("write");
+        }
+        if let Some(w) = writer {
+            w.close().expect("close");
+        }
     }
 }
 

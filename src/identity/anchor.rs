@@ -1,9 +1,8 @@
-//! `audience_anchor_<class>('ns', col, 'ns2', col2, ...)`: the key
-//! (`namespace:value`) of the identity whose profile a row belongs to: its
-//! highest-priority valid identity that is not quarantined (ties: namespace name,
-//! then value); when all its identities are quarantined, the highest-priority
-//! one; NULL when the row has no valid identity. Records and events join on it
-//! to the identity map to get their profile id.
+//! `audience_profile_<class>('ns', col, 'ns2', col2, ...)`: the profile id a
+//! row belongs to: the profile of its highest-priority valid identity that is
+//! not quarantined (ties: namespace name, then value); when all its identities
+//! are quarantined, its highest-priority one's; NULL when the row has no valid
+//! identity. Records and events get their `profile_id` from it.
 
 use std::sync::Arc;
 
@@ -15,38 +14,52 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use std::collections::BTreeSet;
-
 use super::StrCol;
+use super::lookup::IdentityLookup;
 use super::normalise::Normaliser;
 use crate::config::{Class, Namespace};
 
-/// The UDF's name for a class.
+/// The function's name for a class.
 pub fn name(class: Class) -> String {
-    format!("audience_anchor_{}", class.as_str())
+    format!("audience_profile_{}", class.as_str())
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct AnchorUdf {
+#[derive(Debug)]
+struct ProfileUdf {
     name: String,
+    class: Class,
     /// Sorted by (priority, name): index order is anchor order.
     namespaces: Vec<Namespace>,
-    /// Keys of quarantined identities of the class.
-    quarantined: BTreeSet<String>,
+    lookup: Arc<IdentityLookup>,
     signature: Signature,
 }
 
-/// The anchor function of a class.
-pub fn udf(class: Class, namespaces: &[Namespace], quarantined: BTreeSet<String>) -> ScalarUDF {
-    ScalarUDF::new_from_impl(AnchorUdf {
+// One instance per run and class: identity is the instance.
+impl PartialEq for ProfileUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.lookup, &other.lookup)
+    }
+}
+impl Eq for ProfileUdf {}
+impl std::hash::Hash for ProfileUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        (Arc::as_ptr(&self.lookup) as usize).hash(state);
+    }
+}
+
+/// The profile function of a class over a run's identity lookup.
+pub fn udf(class: Class, namespaces: &[Namespace], lookup: Arc<IdentityLookup>) -> ScalarUDF {
+    ScalarUDF::new_from_impl(ProfileUdf {
         name: name(class),
+        class,
         namespaces: namespaces.to_vec(),
-        quarantined,
+        lookup,
         signature: Signature::variadic_any(Volatility::Immutable),
     })
 }
 
-impl ScalarUDFImpl for AnchorUdf {
+impl ScalarUDFImpl for ProfileUdf {
     fn name(&self) -> &str {
         &self.name
     }
@@ -77,32 +90,28 @@ impl ScalarUDFImpl for AnchorUdf {
             let col = StrCol::new(&arr).map_err(|e| DataFusionError::Execution(e.to_string()))?;
             cols.push((idx, Normaliser::new(&self.namespaces[idx]), col));
         }
-        let mut out = StringBuilder::with_capacity(n, n * 24);
-        let mut key = String::new();
+        let mut out = StringBuilder::with_capacity(n, n * 32);
         for row in 0..n {
-            // (quarantined, namespace index, value): the smallest wins.
-            let mut best: Option<(bool, usize, String)> = None;
+            // (quarantined, namespace index, value) → profile: the smallest key wins.
+            let mut best: Option<((bool, usize, String), u32)> = None;
             for (idx, norm, arr) in &cols {
                 if arr.is_null(row) {
                     continue;
                 }
-                if let Ok(v) = norm.apply(arr.value(row)) {
-                    key.clear();
-                    key.push_str(&self.namespaces[*idx].name);
-                    key.push(':');
-                    key.push_str(&v);
-                    let quarantined =
-                        !self.quarantined.is_empty() && self.quarantined.contains(&key);
-                    let cand = (quarantined, *idx, v.into_owned());
-                    if best.as_ref().is_none_or(|b| cand < *b) {
-                        best = Some(cand);
-                    }
+                let Ok(v) = norm.apply(arr.value(row)) else {
+                    continue;
+                };
+                let Some((quarantined, profile)) = self.lookup.get(self.class, *idx as u16, &v)
+                else {
+                    continue;
+                };
+                let key = (quarantined, *idx, v.into_owned());
+                if best.as_ref().is_none_or(|(b, _)| key < *b) {
+                    best = Some((key, profile));
                 }
             }
             match best {
-                Some((_, idx, v)) => {
-                    out.append_value(format!("{}:{}", self.namespaces[idx].name, v))
-                }
+                Some((_, p)) => out.append_value(self.lookup.profile_id(p)),
                 None => out.append_null(),
             }
         }

@@ -99,6 +99,21 @@ impl IdentityGraph {
         self.class.len()
     }
 
+    /// Bytes of distinct identity values.
+    pub fn value_bytes(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// Free what only stitching needs (links, union-find, dataset sets), keeping lookups.
+    pub fn shrink(&mut self) {
+        self.links = HashMap::new();
+        self.parent = Vec::new();
+        self.size = Vec::new();
+        self.datasets = Vec::new();
+        self.first_seen = Vec::new();
+        self.last_seen = Vec::new();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.class.is_empty()
     }
@@ -276,17 +291,18 @@ impl IdentityGraph {
         }
         let mut quarantine: Vec<Option<Quarantine>> = vec![None; n];
         for id in 0..n {
-            if let Some(max) = rules[self.ns[id] as usize].max_links {
-                if u64::from(degree[id]) > max && !allow(id as u32) {
-                    quarantine[id] = Some(Quarantine::MaxLinks);
-                }
+            if let Some(max) = rules[self.ns[id] as usize].max_links
+                && u64::from(degree[id]) > max
+                && !allow(id as u32)
+            {
+                quarantine[id] = Some(Quarantine::MaxLinks);
             }
         }
         for &v in never_values {
             quarantine[v as usize] = Some(Quarantine::NeverLink);
         }
-        let mut links: Vec<Link> = self
-            .links
+        let link_map = std::mem::take(&mut self.links);
+        let mut links: Vec<Link> = link_map
             .iter()
             .map(|(&key, &(ts, dataset))| {
                 let (anchor, other) = ((key >> 32) as u32, (key & 0xFFFF_FFFF) as u32);

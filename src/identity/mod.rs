@@ -17,7 +17,9 @@ pub mod anchor;
 pub mod explain;
 pub mod graph;
 pub mod ids;
+pub mod lookup;
 pub mod normalise;
+mod output;
 pub mod sql_normaliser;
 pub mod store;
 
@@ -25,20 +27,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{Expr, ident};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
 use crate::config::{Class, Project};
+use crate::engine::storage::Location;
 use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
 use crate::ingest::Ingested;
-use graph::{IdentityGraph, LinkStatus, Quarantine};
+use graph::IdentityGraph;
 use normalise::{Normaliser, Reject};
 
 /// Rejected rows kept as a sample per dataset.
@@ -113,53 +115,27 @@ pub struct LargeProfile {
     pub oversized: bool,
 }
 
-/// Output of the identity stage.
+/// Output of the identity stage. The large outputs (identity map, links) are
+/// written to the run folder in chunks rather than kept in memory.
 #[derive(Debug, Clone)]
 pub struct Stitched {
-    /// `class, namespace, value, profile_id, first_seen, last_seen, datasets`,
-    /// sorted by class, namespace (priority order), value.
-    pub identity_map: RecordBatch,
+    /// Identity → profile lookup used to attribute records and events.
+    pub lookup: Arc<lookup::IdentityLookup>,
     /// Per class: `profile_id`, then per namespace (by name) `<ns>` (preferred value) and `<ns>_all` (sorted list).
     pub profiles: BTreeMap<Class, RecordBatch>,
-    /// Per class: `key` (`namespace:value`), `profile_id`.
-    pub keys: BTreeMap<Class, RecordBatch>,
-    /// Per class: keys of quarantined identities (records skip them when choosing a profile).
-    pub quarantined_keys: BTreeMap<Class, BTreeSet<String>>,
-    /// Every distinct link with its status: `class, anchor_namespace, anchor_value,
-    /// other_namespace, other_value, linked_at, dataset, status, reason`.
-    pub links: RecordBatch,
-    /// `class, namespace, value, profile_id, degree, reason`.
-    pub quarantined: RecordBatch,
     /// Profiles with more identities than `identity.max_identities`: excluded from exports.
     pub oversized: BTreeSet<String>,
     pub health: GraphHealth,
     pub rejections: Rejections,
     pub rows_read: BTreeMap<String, u64>,
-}
-
-impl Stitched {
-    /// The cut links (a view of [`Stitched::links`]).
-    pub fn cut_links(&self) -> Result<RecordBatch> {
-        filter_status(&self.links, |s| s.starts_with("cut"))
-    }
-}
-
-fn filter_status(batch: &RecordBatch, keep: impl Fn(&str) -> bool) -> Result<RecordBatch> {
-    let status = batch
-        .column_by_name("status")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .ok_or_else(|| Error::Internal("links batch has no status column".into()))?;
-    let mask: datafusion::arrow::array::BooleanArray = (0..status.len())
-        .map(|i| Some(keep(status.value(i))))
-        .collect();
-    datafusion::arrow::compute::filter_record_batch(batch, &mask)
-        .map_err(|e| Error::Internal(e.to_string()))
+    /// Where the identity outputs of this run were written.
+    pub outputs: Location,
 }
 
 /// Stitch identities across every dataset.
 ///
 /// `previous` is the previous successful run's identity map, whose profile ids
-/// carry over (see [`ids`]).
+/// carry over (see [`ids`]); the outputs are written under `out` (see [`store`]).
 ///
 /// # Errors
 /// [`Error::Input`] when reading a dataset fails.
@@ -168,6 +144,7 @@ pub async fn stitch(
     project: &Project,
     datasets: &[Ingested],
     previous: Option<&[RecordBatch]>,
+    out: &Location,
     mut progress: impl FnMut(u64),
 ) -> Result<Stitched> {
     let mut graph = IdentityGraph::new();
@@ -303,7 +280,7 @@ pub async fn stitch(
         rows_read.insert(ds.name.clone(), rows);
     }
     let names: Vec<&str> = datasets.iter().map(|d| d.dataset.name.as_str()).collect();
-    build_outputs(project, graph, &names, previous, rejections, rows_read)
+    output::finish(project, graph, &names, previous, rejections, rows_read, out).await
 }
 
 /// Quote an identifier for SQL.
@@ -358,7 +335,7 @@ pub(crate) fn to_strings(a: &ArrayRef) -> Result<StringArray> {
 }
 
 /// Read a previous identity map into ids of this run's identities.
-fn previous_ids(
+pub(crate) fn previous_ids(
     graph: &IdentityGraph,
     project: &Project,
     batches: &[RecordBatch],
@@ -407,408 +384,4 @@ fn previous_ids(
         }
     }
     Ok(prev)
-}
-
-fn size_bucket(n: u64) -> usize {
-    match n {
-        0..=4 => n.saturating_sub(1) as usize,
-        5..=9 => 4,
-        10..=49 => 5,
-        50..=99 => 6,
-        100..=999 => 7,
-        _ => 8,
-    }
-}
-const BUCKETS: [&str; 9] = [
-    "1", "2", "3", "4", "5-9", "10-49", "50-99", "100-999", "1000+",
-];
-
-fn ts_array(values: impl Iterator<Item = i64>) -> ArrayRef {
-    let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    for v in values {
-        b.append_value(v);
-    }
-    Arc::new(b.finish())
-}
-
-fn batch(fields: Vec<Field>, arrays: Vec<ArrayRef>) -> Result<RecordBatch> {
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-        .map_err(|e| Error::Internal(e.to_string()))
-}
-
-fn build_outputs(
-    project: &Project,
-    mut graph: IdentityGraph,
-    dataset_names: &[&str],
-    previous: Option<&[RecordBatch]>,
-    rejections: Rejections,
-    rows_read: BTreeMap<String, u64>,
-) -> Result<Stitched> {
-    let ns_names: Vec<&str> = project.namespaces.iter().map(|n| n.name.as_str()).collect();
-    let n = graph.len();
-    let (order, rank) = graph.ranks();
-    // Rules by namespace index; never-link identities that occur in the data.
-    let rules: Vec<graph::NsRules> = project
-        .namespaces
-        .iter()
-        .map(|ns| graph::NsRules {
-            unique: ns.unique,
-            max_links: ns.max_links,
-        })
-        .collect();
-    let lookup = |g: &IdentityGraph, (ns, value): &(String, String)| -> Vec<u32> {
-        let Some(idx) = ns_names.iter().position(|n| n == ns) else {
-            return Vec::new();
-        };
-        [Class::Customer, Class::Prospect]
-            .iter()
-            .filter_map(|c| g.get(*c, idx as u16, value))
-            .collect()
-    };
-    let never_values: Vec<u32> = project
-        .identity
-        .never_link_values
-        .iter()
-        .flat_map(|v| lookup(&graph, v))
-        .collect();
-    let mut never_pairs = Vec::new();
-    for (a, b) in &project.identity.never_link_pairs {
-        for x in lookup(&graph, a) {
-            for y in lookup(&graph, b) {
-                if graph.class[x as usize] == graph.class[y as usize] {
-                    never_pairs.push((x, y));
-                }
-            }
-        }
-    }
-    let allow = |id: u32| {
-        project.namespaces[graph.ns[id as usize] as usize]
-            .allow
-            .contains(graph.value(id))
-    };
-    let allowed: Vec<bool> = (0..n as u32).map(allow).collect();
-    let st = graph.stitch(
-        &rules,
-        &never_values,
-        &never_pairs,
-        &|id| allowed[id as usize],
-        &rank,
-    );
-    let prev = previous
-        .map(|b| previous_ids(&graph, project, b))
-        .transpose()?;
-    let pid_of_root = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
-    let pid = |i: u32| pid_of_root[&st.roots[i as usize]].as_str();
-
-    // Component sizes, oversized, histogram, largest.
-    let mut sizes: HashMap<u32, u64> = HashMap::new();
-    for &r in &st.roots {
-        *sizes.entry(r).or_default() += 1;
-    }
-    let oversized: BTreeSet<String> = match project.identity.max_identities {
-        Some(max) => sizes
-            .iter()
-            .filter(|(_, s)| **s > max)
-            .map(|(r, _)| pid_of_root[r].clone())
-            .collect(),
-        None => BTreeSet::new(),
-    };
-    let mut health = GraphHealth {
-        identities: n as u64,
-        links: st.links.len() as u64,
-        oversized: oversized.len() as u64,
-        ..Default::default()
-    };
-    let mut hist = [0u64; 9];
-    for (r, s) in &sizes {
-        hist[size_bucket(*s)] += 1;
-        *health
-            .profiles
-            .entry(graph.class[*r as usize].as_str().to_string())
-            .or_default() += 1;
-    }
-    health.size_histogram = BUCKETS
-        .iter()
-        .zip(hist)
-        .map(|(b, c)| (b.to_string(), c))
-        .collect();
-    let mut big: Vec<(u64, &str, u32)> = sizes
-        .iter()
-        .map(|(r, s)| (*s, pid_of_root[r].as_str(), *r))
-        .collect();
-    big.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-    big.truncate(10);
-    for (s, p, r) in &big {
-        let mut by_ns = BTreeMap::new();
-        for i in 0..n {
-            if st.roots[i] == *r {
-                *by_ns
-                    .entry(ns_names[graph.ns[i] as usize].to_string())
-                    .or_default() += 1;
-            }
-        }
-        health.largest.push(LargeProfile {
-            profile_id: p.to_string(),
-            class: graph.class[*r as usize].as_str().into(),
-            identities: *s,
-            by_namespace: by_ns,
-            oversized: oversized.contains(*p),
-        });
-    }
-    for l in &st.links {
-        match l.status {
-            LinkStatus::Used => health.links_used += 1,
-            LinkStatus::Quarantined => health.links_dropped_quarantine += 1,
-            LinkStatus::CutUnique(_) | LinkStatus::CutNeverLink => health.links_cut += 1,
-        }
-    }
-    health.quarantined = st.quarantine.iter().filter(|q| q.is_some()).count() as u64;
-
-    // Identity map, in rank order.
-    let ds_lists = {
-        let mut b = ListBuilder::new(StringBuilder::new());
-        for &i in &order {
-            for d in graph.datasets_of(i) {
-                b.values().append_value(dataset_names[d as usize]);
-            }
-            b.append(true);
-        }
-        Arc::new(b.finish()) as ArrayRef
-    };
-    let ts_field = |name: &str| Field::new(name, timestamp_type(), false);
-    let identity_map = batch(
-        vec![
-            Field::new("class", DataType::Utf8, false),
-            Field::new("namespace", DataType::Utf8, false),
-            Field::new("value", DataType::Utf8, false),
-            Field::new("profile_id", DataType::Utf8, false),
-            ts_field("first_seen"),
-            ts_field("last_seen"),
-            Field::new("datasets", ds_lists.data_type().clone(), false),
-        ],
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                order.iter().map(|&i| graph.class[i as usize].as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                order
-                    .iter()
-                    .map(|&i| ns_names[graph.ns[i as usize] as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                order.iter().map(|&i| graph.value(i)),
-            )),
-            Arc::new(StringArray::from_iter_values(order.iter().map(|&i| pid(i)))),
-            ts_array(order.iter().map(|&i| graph.first_seen[i as usize])),
-            ts_array(order.iter().map(|&i| graph.last_seen[i as usize])),
-            ds_lists,
-        ],
-    )?;
-
-    // Links with their status.
-    let status = |l: &graph::Link| match l.status {
-        LinkStatus::Used => ("used", None),
-        LinkStatus::Quarantined => (
-            "dropped_quarantined",
-            Some("an endpoint is quarantined".to_string()),
-        ),
-        LinkStatus::CutUnique(ns) => (
-            "cut_unique",
-            Some(format!(
-                "would put two `{}` values in one profile",
-                ns_names[ns as usize]
-            )),
-        ),
-        LinkStatus::CutNeverLink => (
-            "cut_never_link",
-            Some("would join the two sides of a never-link rule".to_string()),
-        ),
-    };
-    let ls = &st.links;
-    let links = batch(
-        vec![
-            Field::new("class", DataType::Utf8, false),
-            Field::new("anchor_namespace", DataType::Utf8, false),
-            Field::new("anchor_value", DataType::Utf8, false),
-            Field::new("other_namespace", DataType::Utf8, false),
-            Field::new("other_value", DataType::Utf8, false),
-            Field::new("linked_at", timestamp_type(), false),
-            Field::new("dataset", DataType::Utf8, false),
-            Field::new("status", DataType::Utf8, false),
-            Field::new("reason", DataType::Utf8, true),
-        ],
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                ls.iter().map(|l| graph.class[l.anchor as usize].as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                ls.iter()
-                    .map(|l| ns_names[graph.ns[l.anchor as usize] as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                ls.iter().map(|l| graph.value(l.anchor)),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                ls.iter()
-                    .map(|l| ns_names[graph.ns[l.other as usize] as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                ls.iter().map(|l| graph.value(l.other)),
-            )),
-            ts_array(ls.iter().map(|l| l.ts)),
-            Arc::new(StringArray::from_iter_values(
-                ls.iter().map(|l| dataset_names[l.dataset as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                ls.iter().map(|l| status(l).0),
-            )),
-            Arc::new(StringArray::from(
-                ls.iter().map(|l| status(l).1).collect::<Vec<_>>(),
-            )),
-        ],
-    )?;
-
-    // Quarantined identities.
-    let q: Vec<u32> = order
-        .iter()
-        .copied()
-        .filter(|&i| st.quarantine[i as usize].is_some())
-        .collect();
-    let reason = |i: u32| match st.quarantine[i as usize] {
-        Some(Quarantine::MaxLinks) => format!(
-            "linked to {} distinct identities, more than max_links = {}",
-            st.degree[i as usize],
-            rules[graph.ns[i as usize] as usize]
-                .max_links
-                .unwrap_or_default()
-        ),
-        _ => "named by a never-link rule".to_string(),
-    };
-    let quarantined = batch(
-        vec![
-            Field::new("class", DataType::Utf8, false),
-            Field::new("namespace", DataType::Utf8, false),
-            Field::new("value", DataType::Utf8, false),
-            Field::new("profile_id", DataType::Utf8, false),
-            Field::new("degree", DataType::UInt64, false),
-            Field::new("reason", DataType::Utf8, false),
-        ],
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                q.iter().map(|&i| graph.class[i as usize].as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                q.iter().map(|&i| ns_names[graph.ns[i as usize] as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                q.iter().map(|&i| graph.value(i)),
-            )),
-            Arc::new(StringArray::from_iter_values(q.iter().map(|&i| pid(i)))),
-            Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(
-                q.iter().map(|&i| u64::from(st.degree[i as usize])),
-            )),
-            Arc::new(StringArray::from_iter_values(q.iter().map(|&i| reason(i)))),
-        ],
-    )?;
-    let mut quarantined_keys: BTreeMap<Class, BTreeSet<String>> = BTreeMap::new();
-    for &i in &q {
-        quarantined_keys
-            .entry(graph.class[i as usize])
-            .or_default()
-            .insert(format!(
-                "{}:{}",
-                ns_names[graph.ns[i as usize] as usize],
-                graph.value(i)
-            ));
-    }
-
-    // Per class: profile skeletons and anchor keys.
-    let mut by_ns_name: Vec<usize> = (0..ns_names.len()).collect();
-    by_ns_name.sort_by_key(|&i| ns_names[i]);
-    let mut profiles = BTreeMap::new();
-    let mut keys = BTreeMap::new();
-    for class in project.classes() {
-        let mut members: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-        for &i in &order {
-            if graph.class[i as usize] == class {
-                members.entry(pid(i)).or_default().push(i);
-            }
-        }
-        let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
-        let mut pid_b = StringBuilder::new();
-        let mut pref: Vec<StringBuilder> = ns_names.iter().map(|_| StringBuilder::new()).collect();
-        let mut all: Vec<ListBuilder<StringBuilder>> = ns_names
-            .iter()
-            .map(|_| ListBuilder::new(StringBuilder::new()))
-            .collect();
-        for (p, idents) in &members {
-            pid_b.append_value(p);
-            for &k in &by_ns_name {
-                // Members are in rank order, so values of one namespace come sorted.
-                let vals: Vec<u32> = idents
-                    .iter()
-                    .copied()
-                    .filter(|&i| graph.ns[i as usize] as usize == k)
-                    .collect();
-                let best = vals.iter().copied().max_by(|&a, &b| {
-                    graph.last_seen[a as usize]
-                        .cmp(&graph.last_seen[b as usize])
-                        .then_with(|| graph.value(b).cmp(graph.value(a)))
-                });
-                pref[k].append_option(best.map(|b| graph.value(b)));
-                for v in vals {
-                    all[k].values().append_value(graph.value(v));
-                }
-                all[k].append(true);
-            }
-        }
-        let mut arrays: Vec<ArrayRef> = vec![Arc::new(pid_b.finish())];
-        for &k in &by_ns_name {
-            fields.push(Field::new(ns_names[k], DataType::Utf8, true));
-            arrays.push(Arc::new(pref[k].finish()));
-            let list: ArrayRef = Arc::new(all[k].finish());
-            fields.push(Field::new(
-                format!("{}_all", ns_names[k]),
-                list.data_type().clone(),
-                true,
-            ));
-            arrays.push(list);
-        }
-        profiles.insert(class, batch(fields, arrays)?);
-
-        let mut kb = StringBuilder::new();
-        let mut pb = StringBuilder::new();
-        for &i in &order {
-            if graph.class[i as usize] == class {
-                kb.append_value(format!(
-                    "{}:{}",
-                    ns_names[graph.ns[i as usize] as usize],
-                    graph.value(i)
-                ));
-                pb.append_value(pid(i));
-            }
-        }
-        keys.insert(
-            class,
-            batch(
-                vec![
-                    Field::new("key", DataType::Utf8, false),
-                    Field::new("profile_id", DataType::Utf8, false),
-                ],
-                vec![Arc::new(kb.finish()), Arc::new(pb.finish())],
-            )?,
-        );
-    }
-    Ok(Stitched {
-        identity_map,
-        profiles,
-        keys,
-        quarantined_keys,
-        links,
-        quarantined,
-        oversized,
-        health,
-        rejections,
-        rows_read,
-    })
 }

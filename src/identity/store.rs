@@ -12,7 +12,6 @@ use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::Stitched;
 use crate::config::Project;
 use crate::engine::storage::Location;
 use crate::error::{Error, Result};
@@ -66,37 +65,6 @@ pub fn read_parquet(bytes: Bytes, what: &str) -> Result<Vec<RecordBatch>> {
     reader
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Internal(format!("cannot read {what}: {e}")))
-}
-
-/// Write a run's identity outputs.
-pub async fn write_outputs(project: &Project, run_id: &str, s: &Stitched) -> Result<()> {
-    let dir = run_dir(project, run_id);
-    put(
-        &dir.join("identity_map.parquet"),
-        parquet_bytes(&s.identity_map)?,
-    )
-    .await?;
-    put(&dir.join("links.parquet"), parquet_bytes(&s.links)?).await?;
-    put(
-        &dir.join("cut_links.parquet"),
-        parquet_bytes(&s.cut_links()?)?,
-    )
-    .await?;
-    put(
-        &dir.join("quarantined.parquet"),
-        parquet_bytes(&s.quarantined)?,
-    )
-    .await?;
-    let health =
-        serde_json::to_vec_pretty(&s.health).map_err(|e| Error::Internal(e.to_string()))?;
-    put(&dir.join("graph_health.json"), health).await?;
-    let mut lines = Vec::new();
-    for v in &s.rejections.sample {
-        lines.extend(serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?);
-        lines.push(b'\n');
-    }
-    put(&dir.join("rejected_sample.jsonl"), lines).await?;
-    Ok(())
 }
 
 /// Name `run_id` as the latest successful run.

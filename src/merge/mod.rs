@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::{JoinType, ScalarValue};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{Expr, cast, ident, lit};
@@ -34,23 +34,19 @@ use crate::ingest::{Ingested, class_columns};
 /// Columns every `events` row has, before its properties.
 pub const EVENT_COLUMNS: [&str; 4] = ["profile_id", "dataset", "event_type", "event_time"];
 
-/// Register the identity stage's tables (`__keys_<class>`, `__base_<class>`) and
-/// the anchor function on the session.
+/// Register the identity stage's results on the session: the profile
+/// functions of each class and the profile skeletons (`__base_<class>`).
 pub fn register_identity_tables(
     ctx: &SessionContext,
     project: &Project,
     stitched: &Stitched,
 ) -> Result<()> {
     for class in project.classes() {
-        let quarantined = stitched
-            .quarantined_keys
-            .get(&class)
-            .cloned()
-            .unwrap_or_default();
-        ctx.register_udf(anchor::udf(class, &project.namespaces, quarantined));
-    }
-    for (class, batch) in &stitched.keys {
-        register_batch(ctx, &format!("__keys_{}", class.as_str()), batch.clone())?;
+        ctx.register_udf(anchor::udf(
+            class,
+            &project.namespaces,
+            stitched.lookup.clone(),
+        ));
     }
     for (class, batch) in &stitched.profiles {
         register_batch(ctx, &format!("__base_{}", class.as_str()), batch.clone())?;
@@ -91,18 +87,19 @@ async fn attributed(ctx: &SessionContext, project: &Project, d: &Ingested) -> Re
             namespace, column,
         )?);
     }
-    let anchor_fn = ctx
+    let profile_fn = ctx
         .udf(&anchor::name(ds.class))
-        .map_err(Error::engine("merge"))?;
-    let keys = ctx
-        .table(format!("__keys_{}", ds.class.as_str()))
-        .await
         .map_err(Error::engine("merge"))?;
     ctx.table(d.table.as_str())
         .await
-        .and_then(|df| df.with_column("__key", anchor_fn.call(args)))
-        .and_then(|df| df.filter(ident(&ds.timestamp).is_not_null()))
-        .and_then(|df| df.join(keys, JoinType::Inner, &["__key"], &["key"], None))
+        .and_then(|df| df.with_column("profile_id", profile_fn.call(args)))
+        .and_then(|df| {
+            df.filter(
+                ident(&ds.timestamp)
+                    .is_not_null()
+                    .and(ident("profile_id").is_not_null()),
+            )
+        })
         .map_err(Error::engine("merge"))
 }
 

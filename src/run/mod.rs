@@ -253,17 +253,14 @@ impl Pipeline {
             exports: c.exports,
             error: result.as_ref().err().map(|e| e.to_string()),
         };
-        let written = self.write_record(&record, c.stitched.as_ref()).await;
+        let written = self.write_record(&record).await;
         result?;
         written?;
         Ok(record)
     }
 
-    async fn write_record(&self, record: &RunRecord, stitched: Option<&Stitched>) -> Result<()> {
+    async fn write_record(&self, record: &RunRecord) -> Result<()> {
         let dir = identity::store::run_dir(&self.project, &self.run_id);
-        if let Some(s) = stitched {
-            identity::store::write_outputs(&self.project, &self.run_id, s).await?;
-        }
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
         identity::store::put(&dir.join("run.json"), json).await?;
         if record.status == RunStatus::Succeeded {
@@ -294,9 +291,15 @@ impl Pipeline {
 
         let st = self.progress.stage("identity");
         let previous = identity::store::load_previous(project).await?;
-        let stitched = identity::stitch(&ctx, project, &c.datasets, previous.as_deref(), |rows| {
-            st.update(format!("{} rows", thousands(rows)))
-        })
+        let out = identity::store::run_dir(project, &self.run_id);
+        let stitched = identity::stitch(
+            &ctx,
+            project,
+            &c.datasets,
+            previous.as_deref(),
+            &out,
+            |rows| st.update(format!("{} rows", thousands(rows))),
+        )
         .await?;
         let rows: u64 = stitched.rows_read.values().sum();
         let profiles_by_class: BTreeMap<Class, usize> = stitched
@@ -330,13 +333,19 @@ impl Pipeline {
             counts,
         });
         merge::register_identity_tables(&ctx, project, &stitched)?;
-        let identity_map = stitched.identity_map.clone();
+        let identity_map = stitched.outputs.join("identity_map.parquet");
+        ctx.register_parquet(
+            "__identity_map",
+            identity_map.url().as_str(),
+            datafusion::prelude::ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(Error::engine("identity"))?;
         c.stitched = Some(stitched);
 
         let st = self.progress.stage("merge+segments");
         let datasets = &c.datasets;
         let ctx_ref = &ctx;
-        let identity_map = &identity_map;
         let (memberships, groups) = segment::evaluate(&ctx, project, |class, policy_name| {
             let policy = project.policy(&policy_name).cloned();
             async move {
@@ -346,7 +355,7 @@ impl Pipeline {
                 let events = merge::events(ctx_ref, project, datasets, class)
                     .await?
                     .into_view();
-                let identities = class_identities(identity_map, class)?;
+                let identities = class_identities(ctx_ref, class).await?;
                 Ok(Group {
                     class,
                     policy: policy.name.clone(),
@@ -452,27 +461,18 @@ impl Pipeline {
     }
 }
 
-/// The `identities` relation of a class: the identity map without its class column.
-fn class_identities(
-    map: &datafusion::arrow::record_batch::RecordBatch,
+/// The `identities` relation of a class: the run's identity map without its class column.
+async fn class_identities(
+    ctx: &datafusion::prelude::SessionContext,
     class: Class,
-) -> Result<(
-    Arc<Schema>,
-    Vec<datafusion::arrow::record_batch::RecordBatch>,
-)> {
-    use datafusion::arrow::array::{Array, StringArray};
-    let classes = map
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| Error::Internal("identity map class column".into()))?;
-    let mask: datafusion::arrow::array::BooleanArray = (0..classes.len())
-        .map(|i| Some(classes.value(i) == class.as_str()))
-        .collect();
-    let filtered = datafusion::arrow::compute::filter_record_batch(map, &mask)
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let projected = filtered
-        .project(&[3, 1, 2, 4, 5])
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    Ok((projected.schema(), vec![projected]))
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    let sql = format!(
+        "SELECT profile_id, namespace, value, first_seen, last_seen, datasets FROM __identity_map WHERE class = '{}'",
+        class.as_str()
+    );
+    Ok(ctx
+        .sql(&sql)
+        .await
+        .map_err(Error::engine("identity"))?
+        .into_view())
 }

@@ -38,7 +38,7 @@ pub struct Group {
     pub policy: String,
     pub profiles: Batches,
     pub events: Arc<dyn datafusion::catalog::TableProvider>,
-    pub identities: Batches,
+    pub identities: Arc<dyn datafusion::catalog::TableProvider>,
 }
 
 /// Options that make segment SQL read-only.
@@ -67,12 +67,10 @@ pub fn policy_of(project: &Project, m: &SqlModel) -> Result<String> {
 
 fn activate(ctx: &SessionContext, g: &Group, features: &BTreeMap<String, Batches>) -> Result<()> {
     register_batches(ctx, "profiles", g.profiles.0.clone(), g.profiles.1.clone())?;
-    register_batches(
-        ctx,
-        "identities",
-        g.identities.0.clone(),
-        g.identities.1.clone(),
-    )?;
+    ctx.deregister_table("identities")
+        .map_err(Error::engine("segments"))?;
+    ctx.register_table("identities", g.identities.clone())
+        .map_err(Error::engine("segments"))?;
     ctx.deregister_table("events")
         .map_err(Error::engine("segments"))?;
     ctx.register_table("events", g.events.clone())

@@ -128,10 +128,9 @@ fn check(
         if let (Some(a), Some(b)) = (
             case.graph.get(Class::Customer, na, &format!("v{va:02}")),
             case.graph.get(Class::Customer, nb, &format!("v{vb:02}")),
-        ) {
-            if a != b {
-                never_pairs.push((a, b));
-            }
+        ) && a != b
+        {
+            never_pairs.push((a, b));
         }
     }
     let (_, rank) = case.graph.ranks();

@@ -1,0 +1,546 @@
+//! The identity stage's outputs: profile ids, graph health, the profile
+//! skeletons, and the identity map, links, cut links and quarantined identities
+//! streamed to Parquet in the run folder in chunks (memory stays near the graph's).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+    UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
+
+use super::graph::{self, IdentityGraph, Link, LinkStatus, Quarantine};
+use super::lookup::IdentityLookup;
+use super::{GraphHealth, LargeProfile, Rejections, Stitched, ids, previous_ids, store};
+use crate::config::{Class, Project};
+use crate::engine::storage::Location;
+use crate::engine::udf::timestamp_type;
+use crate::error::{Error, Result};
+
+/// Rows per written batch.
+const CHUNK: usize = 1 << 20;
+
+const BUCKETS: [&str; 9] = [
+    "1", "2", "3", "4", "5-9", "10-49", "50-99", "100-999", "1000+",
+];
+
+fn size_bucket(n: u64) -> usize {
+    match n {
+        0..=4 => n.saturating_sub(1) as usize,
+        5..=9 => 4,
+        10..=49 => 5,
+        50..=99 => 6,
+        100..=999 => 7,
+        _ => 8,
+    }
+}
+
+fn ts_array(values: impl Iterator<Item = i64>) -> ArrayRef {
+    let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for v in values {
+        b.append_value(v);
+    }
+    Arc::new(b.finish())
+}
+
+fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+/// A Parquet file written batch by batch through the object store.
+struct Sink {
+    writer: AsyncArrowWriter<BufWriter>,
+    loc: Location,
+}
+
+impl Sink {
+    fn open(loc: Location, schema: SchemaRef) -> Result<Sink> {
+        let store = loc.store()?;
+        let writer = AsyncArrowWriter::try_new(BufWriter::new(store, loc.path()), schema, None)
+            .map_err(|e| Error::Internal(format!("{}: {e}", loc.display())))?;
+        Ok(Sink { writer, loc })
+    }
+    async fn write(&mut self, schema: &SchemaRef, arrays: Vec<ArrayRef>) -> Result<()> {
+        let batch = RecordBatch::try_new(schema.clone(), arrays)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.writer
+            .write(&batch)
+            .await
+            .map_err(|e| Error::Internal(format!("writing {}: {e}", self.loc.display())))
+    }
+    async fn close(self) -> Result<()> {
+        self.writer
+            .close()
+            .await
+            .map_err(|e| Error::Internal(format!("writing {}: {e}", self.loc.display())))?;
+        Ok(())
+    }
+}
+
+fn identity_map_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("class", DataType::Utf8, false),
+        Field::new("namespace", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("first_seen", timestamp_type(), false),
+        Field::new("last_seen", timestamp_type(), false),
+        Field::new(
+            "datasets",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+            false,
+        ),
+    ]))
+}
+
+fn links_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("class", DataType::Utf8, false),
+        Field::new("anchor_namespace", DataType::Utf8, false),
+        Field::new("anchor_value", DataType::Utf8, false),
+        Field::new("other_namespace", DataType::Utf8, false),
+        Field::new("other_value", DataType::Utf8, false),
+        Field::new("linked_at", timestamp_type(), false),
+        Field::new("dataset", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
+    ]))
+}
+
+fn status_of(l: &Link, ns_names: &[&str]) -> (&'static str, Option<String>) {
+    match l.status {
+        LinkStatus::Used => ("used", None),
+        LinkStatus::Quarantined => (
+            "dropped_quarantined",
+            Some("an endpoint is quarantined".to_string()),
+        ),
+        LinkStatus::CutUnique(ns) => (
+            "cut_unique",
+            Some(format!(
+                "would put two `{}` values in one profile",
+                ns_names[ns as usize]
+            )),
+        ),
+        LinkStatus::CutNeverLink => (
+            "cut_never_link",
+            Some("would join the two sides of a never-link rule".to_string()),
+        ),
+    }
+}
+
+async fn write_links(
+    g: &IdentityGraph,
+    links: &[Link],
+    ns_names: &[&str],
+    datasets: &[&str],
+    loc: Location,
+    keep: impl Fn(&Link) -> bool,
+) -> Result<()> {
+    let schema = links_schema();
+    let mut sink = Sink::open(loc, schema.clone())?;
+    let kept: Vec<&Link> = links.iter().filter(|l| keep(l)).collect();
+    for chunk in kept.chunks(CHUNK) {
+        let st: Vec<(&str, Option<String>)> =
+            chunk.iter().map(|l| status_of(l, ns_names)).collect();
+        sink.write(
+            &schema,
+            vec![
+                strings(chunk.iter().map(|l| g.class[l.anchor as usize].as_str())),
+                strings(
+                    chunk
+                        .iter()
+                        .map(|l| ns_names[g.ns[l.anchor as usize] as usize]),
+                ),
+                strings(chunk.iter().map(|l| g.value(l.anchor))),
+                strings(
+                    chunk
+                        .iter()
+                        .map(|l| ns_names[g.ns[l.other as usize] as usize]),
+                ),
+                strings(chunk.iter().map(|l| g.value(l.other))),
+                ts_array(chunk.iter().map(|l| l.ts)),
+                strings(chunk.iter().map(|l| datasets[l.dataset as usize])),
+                strings(st.iter().map(|s| s.0)),
+                Arc::new(StringArray::from(
+                    st.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .await?;
+    }
+    sink.close().await
+}
+
+/// Stitch the graph, assign ids, write the outputs under `out`, and return what later stages need.
+pub(super) async fn finish(
+    project: &Project,
+    mut graph: IdentityGraph,
+    dataset_names: &[&str],
+    previous: Option<&[RecordBatch]>,
+    rejections: Rejections,
+    rows_read: BTreeMap<String, u64>,
+    out: &Location,
+) -> Result<Stitched> {
+    let ns_names: Vec<&str> = project.namespaces.iter().map(|n| n.name.as_str()).collect();
+    let n = graph.len();
+    let (order, rank) = graph.ranks();
+    let rules: Vec<graph::NsRules> = project
+        .namespaces
+        .iter()
+        .map(|ns| graph::NsRules {
+            unique: ns.unique,
+            max_links: ns.max_links,
+        })
+        .collect();
+    let lookup = |g: &IdentityGraph, (ns, value): &(String, String)| -> Vec<u32> {
+        let Some(idx) = ns_names.iter().position(|n| n == ns) else {
+            return Vec::new();
+        };
+        [Class::Customer, Class::Prospect]
+            .iter()
+            .filter_map(|c| g.get(*c, idx as u16, value))
+            .collect()
+    };
+    let never_values: Vec<u32> = project
+        .identity
+        .never_link_values
+        .iter()
+        .flat_map(|v| lookup(&graph, v))
+        .collect();
+    let mut never_pairs = Vec::new();
+    for (a, b) in &project.identity.never_link_pairs {
+        for x in lookup(&graph, a) {
+            for y in lookup(&graph, b) {
+                if graph.class[x as usize] == graph.class[y as usize] {
+                    never_pairs.push((x, y));
+                }
+            }
+        }
+    }
+    let allowed: Vec<bool> = (0..n as u32)
+        .map(|id| {
+            project.namespaces[graph.ns[id as usize] as usize]
+                .allow
+                .contains(graph.value(id))
+        })
+        .collect();
+    let st = graph.stitch(
+        &rules,
+        &never_values,
+        &never_pairs,
+        &|id| allowed[id as usize],
+        &rank,
+    );
+    drop(allowed);
+    let prev = previous
+        .map(|b| previous_ids(&graph, project, b))
+        .transpose()?;
+    let pid_of_root = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
+    drop(prev);
+
+    // Dense profile indexes.
+    let mut index_of_root: HashMap<u32, u32> = HashMap::with_capacity(pid_of_root.len());
+    let mut profile_ids: Vec<String> = Vec::with_capacity(pid_of_root.len());
+    let mut profile_class: Vec<Class> = Vec::with_capacity(pid_of_root.len());
+    for (root, pid) in pid_of_root {
+        index_of_root.insert(root, profile_ids.len() as u32);
+        profile_ids.push(pid);
+        profile_class.push(graph.class[root as usize]);
+    }
+    let profile_of: Vec<u32> = st.roots.iter().map(|r| index_of_root[r]).collect();
+    drop(index_of_root);
+    let np = profile_ids.len();
+    let mut sizes = vec![0u64; np];
+    for &p in &profile_of {
+        sizes[p as usize] += 1;
+    }
+    let oversized: BTreeSet<String> = match project.identity.max_identities {
+        Some(max) => (0..np)
+            .filter(|&p| sizes[p] > max)
+            .map(|p| profile_ids[p].clone())
+            .collect(),
+        None => BTreeSet::new(),
+    };
+
+    // Graph health.
+    let mut health = GraphHealth {
+        identities: n as u64,
+        links: st.links.len() as u64,
+        oversized: oversized.len() as u64,
+        ..Default::default()
+    };
+    let mut hist = [0u64; 9];
+    for p in 0..np {
+        hist[size_bucket(sizes[p])] += 1;
+        *health
+            .profiles
+            .entry(profile_class[p].as_str().to_string())
+            .or_default() += 1;
+    }
+    health.size_histogram = BUCKETS
+        .iter()
+        .zip(hist)
+        .map(|(b, c)| (b.to_string(), c))
+        .collect();
+    let mut big: Vec<u32> = (0..np as u32).collect();
+    big.sort_unstable_by(|&a, &b| {
+        sizes[b as usize]
+            .cmp(&sizes[a as usize])
+            .then_with(|| profile_ids[a as usize].cmp(&profile_ids[b as usize]))
+    });
+    big.truncate(10);
+    let mut by_ns: HashMap<u32, BTreeMap<String, u64>> =
+        big.iter().map(|&p| (p, BTreeMap::new())).collect();
+    for (i, p) in profile_of.iter().enumerate() {
+        if let Some(m) = by_ns.get_mut(p) {
+            *m.entry(ns_names[graph.ns[i] as usize].to_string())
+                .or_default() += 1;
+        }
+    }
+    for &p in &big {
+        let id = &profile_ids[p as usize];
+        health.largest.push(LargeProfile {
+            profile_id: id.clone(),
+            class: profile_class[p as usize].as_str().into(),
+            identities: sizes[p as usize],
+            by_namespace: by_ns.remove(&p).unwrap_or_default(),
+            oversized: oversized.contains(id),
+        });
+    }
+    for l in &st.links {
+        match l.status {
+            LinkStatus::Used => health.links_used += 1,
+            LinkStatus::Quarantined => health.links_dropped_quarantine += 1,
+            LinkStatus::CutUnique(_) | LinkStatus::CutNeverLink => health.links_cut += 1,
+        }
+    }
+    health.quarantined = st.quarantine.iter().filter(|q| q.is_some()).count() as u64;
+
+    // Identity map, in rank order, chunk by chunk.
+    let pid = |i: u32| profile_ids[profile_of[i as usize] as usize].as_str();
+    let schema = identity_map_schema();
+    let mut sink = Sink::open(out.join("identity_map.parquet"), schema.clone())?;
+    for chunk in order.chunks(CHUNK) {
+        let mut ds = ListBuilder::new(StringBuilder::new());
+        for &i in chunk {
+            for d in graph.datasets_of(i) {
+                ds.values().append_value(dataset_names[d as usize]);
+            }
+            ds.append(true);
+        }
+        sink.write(
+            &schema,
+            vec![
+                strings(chunk.iter().map(|&i| graph.class[i as usize].as_str())),
+                strings(
+                    chunk
+                        .iter()
+                        .map(|&i| ns_names[graph.ns[i as usize] as usize]),
+                ),
+                strings(chunk.iter().map(|&i| graph.value(i))),
+                strings(chunk.iter().map(|&i| pid(i))),
+                ts_array(chunk.iter().map(|&i| graph.first_seen[i as usize])),
+                ts_array(chunk.iter().map(|&i| graph.last_seen[i as usize])),
+                Arc::new(ds.finish()),
+            ],
+        )
+        .await?;
+    }
+    sink.close().await?;
+    write_links(
+        &graph,
+        &st.links,
+        &ns_names,
+        dataset_names,
+        out.join("links.parquet"),
+        |_| true,
+    )
+    .await?;
+    write_links(
+        &graph,
+        &st.links,
+        &ns_names,
+        dataset_names,
+        out.join("cut_links.parquet"),
+        |l| {
+            matches!(
+                l.status,
+                LinkStatus::CutUnique(_) | LinkStatus::CutNeverLink
+            )
+        },
+    )
+    .await?;
+
+    // Quarantined identities.
+    let q: Vec<u32> = order
+        .iter()
+        .copied()
+        .filter(|&i| st.quarantine[i as usize].is_some())
+        .collect();
+    let reason = |i: u32| match st.quarantine[i as usize] {
+        Some(Quarantine::MaxLinks) => format!(
+            "linked to {} distinct identities, more than max_links = {}",
+            st.degree[i as usize],
+            rules[graph.ns[i as usize] as usize]
+                .max_links
+                .unwrap_or_default()
+        ),
+        _ => "named by a never-link rule".to_string(),
+    };
+    let q_schema = Arc::new(Schema::new(vec![
+        Field::new("class", DataType::Utf8, false),
+        Field::new("namespace", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("degree", DataType::UInt64, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    let mut sink = Sink::open(out.join("quarantined.parquet"), q_schema.clone())?;
+    sink.write(
+        &q_schema,
+        vec![
+            strings(q.iter().map(|&i| graph.class[i as usize].as_str())),
+            strings(q.iter().map(|&i| ns_names[graph.ns[i as usize] as usize])),
+            strings(q.iter().map(|&i| graph.value(i))),
+            strings(q.iter().map(|&i| pid(i))),
+            Arc::new(UInt64Array::from_iter_values(
+                q.iter().map(|&i| u64::from(st.degree[i as usize])),
+            )),
+            strings(
+                q.iter()
+                    .map(|&i| reason(i))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str),
+            ),
+        ],
+    )
+    .await?;
+    sink.close().await?;
+    let health_json =
+        serde_json::to_vec_pretty(&health).map_err(|e| Error::Internal(e.to_string()))?;
+    store::put(&out.join("graph_health.json"), health_json).await?;
+    let mut lines = Vec::new();
+    for v in &rejections.sample {
+        lines.extend(serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?);
+        lines.push(b'\n');
+    }
+    store::put(&out.join("rejected_sample.jsonl"), lines).await?;
+
+    let profiles = skeletons(
+        project,
+        &graph,
+        &ns_names,
+        &order,
+        &profile_of,
+        &profile_ids,
+        &profile_class,
+    )?;
+    let quarantined: Vec<bool> = st.quarantine.iter().map(Option::is_some).collect();
+    drop(st);
+    graph.shrink();
+    let lookup = Arc::new(IdentityLookup::new(
+        graph,
+        profile_of,
+        quarantined,
+        profile_ids,
+    ));
+    Ok(Stitched {
+        lookup,
+        profiles,
+        oversized,
+        health,
+        rejections,
+        rows_read,
+        outputs: out.clone(),
+    })
+}
+
+/// Per class, one row per profile sorted by id: `profile_id`, then per namespace
+/// (by name) the preferred value (last seen most recently; ties: the smallest)
+/// and the sorted list of values.
+fn skeletons(
+    project: &Project,
+    graph: &IdentityGraph,
+    ns_names: &[&str],
+    order: &[u32],
+    profile_of: &[u32],
+    profile_ids: &[String],
+    profile_class: &[Class],
+) -> Result<BTreeMap<Class, RecordBatch>> {
+    let np = profile_ids.len();
+    // Identities per profile, in rank order (CSR).
+    let mut start = vec![0usize; np + 1];
+    for &p in profile_of {
+        start[p as usize + 1] += 1;
+    }
+    for p in 0..np {
+        start[p + 1] += start[p];
+    }
+    let mut fill = start.clone();
+    let mut members = vec![0u32; profile_of.len()];
+    for &i in order {
+        let p = profile_of[i as usize] as usize;
+        members[fill[p]] = i;
+        fill[p] += 1;
+    }
+    drop(fill);
+    let mut by_ns_name: Vec<usize> = (0..ns_names.len()).collect();
+    by_ns_name.sort_by_key(|&i| ns_names[i]);
+    let mut out = BTreeMap::new();
+    for class in project.classes() {
+        let mut profs: Vec<u32> = (0..np as u32)
+            .filter(|&p| profile_class[p as usize] == class)
+            .collect();
+        profs.sort_unstable_by(|&a, &b| profile_ids[a as usize].cmp(&profile_ids[b as usize]));
+        let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
+        let mut pref: Vec<StringBuilder> = ns_names.iter().map(|_| StringBuilder::new()).collect();
+        let mut all: Vec<ListBuilder<StringBuilder>> = ns_names
+            .iter()
+            .map(|_| ListBuilder::new(StringBuilder::new()))
+            .collect();
+        for &p in &profs {
+            let idents = &members[start[p as usize]..start[p as usize + 1]];
+            for &k in &by_ns_name {
+                let mut best: Option<u32> = None;
+                for &i in idents
+                    .iter()
+                    .filter(|&&i| graph.ns[i as usize] as usize == k)
+                {
+                    all[k].values().append_value(graph.value(i));
+                    let better = best.is_none_or(|b| {
+                        let (li, lb) = (graph.last_seen[i as usize], graph.last_seen[b as usize]);
+                        li > lb || (li == lb && graph.value(i) < graph.value(b))
+                    });
+                    if better {
+                        best = Some(i);
+                    }
+                }
+                all[k].append(true);
+                pref[k].append_option(best.map(|b| graph.value(b)));
+            }
+        }
+        let mut arrays: Vec<ArrayRef> = vec![strings(
+            profs.iter().map(|&p| profile_ids[p as usize].as_str()),
+        )];
+        for &k in &by_ns_name {
+            fields.push(Field::new(ns_names[k], DataType::Utf8, true));
+            arrays.push(Arc::new(pref[k].finish()));
+            let list: ArrayRef = Arc::new(all[k].finish());
+            fields.push(Field::new(
+                format!("{}_all", ns_names[k]),
+                list.data_type().clone(),
+                true,
+            ));
+            arrays.push(list);
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        out.insert(class, batch);
+    }
+    Ok(out)
+}
