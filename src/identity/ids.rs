@@ -23,13 +23,27 @@ use sha2::{Digest, Sha256};
 use super::graph::IdentityGraph;
 use crate::config::Class;
 
-/// The previous run's id of each identity of this run (by identity id), and
-/// every id the previous map held.
+/// The previous run's ids, as 128-bit numbers (ids are 32 hex characters).
 #[derive(Debug, Default)]
 pub struct Previous {
-    pub by_identity: HashMap<u32, u32>,
-    pub names: Vec<String>,
-    pub all: HashSet<String>,
+    /// Index into `ids` of each identity of this run (`u32::MAX`: not in the previous map).
+    pub by_identity: Vec<u32>,
+    /// Distinct previous ids.
+    pub ids: Vec<u128>,
+    /// Every previous id, so that a fresh id never reuses one.
+    pub all: HashSet<u128>,
+}
+
+/// A profile id as a number (`None` if it is not 32 hex characters).
+pub fn id_number(id: &str) -> Option<u128> {
+    (id.len() == 32)
+        .then(|| u128::from_str_radix(id, 16).ok())
+        .flatten()
+}
+
+/// A number as a profile id.
+pub fn id_text(n: u128) -> String {
+    format!("{n:032x}")
 }
 
 /// A fresh profile id.
@@ -76,14 +90,16 @@ pub fn assign(
         }
     }
     let mut out: HashMap<u32, String> = HashMap::with_capacity(comp_order.len());
-    let mut used: HashSet<String> = HashSet::new();
+    let empty = HashSet::new();
+    let old_ids: &HashSet<u128> = previous.map(|p| &p.all).unwrap_or(&empty);
+    let mut used: HashSet<u128> = HashSet::new();
     if let Some(prev) = previous {
         // (old id, component) → identities carrying it.
         let mut counts: BTreeMap<(u32, usize), u64> = BTreeMap::new();
-        for (&id, &old) in &prev.by_identity {
-            *counts
-                .entry((old, position[&roots[id as usize]]))
-                .or_default() += 1;
+        for (id, &old) in prev.by_identity.iter().enumerate() {
+            if old != u32::MAX {
+                *counts.entry((old, position[&roots[id]])).or_default() += 1;
+            }
         }
         // Each old id to the component with most of its identities (ties: the earlier component).
         let mut best: BTreeMap<u32, (u64, usize)> = BTreeMap::new();
@@ -94,18 +110,18 @@ pub fn assign(
             }
         }
         // Each component keeps the old id with most identities (ties: the smallest id).
-        let mut survivor: BTreeMap<usize, (u64, &str)> = BTreeMap::new();
+        // Numbers compare like the fixed-width hex ids they stand for.
+        let mut survivor: BTreeMap<usize, (u64, u128)> = BTreeMap::new();
         for (&old, &(n, comp)) in &best {
-            let name = prev.names[old as usize].as_str();
-            let e = survivor.entry(comp).or_insert((n, name));
-            if n > e.0 || (n == e.0 && name < e.1) {
-                *e = (n, name);
+            let id = prev.ids[old as usize];
+            let e = survivor.entry(comp).or_insert((n, id));
+            if n > e.0 || (n == e.0 && id < e.1) {
+                *e = (n, id);
             }
         }
-        for (comp, (_, name)) in survivor {
-            out.insert(comp_order[comp], name.to_string());
+        for (comp, (_, id)) in survivor {
+            out.insert(comp_order[comp], id_text(id));
         }
-        used.extend(prev.all.iter().cloned());
     }
     for &r in &comp_order {
         if out.contains_key(&r) {
@@ -119,11 +135,11 @@ pub fn assign(
         );
         let mut salt = 0;
         let mut id = fresh_id(class, ns, value, salt);
-        while used.contains(&id) {
+        while id_number(&id).is_some_and(|n| used.contains(&n) || old_ids.contains(&n)) {
             salt += 1;
             id = fresh_id(class, ns, value, salt);
         }
-        used.insert(id.clone());
+        used.extend(id_number(&id));
         out.insert(r, id);
     }
     out

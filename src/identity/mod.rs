@@ -143,7 +143,7 @@ pub async fn stitch(
     ctx: &SessionContext,
     project: &Project,
     datasets: &[Ingested],
-    previous: Option<&[RecordBatch]>,
+    previous: Option<&Location>,
     out: &Location,
     mut progress: impl FnMut(u64),
 ) -> Result<Stitched> {
@@ -280,7 +280,10 @@ pub async fn stitch(
         rows_read.insert(ds.name.clone(), rows);
     }
     let names: Vec<&str> = datasets.iter().map(|d| d.dataset.name.as_str()).collect();
-    output::finish(project, graph, &names, previous, rejections, rows_read, out).await
+    output::finish(
+        ctx, project, graph, &names, previous, rejections, rows_read, out,
+    )
+    .await
 }
 
 /// Quote an identifier for SQL.
@@ -334,18 +337,40 @@ pub(crate) fn to_strings(a: &ArrayRef) -> Result<StringArray> {
         .ok_or_else(|| Error::Internal("string cast".into()))
 }
 
-/// Read a previous identity map into ids of this run's identities.
-pub(crate) fn previous_ids(
+/// Read a previous identity map (streamed, batch by batch) into the previous
+/// ids of this run's identities.
+pub(crate) async fn previous_ids(
+    ctx: &SessionContext,
     graph: &IdentityGraph,
     project: &Project,
-    batches: &[RecordBatch],
+    loc: &Location,
 ) -> Result<ids::Previous> {
-    let mut prev = ids::Previous::default();
-    let mut name_index: HashMap<String, u32> = HashMap::new();
-    for b in batches {
-        let col = |n: &str| -> Result<StringArray> {
+    let mut stream = ctx
+        .read_parquet(
+            loc.url().as_str(),
+            datafusion::prelude::ParquetReadOptions::default(),
+        )
+        .await
+        .and_then(|df| df.select_columns(&["class", "namespace", "value", "profile_id"]))
+        .map_err(Error::engine("identity"))?
+        .execute_stream()
+        .await
+        .map_err(Error::engine("identity"))?;
+    let mut prev = ids::Previous {
+        by_identity: vec![u32::MAX; graph.len()],
+        ..Default::default()
+    };
+    let mut index: HashMap<u128, u32> = HashMap::new();
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| {
+            Error::Internal(format!(
+                "cannot read the previous identity map {}: {e}",
+                loc.display()
+            ))
+        })?;
+        let col = |n: &str| -> Result<StrCol> {
             b.column_by_name(n)
-                .map(to_strings)
+                .map(StrCol::new)
                 .transpose()?
                 .ok_or_else(|| Error::Internal(format!("previous identity map has no {n} column")))
         };
@@ -356,10 +381,15 @@ pub(crate) fn previous_ids(
             col("profile_id")?,
         );
         for i in 0..b.num_rows() {
-            let class = match class.value(i) {
-                "prospect" => Class::Prospect,
-                _ => Class::Customer,
+            let class = if class.value(i) == "prospect" {
+                Class::Prospect
+            } else {
+                Class::Customer
             };
+            let Some(number) = ids::id_number(pid.value(i)) else {
+                continue;
+            };
+            prev.all.insert(number);
             let Some(ns_idx) = project
                 .namespaces
                 .iter()
@@ -367,20 +397,14 @@ pub(crate) fn previous_ids(
             else {
                 continue;
             };
-            let p = pid.value(i);
-            let idx = match name_index.get(p) {
-                Some(&k) => k,
-                None => {
-                    let k = prev.names.len() as u32;
-                    prev.names.push(p.to_string());
-                    prev.all.insert(p.to_string());
-                    name_index.insert(p.to_string(), k);
-                    k
-                }
+            let Some(id) = graph.get(class, ns_idx as u16, value.value(i)) else {
+                continue;
             };
-            if let Some(id) = graph.get(class, ns_idx as u16, value.value(i)) {
-                prev.by_identity.insert(id, idx);
-            }
+            let k = *index.entry(number).or_insert_with(|| {
+                prev.ids.push(number);
+                (prev.ids.len() - 1) as u32
+            });
+            prev.by_identity[id as usize] = k;
         }
     }
     Ok(prev)

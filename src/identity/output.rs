@@ -176,11 +176,13 @@ async fn write_links(
 }
 
 /// Stitch the graph, assign ids, write the outputs under `out`, and return what later stages need.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn finish(
+    ctx: &datafusion::prelude::SessionContext,
     project: &Project,
     mut graph: IdentityGraph,
     dataset_names: &[&str],
-    previous: Option<&[RecordBatch]>,
+    previous: Option<&Location>,
     rejections: Rejections,
     rows_read: BTreeMap<String, u64>,
     out: &Location,
@@ -236,9 +238,10 @@ pub(super) async fn finish(
         &rank,
     );
     drop(allowed);
-    let prev = previous
-        .map(|b| previous_ids(&graph, project, b))
-        .transpose()?;
+    let prev = match previous {
+        Some(loc) => Some(previous_ids(ctx, &graph, project, loc).await?),
+        None => None,
+    };
     let pid_of_root = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
     drop(prev);
 

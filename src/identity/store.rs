@@ -84,13 +84,15 @@ pub async fn latest_run(project: &Project) -> Result<Option<String>> {
 }
 
 /// The previous successful run's identity map, if any.
-pub async fn load_previous(project: &Project) -> Result<Option<Vec<RecordBatch>>> {
+pub async fn previous_map(project: &Project) -> Result<Option<Location>> {
     let Some(run) = latest_run(project).await? else {
         return Ok(None);
     };
     let loc = run_dir(project, &run).join("identity_map.parquet");
-    match get(&loc).await? {
-        Some(bytes) => Ok(Some(read_parquet(bytes, &loc.display())?)),
-        None => Ok(None),
+    let store = loc.store()?;
+    match store.head(&loc.path()).await {
+        Ok(_) => Ok(Some(loc)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::storage(loc.display())(e)),
     }
 }

@@ -290,13 +290,13 @@ impl Pipeline {
         self.check_destination_fields(&c.datasets)?;
 
         let st = self.progress.stage("identity");
-        let previous = identity::store::load_previous(project).await?;
+        let previous = identity::store::previous_map(project).await?;
         let out = identity::store::run_dir(project, &self.run_id);
         let stitched = identity::stitch(
             &ctx,
             project,
             &c.datasets,
-            previous.as_deref(),
+            previous.as_ref(),
             &out,
             |rows| st.update(format!("{} rows", thousands(rows))),
         )
