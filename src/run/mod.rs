@@ -149,6 +149,18 @@ struct Collected {
     exports: Vec<ExportManifest>,
 }
 
+impl Collected {
+    /// Record a finished stage's seconds and counts.
+    fn stage(&mut self, stage: &str, seconds: f64, counts: &[(&str, u64)]) {
+        let counts = counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        self.stages.push(StageRecord {
+            stage: stage.into(),
+            seconds,
+            counts,
+        });
+    }
+}
+
 impl Pipeline {
     /// A pipeline at as-of now (to the second) with a fresh run id.
     pub fn new(project: Project) -> Self {
@@ -277,14 +289,8 @@ impl Pipeline {
         c.datasets = ingest::ingest(&ctx, project).await?;
         let files: usize = c.datasets.iter().map(|d| d.files.len()).sum();
         let secs = st.finish(&format!("{} datasets, {} files", c.datasets.len(), files));
-        c.stages.push(StageRecord {
-            stage: "ingest".into(),
-            seconds: secs,
-            counts: BTreeMap::from([
-                ("datasets".into(), c.datasets.len() as u64),
-                ("files".into(), files as u64),
-            ]),
-        });
+        let n = c.datasets.len() as u64;
+        c.stage("ingest", secs, &[("datasets", n), ("files", files as u64)]);
 
         // Fields of every destination are checked against the profile columns before anything is read.
         self.check_destination_fields(&c.datasets)?;
@@ -382,14 +388,14 @@ impl Pipeline {
                 members: m.members.len() as u64,
             })
             .collect();
-        c.stages.push(StageRecord {
-            stage: "segments".into(),
-            seconds: secs,
-            counts: BTreeMap::from([
-                ("segments".into(), memberships.len() as u64),
-                ("memberships".into(), total as u64),
-            ]),
-        });
+        c.stage(
+            "segments",
+            secs,
+            &[
+                ("segments", memberships.len() as u64),
+                ("memberships", total as u64),
+            ],
+        );
 
         let st = self.progress.stage("export");
         let oversized = c
@@ -418,15 +424,16 @@ impl Pipeline {
             nfiles,
             thousands(rows)
         ));
-        c.stages.push(StageRecord {
-            stage: "export".into(),
-            seconds: secs,
-            counts: BTreeMap::from([
-                ("destinations".into(), c.exports.len() as u64),
-                ("files".into(), nfiles as u64),
-                ("rows".into(), rows),
-            ]),
-        });
+        let n = c.exports.len() as u64;
+        c.stage(
+            "export",
+            secs,
+            &[
+                ("destinations", n),
+                ("files", nfiles as u64),
+                ("rows", rows),
+            ],
+        );
         Ok(())
     }
 
