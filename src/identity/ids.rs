@@ -61,86 +61,86 @@ pub fn fresh_id(class: Class, namespace: &str, value: &str, salt: u32) -> String
     hex::encode(&h.finalize()[..16])
 }
 
+/// Profiles: components numbered in order of their best-ranked identity.
+#[derive(Debug)]
+pub struct Profiles {
+    /// Profile number of every identity.
+    pub of: Vec<u32>,
+    /// Profile id by profile number.
+    pub ids: Vec<String>,
+}
+
 /// Assign a profile id to every component.
 ///
-/// `order` lists identities by rank; `roots[i]` is identity `i`'s component.
-/// Returns the id of each component root.
-pub fn assign(
-    graph: &IdentityGraph,
-    ns_names: &[&str],
-    roots: &[u32],
-    order: &[u32],
-    previous: Option<&Previous>,
-) -> HashMap<u32, String> {
-    // Components in order of their best-ranked identity; representative per component.
-    let mut comp_order: Vec<u32> = Vec::new();
-    let mut position: HashMap<u32, usize> = HashMap::new();
-    let mut rep: HashMap<u32, u32> = HashMap::new();
+/// `order` lists identities by rank; `roots[i]` is identity `i`'s component root.
+pub fn assign(graph: &IdentityGraph, ns_names: &[&str], roots: &[u32], order: &[u32], previous: Option<&Previous>) -> Profiles {
+    const NONE: u32 = u32::MAX;
+    let n = roots.len();
+    // Number components in order of their best-ranked identity; representative per component.
+    let mut number = vec![NONE; n];
+    let mut rep: Vec<u32> = Vec::new();
     for &i in order {
-        let r = roots[i as usize];
-        position.entry(r).or_insert_with(|| {
-            comp_order.push(r);
-            comp_order.len() - 1
-        });
-        let better = rep
-            .get(&r)
-            .is_none_or(|&j| graph.first_seen[i as usize] < graph.first_seen[j as usize]);
-        if better {
-            rep.insert(r, i);
+        let r = roots[i as usize] as usize;
+        if number[r] == NONE {
+            number[r] = rep.len() as u32;
+            rep.push(i);
+        } else {
+            let c = number[r] as usize;
+            if graph.first_seen[i as usize] < graph.first_seen[rep[c] as usize] {
+                rep[c] = i;
+            }
         }
     }
-    let mut out: HashMap<u32, String> = HashMap::with_capacity(comp_order.len());
+    let of: Vec<u32> = roots.iter().map(|&r| number[r as usize]).collect();
+    drop(number);
+    let mut ids: Vec<Option<String>> = vec![None; rep.len()];
     let empty = HashSet::new();
     let old_ids: &HashSet<u128> = previous.map(|p| &p.all).unwrap_or(&empty);
-    let mut used: HashSet<u128> = HashSet::new();
     if let Some(prev) = previous {
-        // (old id, component) → identities carrying it.
-        let mut counts: BTreeMap<(u32, usize), u64> = BTreeMap::new();
+        // (old id, profile) → identities carrying it.
+        let mut counts: HashMap<(u32, u32), u64> = HashMap::new();
         for (id, &old) in prev.by_identity.iter().enumerate() {
-            if old != u32::MAX {
-                *counts.entry((old, position[&roots[id]])).or_default() += 1;
+            if old != NONE {
+                *counts.entry((old, of[id])).or_default() += 1;
             }
         }
-        // Each old id to the component with most of its identities (ties: the earlier component).
-        let mut best: BTreeMap<u32, (u64, usize)> = BTreeMap::new();
-        for (&(old, comp), &n) in &counts {
-            let e = best.entry(old).or_insert((n, comp));
-            if n > e.0 || (n == e.0 && comp < e.1) {
-                *e = (n, comp);
+        // Each old id to the profile with most of its identities (ties: the earlier profile).
+        let mut best: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
+        for (&(old, p), &k) in &counts {
+            let e = best.entry(old).or_insert((k, p));
+            if k > e.0 || (k == e.0 && p < e.1) {
+                *e = (k, p);
             }
         }
-        // Each component keeps the old id with most identities (ties: the smallest id).
+        // Each profile keeps the old id with most identities (ties: the smallest id).
         // Numbers compare like the fixed-width hex ids they stand for.
-        let mut survivor: BTreeMap<usize, (u64, u128)> = BTreeMap::new();
-        for (&old, &(n, comp)) in &best {
+        let mut survivor: BTreeMap<u32, (u64, u128)> = BTreeMap::new();
+        for (&old, &(k, p)) in &best {
             let id = prev.ids[old as usize];
-            let e = survivor.entry(comp).or_insert((n, id));
-            if n > e.0 || (n == e.0 && id < e.1) {
-                *e = (n, id);
+            let e = survivor.entry(p).or_insert((k, id));
+            if k > e.0 || (k == e.0 && id < e.1) {
+                *e = (k, id);
             }
         }
-        for (comp, (_, id)) in survivor {
-            out.insert(comp_order[comp], id_text(id));
+        for (p, (_, id)) in survivor {
+            ids[p as usize] = Some(id_text(id));
         }
     }
-    for &r in &comp_order {
-        if out.contains_key(&r) {
+    let mut used: HashSet<u128> = HashSet::new();
+    for (p, slot) in ids.iter_mut().enumerate() {
+        if slot.is_some() {
             continue;
         }
-        let i = rep[&r] as usize;
-        let (class, ns, value) = (
-            graph.class[i],
-            ns_names[graph.ns[i] as usize],
-            graph.value(i as u32),
-        );
+        let i = rep[p] as usize;
+        let (class, ns, value) = (graph.class[i], ns_names[graph.ns[i] as usize], graph.value(i as u32));
         let mut salt = 0;
         let mut id = fresh_id(class, ns, value, salt);
-        while id_number(&id).is_some_and(|n| used.contains(&n) || old_ids.contains(&n)) {
+        while id_number(&id).is_some_and(|k| used.contains(&k) || old_ids.contains(&k)) {
             salt += 1;
             id = fresh_id(class, ns, value, salt);
         }
         used.extend(id_number(&id));
-        out.insert(r, id);
+        *slot = Some(id);
     }
-    out
+    Profiles { of, ids: ids.into_iter().map(Option::unwrap_or_default).collect() }
 }

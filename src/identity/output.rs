@@ -242,20 +242,15 @@ pub(super) async fn finish(
         Some(loc) => Some(previous_ids(ctx, &graph, project, loc).await?),
         None => None,
     };
-    let pid_of_root = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
+    let ids::Profiles { of: profile_of, ids: profile_ids } = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
     drop(prev);
-
-    // Dense profile indexes.
-    let mut index_of_root: HashMap<u32, u32> = HashMap::with_capacity(pid_of_root.len());
-    let mut profile_ids: Vec<String> = Vec::with_capacity(pid_of_root.len());
-    let mut profile_class: Vec<Class> = Vec::with_capacity(pid_of_root.len());
-    for (root, pid) in pid_of_root {
-        index_of_root.insert(root, profile_ids.len() as u32);
-        profile_ids.push(pid);
-        profile_class.push(graph.class[root as usize]);
-    }
-    let profile_of: Vec<u32> = st.roots.iter().map(|r| index_of_root[r]).collect();
-    drop(index_of_root);
+    let profile_class: Vec<Class> = {
+        let mut c = vec![Class::Customer; profile_ids.len()];
+        for (i, &p) in profile_of.iter().enumerate() {
+            c[p as usize] = graph.class[i];
+        }
+        c
+    };
     let np = profile_ids.len();
     let mut sizes = vec![0u64; np];
     for &p in &profile_of {
