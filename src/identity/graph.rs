@@ -72,6 +72,8 @@ pub struct IdentityGraph {
     arena: Vec<u8>,
     /// `offsets[i]..offsets[i + 1]` is identity `i`'s value in `arena`.
     offsets: Vec<usize>,
+    /// Hash of every identity's key, so that growing the table never rehashes strings.
+    hashes: Vec<u64>,
     pub class: Vec<Class>,
     pub ns: Vec<u16>,
     pub first_seen: Vec<i64>,
@@ -106,6 +108,7 @@ impl IdentityGraph {
 
     /// Free what only stitching needs (links, union-find, dataset sets), keeping lookups.
     pub fn shrink(&mut self) {
+        self.hashes.shrink_to_fit();
         self.links = HashMap::new();
         self.parent = Vec::new();
         self.size = Vec::new();
@@ -170,22 +173,10 @@ impl IdentityGraph {
                 for w in &mut self.datasets {
                     w.push(0);
                 }
-                let (hasher, arena, offsets, classes, nss) = (
-                    &self.hasher,
-                    &self.arena,
-                    &self.offsets,
-                    &self.class,
-                    &self.ns,
-                );
-                self.table.insert_unique(hash, id, |&other| {
-                    let o = other as usize;
-                    key_hash(
-                        hasher,
-                        classes[o],
-                        nss[o],
-                        &arena[offsets[o]..offsets[o + 1]],
-                    )
-                });
+                self.hashes.push(hash);
+                let hashes = &self.hashes;
+                self.table
+                    .insert_unique(hash, id, |&other| hashes[other as usize]);
                 id
             }
         };
@@ -334,10 +325,12 @@ impl IdentityGraph {
             }
         } else {
             // Newest first; ties by the linked identity's rank, then the anchor's.
-            links.sort_unstable_by(|a, b| {
-                b.ts.cmp(&a.ts)
-                    .then(rank[a.other as usize].cmp(&rank[b.other as usize]))
-                    .then(rank[a.anchor as usize].cmp(&rank[b.anchor as usize]))
+            // Keys computed once per link: (newest first, other's rank, anchor's rank).
+            links.sort_by_cached_key(|l| {
+                (
+                    std::cmp::Reverse(l.ts),
+                    (u64::from(rank[l.other as usize]) << 32) | u64::from(rank[l.anchor as usize]),
+                )
             });
             let unique_ns: Vec<bool> = rules.iter().map(|r| r.unique).collect();
             // Per root: the unique-namespace identities it holds, and its never-link members.
@@ -400,9 +393,8 @@ impl IdentityGraph {
             }
         }
         let roots: Vec<u32> = (0..n as u32).map(|i| self.find(i)).collect();
-        links.sort_unstable_by(|a, b| {
-            (rank[a.anchor as usize], rank[a.other as usize])
-                .cmp(&(rank[b.anchor as usize], rank[b.other as usize]))
+        links.sort_by_cached_key(|l| {
+            (u64::from(rank[l.anchor as usize]) << 32) | u64::from(rank[l.other as usize])
         });
         Stitching {
             links,

@@ -73,7 +73,13 @@ pub struct Profiles {
 /// Assign a profile id to every component.
 ///
 /// `order` lists identities by rank; `roots[i]` is identity `i`'s component root.
-pub fn assign(graph: &IdentityGraph, ns_names: &[&str], roots: &[u32], order: &[u32], previous: Option<&Previous>) -> Profiles {
+pub fn assign(
+    graph: &IdentityGraph,
+    ns_names: &[&str],
+    roots: &[u32],
+    order: &[u32],
+    previous: Option<&Previous>,
+) -> Profiles {
     const NONE: u32 = u32::MAX;
     let n = roots.len();
     // Number components in order of their best-ranked identity; representative per component.
@@ -132,7 +138,11 @@ pub fn assign(graph: &IdentityGraph, ns_names: &[&str], roots: &[u32], order: &[
             continue;
         }
         let i = rep[p] as usize;
-        let (class, ns, value) = (graph.class[i], ns_names[graph.ns[i] as usize], graph.value(i as u32));
+        let (class, ns, value) = (
+            graph.class[i],
+            ns_names[graph.ns[i] as usize],
+            graph.value(i as u32),
+        );
         let mut salt = 0;
         let mut id = fresh_id(class, ns, value, salt);
         while id_number(&id).is_some_and(|k| used.contains(&k) || old_ids.contains(&k)) {
@@ -142,5 +152,8 @@ pub fn assign(graph: &IdentityGraph, ns_names: &[&str], roots: &[u32], order: &[
         used.extend(id_number(&id));
         *slot = Some(id);
     }
-    Profiles { of, ids: ids.into_iter().map(Option::unwrap_or_default).collect() }
+    Profiles {
+        of,
+        ids: ids.into_iter().map(Option::unwrap_or_default).collect(),
+    }
 }

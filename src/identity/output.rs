@@ -242,7 +242,10 @@ pub(super) async fn finish(
         Some(loc) => Some(previous_ids(ctx, &graph, project, loc).await?),
         None => None,
     };
-    let ids::Profiles { of: profile_of, ids: profile_ids } = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
+    let ids::Profiles {
+        of: profile_of,
+        ids: profile_ids,
+    } = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
     drop(prev);
     let profile_class: Vec<Class> = {
         let mut c = vec![Class::Customer; profile_ids.len()];
