@@ -246,13 +246,24 @@ impl IdentityGraph {
     /// Rank of every identity: position in (class, namespace index, value) order.
     /// Namespace indexes follow priority, then name, so rank is the anchor order.
     pub fn ranks(&self) -> (Vec<u32>, Vec<u32>) {
+        // Class, namespace and the value's first 8 bytes in one number (byte order
+        // preserved); whole values are compared only when those are equal.
+        let key: Vec<u128> = (0..self.len())
+            .map(|i| {
+                let v = self.value(i as u32).as_bytes();
+                let mut prefix = [0u8; 8];
+                let k = v.len().min(8);
+                prefix[..k].copy_from_slice(&v[..k]);
+                (u128::from(self.class[i] as u8) << 80)
+                    | (u128::from(self.ns[i]) << 64)
+                    | u128::from(u64::from_be_bytes(prefix))
+            })
+            .collect();
         let mut order: Vec<u32> = (0..self.len() as u32).collect();
         order.sort_unstable_by(|&a, &b| {
-            (self.class[a as usize], self.ns[a as usize], self.value(a)).cmp(&(
-                self.class[b as usize],
-                self.ns[b as usize],
-                self.value(b),
-            ))
+            key[a as usize]
+                .cmp(&key[b as usize])
+                .then_with(|| self.value(a).cmp(self.value(b)))
         });
         let mut rank = vec![0u32; order.len()];
         for (r, &id) in order.iter().enumerate() {
