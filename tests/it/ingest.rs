@@ -236,3 +236,24 @@ fn ingest_mixed_partition_layout_is_an_error() {
         "{out}"
     );
 }
+
+#[test]
+fn ingest_unknown_export_field_stops_before_writing() {
+    let dir = sample_copy();
+    crate::support::edit_config(
+        dir.path(),
+        "fields = [\"profile_id\", \"email\", \"first_name\", \"city\"]",
+        "fields = [\"profile_id\", \"emial\", \"email_all\"]",
+    );
+    let (code, out) = run(dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("destinations.prospect_lists.fields[1]: `emial` is not an exportable profile column of segment `prospects_london`: did you mean `email`?"), "{out}");
+    assert!(
+        out.contains("destinations.prospect_lists.fields[2]: `email_all` is not an exportable"),
+        "{out}"
+    );
+    assert!(
+        files_under(&dir.path().join("out")).is_empty(),
+        "nothing exported"
+    );
+}
