@@ -62,6 +62,19 @@ pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")))
 }
 
+/// `ts <= as_of()`: the row happened by the run's as-of (NULL when `ts` is NULL).
+///
+/// # Errors
+/// When the session has no `as_of` function (it always does after [`crate::engine::session`]).
+pub fn by_as_of(
+    ctx: &SessionContext,
+    ts: datafusion::logical_expr::Expr,
+) -> DfResult<datafusion::logical_expr::Expr> {
+    use datafusion::execution::FunctionRegistry;
+    let as_of = ctx.udf("as_of")?.call(vec![]);
+    Ok(datafusion::logical_expr::cast(ts, timestamp_type()).lt_eq(as_of))
+}
+
 /// Register `as_of()` and replace the wall-clock functions with the as-of.
 pub fn register_time_functions(ctx: &SessionContext, as_of: DateTime<Utc>) {
     let epoch_days = as_of.timestamp().div_euclid(86_400) as i32;

@@ -182,9 +182,13 @@ pub async fn stitch(
                 sql_col.push(None);
             }
         }
+        // Time travel: rows after the as-of do not exist for this run (NULL times are kept, to be rejected).
+        let by_as_of = crate::engine::udf::by_as_of(ctx, ident(&ds.timestamp))
+            .map_err(Error::engine("identity"))?;
         let df = ctx
             .table(d.table.as_str())
             .await
+            .and_then(|t| t.filter(ident(&ds.timestamp).is_null().or(by_as_of)))
             .and_then(|t| t.select(select))
             .map_err(Error::engine("identity"))?;
         let mut stream = df

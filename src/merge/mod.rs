@@ -94,11 +94,8 @@ async fn attributed(ctx: &SessionContext, project: &Project, d: &Ingested) -> Re
         .await
         .and_then(|df| df.with_column("profile_id", profile_fn.call(args)))
         .and_then(|df| {
-            df.filter(
-                ident(&ds.timestamp)
-                    .is_not_null()
-                    .and(ident("profile_id").is_not_null()),
-            )
+            let by_as_of = crate::engine::udf::by_as_of(ctx, ident(&ds.timestamp))?;
+            df.filter(by_as_of.and(ident("profile_id").is_not_null()))
         })
         .map_err(Error::engine("merge"))
 }

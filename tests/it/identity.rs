@@ -128,6 +128,10 @@ fields = ["profile_id", "crm_id", "email", "name"]
 }
 
 pub fn run(dir: &Path, run_id: &str) -> RunRecord {
+    run_at(dir, run_id, crate::support::as_of())
+}
+
+pub fn run_at(dir: &Path, run_id: &str, as_of: chrono::DateTime<chrono::Utc>) -> RunRecord {
     let project = Project::load(dir).expect("valid project");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -135,7 +139,7 @@ pub fn run(dir: &Path, run_id: &str) -> RunRecord {
         .expect("rt");
     rt.block_on(
         Pipeline::new(project)
-            .with_as_of(crate::support::as_of())
+            .with_as_of(as_of)
             .with_run_id(run_id)
             .expect("id")
             .run(),
@@ -795,4 +799,51 @@ fn identity_sql_normaliser_validated() {
             "{expr}: {err}"
         );
     }
+}
+
+#[test]
+fn identity_rows_after_as_of_are_ignored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("a@x.com"), Some("Old")], 1),
+            (vec![Some("C1"), Some("b@x.com"), Some("New")], 5),
+        ],
+    );
+    let web = rows(
+        &["cookie", "email"],
+        vec![
+            (vec![Some("ck1"), Some("a@x.com")], 2),
+            (vec![Some("ck2"), Some("a@x.com")], 6),
+        ],
+    );
+    project(dir.path(), "", "", &crm, &web, &no_prospects());
+    let day3 = chrono::DateTime::from_timestamp_micros(3 * DAY).expect("time");
+    let rec = run_at(dir.path(), "past", day3);
+    let ids = profile_ids(dir.path(), "past");
+    assert!(same(&ids, "crm_id:C1", "cookie:ck1"));
+    assert!(
+        !ids.contains_key("customer/email:b@x.com") && !ids.contains_key("customer/cookie:ck2"),
+        "identities first seen after the as-of do not exist yet: {ids:?}"
+    );
+    let everyone = std::fs::read_to_string(dir.path().join("out/past/everyone.csv")).expect("csv");
+    assert!(
+        everyone.contains(",Old"),
+        "attributes as of day 3: {everyone}"
+    );
+    assert_eq!(
+        rec.segments
+            .iter()
+            .find(|s| s.segment == "visitors")
+            .map(|s| s.members),
+        Some(1)
+    );
+    // The same as-of again, after more data landed: the same audiences.
+    run_at(dir.path(), "now", crate::support::as_of());
+    run_at(dir.path(), "past_again", day3);
+    assert_eq!(
+        std::fs::read(dir.path().join("out/past/everyone.csv")).expect("a"),
+        std::fs::read(dir.path().join("out/past_again/everyone.csv")).expect("b")
+    );
 }
