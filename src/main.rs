@@ -37,10 +37,16 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
-            eprintln!("error: {err}");
+            let mut shown = err.to_string();
+            eprintln!("error: {shown}");
             let mut source = std::error::Error::source(&err);
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                // Causes already quoted in the message above are not repeated.
+                let text = s.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown.push_str(&text);
+                }
                 source = s.source();
             }
             ExitCode::from(err.exit_code() as u8)

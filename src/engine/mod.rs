@@ -49,15 +49,25 @@ pub fn session(project: &Project, as_of: DateTime<Utc>) -> Result<SessionContext
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);
-    let locations = project
-        .datasets
-        .iter()
-        .map(|d| &d.location)
-        .chain(project.destinations.iter().map(|d| &d.location))
-        .chain(std::iter::once(&project.state));
-    for loc in locations {
-        register_store(&ctx, loc)?;
+    // Each store is opened with what uses it named, so a missing credential says where it is needed.
+    const HINT: &str = "credentials and endpoints come from the environment (AWS_*, GOOGLE_*, AZURE_*) or the cloud's provider chain";
+    for d in &project.datasets {
+        register_store(&ctx, &d.location).map_err(|e| {
+            Error::input(
+                &d.name,
+                None,
+                None,
+                format!("cannot open `{}`: {e}; {HINT}", d.location),
+            )
+        })?;
     }
+    for d in &project.destinations {
+        register_store(&ctx, &d.location).map_err(|e| Error::Export {
+            destination: d.name.clone(),
+            message: format!("cannot open `{}`: {e}; {HINT}", d.location),
+        })?;
+    }
+    register_store(&ctx, &project.state)?;
     udf::register_time_functions(&ctx, as_of);
     Ok(ctx)
 }

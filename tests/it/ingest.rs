@@ -257,3 +257,46 @@ fn ingest_unknown_export_field_stops_before_writing() {
         "nothing exported"
     );
 }
+
+#[test]
+fn ingest_missing_bucket_credentials_named_without_secrets() {
+    let dir = sample_copy();
+    crate::support::edit_config(
+        dir.path(),
+        "path = \"data/crm/\"",
+        "path = \"s3://audience-test-bucket/crm/\"",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args([
+            "--quiet",
+            "run",
+            "--project",
+            dir.path().to_str().expect("utf-8"),
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env("AWS_SECRET_ACCESS_KEY", "sekrit-value-never-printed")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT", "http://127.0.0.1:9")
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("dataset `crm`: cannot open `s3://audience-test-bucket/crm/`"),
+        "{text}"
+    );
+    assert!(text.contains("Missing AccessKeyId"), "{text}");
+    assert!(
+        !text.contains("sekrit-value"),
+        "a secret was printed: {text}"
+    );
+    assert!(
+        files_under(&dir.path().join("out")).is_empty(),
+        "nothing exported"
+    );
+}
