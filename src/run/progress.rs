@@ -64,7 +64,12 @@ impl Stage {
     pub fn finish(self, summary: &str) -> f64 {
         let secs = self.start.elapsed().as_secs_f64();
         match &self.bar {
-            Some(b) => b.finish_with_message(format!("{summary} ({secs:.2}s)")),
+            Some(b) => {
+                if let Ok(style) = ProgressStyle::with_template("✓ {prefix:.bold} {msg}") {
+                    b.set_style(style);
+                }
+                b.finish_with_message(format!("{summary} ({secs:.2}s)"))
+            }
             None => tracing::info!(stage = self.name, seconds = secs, "{summary}"),
         }
         secs
