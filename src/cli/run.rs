@@ -31,7 +31,9 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
     }
     let record = pipeline.run().await?;
     println!("run {} succeeded (as-of {})", record.run_id, record.as_of);
-    for s in &record.segments {
+    let mut segments: Vec<_> = record.segments.iter().collect();
+    segments.sort_by(|a, b| a.segment.cmp(&b.segment));
+    for s in segments {
         println!(
             "  segment {:<28} {:>10} members",
             s.segment,
