@@ -40,10 +40,6 @@ impl IdentityLookup {
         &self.profile_ids[profile as usize]
     }
 
-    pub fn identities(&self) -> usize {
-        self.graph.len()
-    }
-
     /// Bytes of distinct identity values.
     pub fn value_bytes(&self) -> usize {
         self.graph.value_bytes()

@@ -9,7 +9,6 @@
 use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
 use object_store::{ObjectStoreExt, PutPayload};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::config::Project;
@@ -45,16 +44,6 @@ pub async fn get(loc: &Location) -> Result<Option<Bytes>> {
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(Error::storage(loc.display())(e)),
     }
-}
-
-/// A batch as Parquet bytes.
-pub fn parquet_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), None)
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    w.write(batch).map_err(|e| Error::Internal(e.to_string()))?;
-    w.close().map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(buf)
 }
 
 /// Parquet bytes as batches.
