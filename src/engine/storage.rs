@@ -198,6 +198,19 @@ pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>> {
     Ok(store)
 }
 
+/// Write `bytes` to `loc` through `store`, naming the location on failure.
+///
+/// # Errors
+/// [`Error::Storage`] with the location when the store refuses the write.
+pub async fn put(store: &dyn ObjectStore, loc: &Location, bytes: bytes::Bytes) -> Result<()> {
+    use object_store::ObjectStoreExt;
+    store
+        .put(&loc.path(), object_store::PutPayload::from(bytes))
+        .await
+        .map_err(Error::storage(loc.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,12 +18,12 @@ use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Destination, FormatKind, Project};
 use crate::engine::Batches;
-use crate::engine::storage::Location;
+use crate::engine::storage::put;
 use crate::error::{Error, Result, one_of};
 use crate::segment::Membership;
 
@@ -131,14 +131,6 @@ pub struct Audiences<'a> {
     pub oversized: &'a std::collections::BTreeSet<String>,
 }
 
-async fn put(store: &Arc<dyn ObjectStore>, loc: &Location, bytes: Bytes) -> Result<()> {
-    store
-        .put(&loc.path(), PutPayload::from(bytes))
-        .await
-        .map_err(Error::storage(loc.display()))?;
-    Ok(())
-}
-
 async fn export_one(
     ctx: &SessionContext,
     project: &Project,
@@ -180,7 +172,7 @@ async fn export_one(
         let rel = format!("{run_id}/{seg}.csv");
         let sha = hex::encode(Sha256::digest(&bytes));
         let len = bytes.len() as u64;
-        put(&store, &d.location.join(&rel), bytes).await?;
+        put(store.as_ref(), &d.location.join(&rel), bytes).await?;
         files.push(ManifestFile {
             path: rel,
             segment: seg.clone(),
@@ -201,8 +193,13 @@ async fn export_one(
         engine_version: crate::VERSION.to_string(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
-    put(&store, &run_dir.join("manifest.json"), Bytes::from(json)).await?;
-    put(&store, &success, Bytes::new()).await?;
+    put(
+        store.as_ref(),
+        &run_dir.join("manifest.json"),
+        Bytes::from(json),
+    )
+    .await?;
+    put(store.as_ref(), &success, Bytes::new()).await?;
     Ok(manifest)
 }
 

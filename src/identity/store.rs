@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::config::Project;
@@ -26,12 +26,7 @@ fn latest_pointer(project: &Project) -> Location {
 
 /// Write bytes to a location.
 pub async fn put(loc: &Location, bytes: impl Into<Bytes>) -> Result<()> {
-    let store = loc.store()?;
-    store
-        .put(&loc.path(), PutPayload::from(bytes.into()))
-        .await
-        .map_err(Error::storage(loc.display()))?;
-    Ok(())
+    crate::engine::storage::put(loc.store()?.as_ref(), loc, bytes.into()).await
 }
 
 /// Read a location; `None` when it does not exist.
