@@ -56,46 +56,30 @@ pub struct ExportManifest {
 /// Profiles of each merge policy, as the export reads them.
 pub type ProfilesByPolicy = BTreeMap<String, Batches>;
 
-/// Check that every destination's fields are exportable columns of its segments' profiles.
-pub fn check_fields(
-    project: &Project,
-    profile_schemas: &BTreeMap<String, Arc<Schema>>,
-    memberships_policy: &BTreeMap<String, String>,
-) -> Result<()> {
+/// Check that every destination's fields are exportable columns of its class's
+/// profiles, before any row is read; each bad field is reported once.
+pub fn check_fields(project: &Project, datasets: &[crate::ingest::Ingested]) -> Result<()> {
     let mut problems = crate::error::Problems::default();
     for d in &project.destinations {
-        for seg in &d.segments {
-            let Some(policy) = memberships_policy.get(seg) else {
-                continue;
-            };
-            let Some(schema) = profile_schemas.get(policy) else {
-                continue;
-            };
-            let exportable: Vec<&str> = schema
-                .fields()
-                .iter()
-                .filter(|f| {
-                    !matches!(
-                        f.data_type(),
-                        DataType::List(_)
-                            | DataType::LargeList(_)
-                            | DataType::Struct(_)
-                            | DataType::Map(..)
-                    )
-                })
-                .map(|f| f.name().as_str())
-                .collect();
-            for (i, f) in d.fields.iter().enumerate() {
-                if !exportable.contains(&f.as_str()) {
-                    problems.push(
-                        crate::config::CONFIG_FILE,
-                        format!("destinations.{}.fields[{i}]", d.name),
-                        format!(
-                            "`{f}` is not an exportable profile column of segment `{seg}`: {}",
-                            one_of(f, exportable.iter().copied())
-                        ),
-                    );
-                }
+        let Some(class) = d
+            .segments
+            .iter()
+            .find_map(|s| project.segments().find(|m| &m.id == s).map(|m| m.class))
+        else {
+            continue;
+        };
+        let exportable = crate::merge::exportable_columns(project, datasets, class);
+        for (i, f) in d.fields.iter().enumerate() {
+            if !exportable.contains(f) {
+                problems.push(
+                    crate::config::CONFIG_FILE,
+                    format!("destinations.{}.fields[{i}]", d.name),
+                    format!(
+                        "`{f}` is not an exportable {} profile column: {}",
+                        class.as_str(),
+                        one_of(f, exportable.iter().map(String::as_str))
+                    ),
+                );
             }
         }
     }

@@ -54,6 +54,27 @@ pub fn register_identity_tables(
     Ok(())
 }
 
+/// Columns of a class's profiles that a flat file can hold: `profile_id`, each
+/// namespace's preferred value, and every attribute that is not a list, struct
+/// or map (the `<ns>_all` lists are not exportable).
+pub fn exportable_columns(project: &Project, datasets: &[Ingested], class: Class) -> Vec<String> {
+    let nested = |t: &DataType| {
+        matches!(
+            t,
+            DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) | DataType::Map(..)
+        )
+    };
+    std::iter::once("profile_id".to_string())
+        .chain(project.namespaces.iter().map(|n| n.name.clone()))
+        .chain(
+            class_columns(datasets, class, DatasetKind::Profile)
+                .into_iter()
+                .filter(|(_, t)| !nested(t))
+                .map(|(a, _)| a),
+        )
+        .collect()
+}
+
 /// Register one batch as a table, replacing any table of that name.
 pub fn register_batch(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<()> {
     register_batches(ctx, name, batch.schema(), vec![batch])

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use datafusion::arrow::datatypes::Schema;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Class, Project};
@@ -438,33 +437,7 @@ impl Pipeline {
     }
 
     fn check_destination_fields(&self, datasets: &[Ingested]) -> Result<()> {
-        let project = &self.project;
-        let mut schemas = BTreeMap::new();
-        let mut seg_policy = BTreeMap::new();
-        for m in project.segments() {
-            seg_policy.insert(m.id.clone(), segment::policy_of(project, m)?);
-        }
-        for p in &project.policies {
-            let mut fields = vec![datafusion::arrow::datatypes::Field::new(
-                "profile_id",
-                datafusion::arrow::datatypes::DataType::Utf8,
-                false,
-            )];
-            for n in &project.namespaces {
-                fields.push(datafusion::arrow::datatypes::Field::new(
-                    &n.name,
-                    datafusion::arrow::datatypes::DataType::Utf8,
-                    true,
-                ));
-            }
-            for (a, t) in
-                ingest::class_columns(datasets, p.class, crate::config::DatasetKind::Profile)
-            {
-                fields.push(datafusion::arrow::datatypes::Field::new(a, t, true));
-            }
-            schemas.insert(p.name.clone(), Arc::new(Schema::new(fields)));
-        }
-        export::check_fields(project, &schemas, &seg_policy)
+        export::check_fields(&self.project, datasets)
     }
 }
 

@@ -247,7 +247,7 @@ fn ingest_unknown_export_field_stops_before_writing() {
     );
     let (code, out) = run(dir.path());
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("destinations.prospect_lists.fields[1]: `emial` is not an exportable profile column of segment `prospects_london`: did you mean `email`?"), "{out}");
+    assert!(out.contains("destinations.prospect_lists.fields[1]: `emial` is not an exportable prospect profile column: did you mean `email`?"), "{out}");
     assert!(
         out.contains("destinations.prospect_lists.fields[2]: `email_all` is not an exportable"),
         "{out}"
