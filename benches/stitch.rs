@@ -157,7 +157,7 @@ fn child(dir: &Path, variant: &str) {
 /// Like for like with the peers: connected components from the string links
 /// file (Parquet decoding, interning, union-find, a label per identity).
 fn child_links(dir: &Path) {
-    use audience::identity::graph::{IdentityGraph, NsRules};
+    use audience::identity::graph::{GraphBuilder, NsRules};
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let file =
         std::fs::File::open(dir.join("links_for_peers.parquet")).expect("run the plain case first");
@@ -165,31 +165,37 @@ fn child_links(dir: &Path) {
         .expect("parquet")
         .build()
         .expect("reader");
-    let mut g = IdentityGraph::new();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut b = GraphBuilder::new(1, threads);
     let mut links = 0u64;
     for batch in reader {
         let batch = batch.expect("batch");
-        let src = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .expect("utf8")
-            .clone();
-        let dst = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .expect("utf8")
-            .clone();
+        let col = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("utf8")
+                .clone()
+        };
+        let (src, dst) = (col(0), col(1));
         for i in 0..batch.num_rows() {
-            let a = g.intern(audience::config::Class::Customer, 0, src.value(i), 0, 0);
-            let b = g.intern(audience::config::Class::Customer, 0, dst.value(i), 0, 0);
-            g.link(a, b, 0, 0);
+            b.add_row(
+                audience::config::Class::Customer,
+                0,
+                0,
+                [(0, src.value(i)), (0, dst.value(i))],
+            )
+            .expect("add");
             links += 1;
         }
     }
-    let rank: Vec<u32> = (0..g.len() as u32).collect();
-    let st = g.stitch(&[NsRules::default()], &[], &[], &|_| false, &rank);
+    let mut g = b.finish().expect("finish");
+    let phase = t0.elapsed().as_secs_f64();
+    let st = g.stitch(&[NsRules::default()], &[], &[], &|_| false);
+    if std::env::var_os("AUDIENCE_BENCH_PHASES").is_some() {
+        eprintln!("intern+links {phase:.2}s, stitch {:.2}s", t0.elapsed().as_secs_f64() - phase);
+    }
     let labels = arrow::array::UInt32Array::from(st.roots);
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     println!(

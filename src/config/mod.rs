@@ -101,6 +101,15 @@ pub struct EngineSettings {
     pub target_partitions: Option<usize>,
 }
 
+impl EngineSettings {
+    /// Threads for the engine's own parallel work: `target_partitions`, else the cores.
+    pub fn threads(&self) -> usize {
+        self.target_partitions.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        })
+    }
+}
+
 /// A validated project: everything a run needs, with no data read yet.
 #[derive(Debug, Clone)]
 pub struct Project {

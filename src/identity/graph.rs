@@ -1,9 +1,11 @@
 //! The identity graph: interned identities, deduplicated links, hub
 //! quarantine, and connected components with or without constraints.
 //!
-//! Identities are interned per `(class, namespace, value)` into dense `u32`
-//! ids over one string arena (no allocation per lookup). Classes never share an
-//! id, so a prospect never joins a customer. A link is a distinct
+//! Identities are interned per `(class, namespace, value)` by a
+//! [`GraphBuilder`] (radix-partitioned hash tables over string arenas, no
+//! allocation per value), then numbered densely in rank order, so an id *is* a
+//! rank and the graph is the same whatever the hashing or thread timing.
+//! Classes never share an id, so a prospect never joins a customer. A link is a distinct
 //! `(anchor, other)` pair with the newest time and dataset that produced it.
 //!
 //! Stitching ([`IdentityGraph::stitch`]):
@@ -22,6 +24,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
 
 use crate::config::Class;
+use crate::error::{Error, Result};
 
 /// What happened to a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,41 +67,455 @@ pub struct NsRules {
     pub max_links: Option<u64>,
 }
 
-/// Interned identities, their links, and the union-find.
+/// Radix partitions of the interner: bits 40..48 of a key's hash (the hash
+/// table itself uses the low bits for the bucket and the top seven for tags).
+const PART_BITS: u32 = 8;
+const PARTS: usize = 1 << PART_BITS;
+const LOCAL_BITS: u32 = 32 - PART_BITS;
+/// Identity occurrences buffered before they are interned partition by partition.
+const CHUNK: usize = 1 << 20;
+/// Raw links buffered before the first sort-and-deduplicate.
+const MIN_COMPACT: usize = 1 << 22;
+
+fn part_of(hash: u64) -> usize {
+    ((hash >> 40) as usize) & (PARTS - 1)
+}
+
+/// An identity occurrence waiting to be interned.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    hash: u64,
+    ts: i64,
+    start: u32,
+    len: u32,
+    ns: u16,
+    dataset: u16,
+    class: Class,
+}
+
+/// A link before deduplication: `key` is `(anchor << 32) | other`.
+#[derive(Debug, Clone, Copy)]
+struct RawLink {
+    key: u64,
+    ts: i64,
+    dataset: u16,
+}
+
+/// One radix partition of the interner: its own hash table and values, small
+/// enough to stay in cache while a chunk's occurrences for it are interned.
+#[derive(Debug, Default)]
+struct Part {
+    table: HashTable<u32>,
+    hashes: Vec<u64>,
+    arena: Vec<u8>,
+    /// `offsets[i]..offsets[i + 1]` is local identity `i`'s value in `arena`.
+    offsets: Vec<usize>,
+    class: Vec<Class>,
+    ns: Vec<u16>,
+    first_seen: Vec<i64>,
+    last_seen: Vec<i64>,
+    /// `words` bitset words per identity: the datasets it was seen in.
+    datasets: Vec<u64>,
+    /// After [`GraphBuilder::finish`]: local index → dense identity id.
+    dense: Vec<u32>,
+}
+
+impl Part {
+    fn value(&self, local: usize) -> &[u8] {
+        &self.arena[self.offsets[local]..self.offsets[local + 1]]
+    }
+
+    /// Intern one occurrence; returns the local index.
+    fn intern(&mut self, e: &Entry, value: &[u8], words: usize) -> u32 {
+        let found = {
+            let (arena, offsets, classes, nss) = (&self.arena, &self.offsets, &self.class, &self.ns);
+            self.table
+                .find(e.hash, |&l| {
+                    let l = l as usize;
+                    classes[l] == e.class
+                        && nss[l] == e.ns
+                        && &arena[offsets[l]..offsets[l + 1]] == value
+                })
+                .copied()
+        };
+        let local = match found {
+            Some(l) => {
+                let i = l as usize;
+                self.first_seen[i] = self.first_seen[i].min(e.ts);
+                self.last_seen[i] = self.last_seen[i].max(e.ts);
+                l
+            }
+            None => {
+                let l = self.class.len() as u32;
+                self.arena.extend_from_slice(value);
+                self.offsets.push(self.arena.len());
+                self.class.push(e.class);
+                self.ns.push(e.ns);
+                self.first_seen.push(e.ts);
+                self.last_seen.push(e.ts);
+                self.datasets.extend(std::iter::repeat_n(0, words));
+                self.hashes.push(e.hash);
+                let hashes = &self.hashes;
+                self.table
+                    .insert_unique(e.hash, l, |&o| hashes[o as usize]);
+                l
+            }
+        };
+        let d = e.dataset as usize;
+        self.datasets[local as usize * words + d / 64] |= 1 << (d % 64);
+        local
+    }
+}
+
+/// Builds an [`IdentityGraph`] from rows of identities.
+///
+/// Occurrences are buffered, hashed, and interned a chunk at a time, radix
+/// partition by partition (each partition's table and values stay in cache),
+/// on several threads when the chunk is large. Ids are then renumbered in rank
+/// order (class, namespace index, value) by [`GraphBuilder::finish`], so the
+/// graph does not depend on hashing or on thread timing.
+#[derive(Debug)]
+pub struct GraphBuilder {
+    hasher: DefaultHashBuilder,
+    parts: Vec<Part>,
+    words: usize,
+    threads: usize,
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+    /// Start of each buffered row's entries in `entries`.
+    rows: Vec<u32>,
+    links: Vec<RawLink>,
+    compact_at: usize,
+}
+
+impl GraphBuilder {
+    /// A builder for identities from `datasets` datasets, interning on up to `threads` threads.
+    pub fn new(datasets: usize, threads: usize) -> Self {
+        GraphBuilder {
+            hasher: DefaultHashBuilder::default(),
+            parts: (0..PARTS)
+                .map(|_| Part {
+                    offsets: vec![0],
+                    ..Part::default()
+                })
+                .collect(),
+            words: datasets.div_ceil(64).max(1),
+            threads: threads.max(1),
+            bytes: Vec::new(),
+            entries: Vec::new(),
+            rows: Vec::new(),
+            links: Vec::new(),
+            compact_at: MIN_COMPACT,
+        }
+    }
+
+    /// Add a record's identities, anchor first: the anchor is linked to each
+    /// of the others. `identities` must be distinct.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when the graph outgrows 32-bit identity ids.
+    pub fn add_row<'a>(
+        &mut self,
+        class: Class,
+        ts: i64,
+        dataset: u16,
+        identities: impl IntoIterator<Item = (u16, &'a str)>,
+    ) -> Result<()> {
+        let first = self.entries.len();
+        for (ns, value) in identities {
+            let v = value.as_bytes();
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(v);
+            self.entries.push(Entry {
+                hash: self.hasher.hash_one((class as u8, ns, v)),
+                ts,
+                start: start as u32,
+                len: v.len() as u32,
+                ns,
+                dataset,
+                class,
+            });
+        }
+        if self.entries.len() > first {
+            self.rows.push(first as u32);
+        }
+        if self.entries.len() >= CHUNK || self.bytes.len() >= (u32::MAX / 2) as usize {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Intern the buffered occurrences and record their links.
+    fn flush(&mut self) -> Result<()> {
+        let n = self.entries.len();
+        if n == 0 {
+            return Ok(());
+        }
+        // Counting sort of the occurrences by partition.
+        let mut bounds = vec![0usize; PARTS + 1];
+        for e in &self.entries {
+            bounds[part_of(e.hash) + 1] += 1;
+        }
+        for p in 0..PARTS {
+            bounds[p + 1] += bounds[p];
+        }
+        let mut next = bounds.clone();
+        let mut order = vec![0u32; n];
+        for (i, e) in self.entries.iter().enumerate() {
+            let p = part_of(e.hash);
+            order[next[p]] = i as u32;
+            next[p] += 1;
+        }
+        let mut local_ids = vec![0u32; n];
+        let threads = if n >= 1 << 16 { self.threads } else { 1 };
+        {
+            let (entries, bytes, words) = (&self.entries, &self.bytes, self.words);
+            let work = |parts: &mut [Part], first: usize, ids: &mut [u32], base: usize| {
+                for (k, part) in parts.iter_mut().enumerate() {
+                    let p = first + k;
+                    for pos in bounds[p]..bounds[p + 1] {
+                        let e = &entries[order[pos] as usize];
+                        let v = &bytes[e.start as usize..(e.start + e.len) as usize];
+                        ids[pos - base] = part.intern(e, v, words);
+                    }
+                }
+            };
+            if threads == 1 {
+                work(&mut self.parts, 0, &mut local_ids, 0);
+            } else {
+                // Contiguous partition ranges with about the same number of occurrences.
+                let mut cuts = vec![0usize];
+                for t in 1..threads {
+                    let goal = n * t / threads;
+                    let p = bounds.partition_point(|&b| b < goal).min(PARTS);
+                    cuts.push(p.max(*cuts.last().unwrap_or(&0)));
+                }
+                cuts.push(PARTS);
+                std::thread::scope(|s| {
+                    let mut parts: &mut [Part] = &mut self.parts;
+                    let mut ids: &mut [u32] = &mut local_ids;
+                    for w in cuts.windows(2) {
+                        let (lo, hi) = (w[0], w[1]);
+                        let (mine, rest) = std::mem::take(&mut parts).split_at_mut(hi - lo);
+                        parts = rest;
+                        let (my_ids, rest_ids) =
+                            std::mem::take(&mut ids).split_at_mut(bounds[hi] - bounds[lo]);
+                        ids = rest_ids;
+                        let (work, base) = (&work, bounds[lo]);
+                        s.spawn(move || work(mine, lo, my_ids, base));
+                    }
+                });
+            }
+        }
+        // Encoded ids (partition in the top bits), back in occurrence order.
+        let mut ids = vec![0u32; n];
+        for p in 0..PARTS {
+            for pos in bounds[p]..bounds[p + 1] {
+                let local = local_ids[pos];
+                if local >> LOCAL_BITS != 0 {
+                    return Err(Error::input(
+                        "(identity graph)",
+                        None,
+                        None,
+                        "more distinct identities than ids can number (2^32): split the project",
+                    ));
+                }
+                ids[order[pos] as usize] = ((p as u32) << LOCAL_BITS) | local;
+            }
+        }
+        drop(order);
+        self.rows.push(n as u32);
+        for w in self.rows.windows(2) {
+            let (a, b) = (w[0] as usize, w[1] as usize);
+            let anchor = u64::from(ids[a]) << 32;
+            for k in a + 1..b {
+                self.links.push(RawLink {
+                    key: anchor | u64::from(ids[k]),
+                    ts: self.entries[k].ts,
+                    dataset: self.entries[k].dataset,
+                });
+            }
+        }
+        self.entries.clear();
+        self.bytes.clear();
+        self.rows.clear();
+        if self.links.len() >= self.compact_at {
+            dedup_links(&mut self.links);
+            self.compact_at = (2 * self.links.len()).max(MIN_COMPACT);
+        }
+        Ok(())
+    }
+
+    /// Intern what is buffered, number identities in rank order and
+    /// deduplicate the links.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when the graph outgrows 32-bit identity ids.
+    pub fn finish(mut self) -> Result<IdentityGraph> {
+        self.flush()?;
+        let parts = self.parts;
+        let n: usize = parts.iter().map(|p| p.class.len()).sum();
+        // Rank: class, namespace index (priority, then name), value. The first
+        // 13 bytes of the value ride in the sort key; whole values break ties.
+        let mut keyed: Vec<(u128, u32)> = Vec::with_capacity(n);
+        for (p, part) in parts.iter().enumerate() {
+            for l in 0..part.class.len() {
+                let v = part.value(l);
+                let mut prefix = [0u8; 16];
+                let k = v.len().min(13);
+                prefix[3..3 + k].copy_from_slice(&v[..k]);
+                prefix[0] = part.class[l] as u8;
+                prefix[1..3].copy_from_slice(&part.ns[l].to_be_bytes());
+                keyed.push((u128::from_be_bytes(prefix), ((p as u32) << LOCAL_BITS) | l as u32));
+            }
+        }
+        let value_of = |enc: u32| {
+            parts[(enc >> LOCAL_BITS) as usize].value((enc & ((1 << LOCAL_BITS) - 1)) as usize)
+        };
+        let cmp = |a: &(u128, u32), b: &(u128, u32)| {
+            a.0.cmp(&b.0).then_with(|| value_of(a.1).cmp(value_of(b.1)))
+        };
+        sort_parallel(&mut keyed, self.threads, &cmp);
+        let mut parts = parts;
+        for p in &mut parts {
+            p.dense = vec![0; p.class.len()];
+        }
+        let words = self.words;
+        let mut g = IdentityGraph {
+            hasher: self.hasher,
+            words,
+            arena: Vec::with_capacity(parts.iter().map(|p| p.arena.len()).sum()),
+            offsets: Vec::with_capacity(n + 1),
+            class: Vec::with_capacity(n),
+            ns: Vec::with_capacity(n),
+            first_seen: Vec::with_capacity(n),
+            last_seen: Vec::with_capacity(n),
+            datasets: Vec::with_capacity(n * words),
+            ..IdentityGraph::default()
+        };
+        g.offsets.push(0);
+        for (rank, &(_, enc)) in keyed.iter().enumerate() {
+            let part = &mut parts[(enc >> LOCAL_BITS) as usize];
+            let l = (enc & ((1 << LOCAL_BITS) - 1)) as usize;
+            part.dense[l] = rank as u32;
+            g.arena.extend_from_slice(part.value(l));
+            g.offsets.push(g.arena.len());
+            g.class.push(part.class[l]);
+            g.ns.push(part.ns[l]);
+            g.first_seen.push(part.first_seen[l]);
+            g.last_seen.push(part.last_seen[l]);
+            g.datasets
+                .extend_from_slice(&part.datasets[l * words..(l + 1) * words]);
+        }
+        drop(keyed);
+        for p in &mut parts {
+            // Only lookups remain: the table, the stored hashes and the dense ids.
+            p.arena = Vec::new();
+            p.offsets = Vec::new();
+            p.class = Vec::new();
+            p.ns = Vec::new();
+            p.first_seen = Vec::new();
+            p.last_seen = Vec::new();
+            p.datasets = Vec::new();
+        }
+        let dense = |enc: u32| {
+            parts[(enc >> LOCAL_BITS) as usize].dense[(enc & ((1 << LOCAL_BITS) - 1)) as usize]
+        };
+        let mut links = self.links;
+        for l in &mut links {
+            let (a, b) = ((l.key >> 32) as u32, l.key as u32);
+            l.key = (u64::from(dense(a)) << 32) | u64::from(dense(b));
+        }
+        dedup_links(&mut links);
+        g.links = links
+            .into_iter()
+            .map(|l| Link {
+                anchor: (l.key >> 32) as u32,
+                other: l.key as u32,
+                ts: l.ts,
+                dataset: l.dataset,
+                status: LinkStatus::Used,
+            })
+            .collect();
+        g.parts = parts;
+        Ok(g)
+    }
+}
+
+/// Sort by key, keep one link per key: the newest time, then the smallest dataset.
+fn dedup_links(links: &mut Vec<RawLink>) {
+    links.sort_unstable_by(|a, b| {
+        a.key
+            .cmp(&b.key)
+            .then(b.ts.cmp(&a.ts))
+            .then(a.dataset.cmp(&b.dataset))
+    });
+    links.dedup_by_key(|l| l.key);
+}
+
+/// Sort on up to `threads` threads: halves sorted side by side, then merged.
+fn sort_parallel<T: Copy + Send + Sync>(
+    v: &mut Vec<T>,
+    threads: usize,
+    cmp: &(impl Fn(&T, &T) -> std::cmp::Ordering + Sync),
+) {
+    if threads < 2 || v.len() < 1 << 16 {
+        v.sort_unstable_by(cmp);
+        return;
+    }
+    let mid = v.len() / 2;
+    {
+        let (a, b) = v.split_at_mut(mid);
+        std::thread::scope(|s| {
+            s.spawn(|| a.sort_unstable_by(cmp));
+            b.sort_unstable_by(cmp);
+        });
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let (mut i, mut j) = (0, mid);
+    while i < mid && j < v.len() {
+        if cmp(&v[j], &v[i]).is_lt() {
+            out.push(v[j]);
+            j += 1;
+        } else {
+            out.push(v[i]);
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&v[i..mid]);
+    out.extend_from_slice(&v[j..]);
+    *v = out;
+}
+
+/// Interned identities, numbered in rank order (class, namespace index, value),
+/// with their distinct links sorted by (anchor, other).
 #[derive(Debug, Default)]
 pub struct IdentityGraph {
     hasher: DefaultHashBuilder,
-    table: HashTable<u32>,
+    /// The builder's partitions, kept for lookups (table, hashes, dense ids).
+    parts: Vec<Part>,
+    words: usize,
     arena: Vec<u8>,
     /// `offsets[i]..offsets[i + 1]` is identity `i`'s value in `arena`.
     offsets: Vec<usize>,
-    /// Hash of every identity's key, so that growing the table never rehashes strings.
-    hashes: Vec<u64>,
     pub class: Vec<Class>,
     pub ns: Vec<u16>,
     pub first_seen: Vec<i64>,
     pub last_seen: Vec<i64>,
-    /// Source datasets: 64 per word, `datasets[word][identity]`.
-    datasets: Vec<Vec<u64>>,
-    links: HashMap<u64, (i64, u16)>,
+    /// `words` bitset words per identity: the datasets it was seen in.
+    datasets: Vec<u64>,
+    links: Vec<Link>,
     parent: Vec<u32>,
     size: Vec<u32>,
 }
 
-fn key_hash(h: &DefaultHashBuilder, class: Class, ns: u16, value: &[u8]) -> u64 {
-    h.hash_one((class as u8, ns, value))
-}
-
 impl IdentityGraph {
-    pub fn new() -> Self {
-        IdentityGraph {
-            offsets: vec![0],
-            ..Default::default()
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.class.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.class.is_empty()
     }
 
     /// Bytes of distinct identity values.
@@ -108,8 +525,7 @@ impl IdentityGraph {
 
     /// Free what only stitching needs (links, union-find, dataset sets), keeping lookups.
     pub fn shrink(&mut self) {
-        self.hashes.shrink_to_fit();
-        self.links = HashMap::new();
+        self.links = Vec::new();
         self.parent = Vec::new();
         self.size = Vec::new();
         self.datasets = Vec::new();
@@ -117,102 +533,39 @@ impl IdentityGraph {
         self.last_seen = Vec::new();
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.class.is_empty()
-    }
-
     pub fn value(&self, id: u32) -> &str {
         let (s, e) = (self.offsets[id as usize], self.offsets[id as usize + 1]);
-        // SAFETY: the arena only ever receives whole `&str`s (see `intern`), and
+        // SAFETY: the arena only ever receives whole `&str`s (see `add_row`), and
         // `offsets` holds the boundaries between them, so every slice is UTF-8.
         unsafe { std::str::from_utf8_unchecked(&self.arena[s..e]) }
     }
 
     /// The id of an identity, if it has been seen.
     pub fn get(&self, class: Class, ns: u16, value: &str) -> Option<u32> {
-        let hash = key_hash(&self.hasher, class, ns, value.as_bytes());
-        self.table
-            .find(hash, |&id| {
+        let hash = self.hasher.hash_one((class as u8, ns, value.as_bytes()));
+        let part = self.parts.get(part_of(hash))?;
+        part.table
+            .find(hash, |&l| {
+                let id = part.dense[l as usize];
                 self.class[id as usize] == class
                     && self.ns[id as usize] == ns
                     && self.value(id) == value
             })
-            .copied()
-    }
-
-    /// Intern an identity seen at `ts` in dataset `dataset`, returning its id.
-    pub fn intern(&mut self, class: Class, ns: u16, value: &str, ts: i64, dataset: u16) -> u32 {
-        let hash = key_hash(&self.hasher, class, ns, value.as_bytes());
-        let found = {
-            let (arena, offsets, classes, nss) =
-                (&self.arena, &self.offsets, &self.class, &self.ns);
-            self.table
-                .find(hash, |&id| {
-                    let i = id as usize;
-                    classes[i] == class
-                        && nss[i] == ns
-                        && &arena[offsets[i]..offsets[i + 1]] == value.as_bytes()
-                })
-                .copied()
-        };
-        let id = match found {
-            Some(id) => {
-                let i = id as usize;
-                self.first_seen[i] = self.first_seen[i].min(ts);
-                self.last_seen[i] = self.last_seen[i].max(ts);
-                id
-            }
-            None => {
-                let id = self.class.len() as u32;
-                self.arena.extend_from_slice(value.as_bytes());
-                self.offsets.push(self.arena.len());
-                self.class.push(class);
-                self.ns.push(ns);
-                self.first_seen.push(ts);
-                self.last_seen.push(ts);
-                for w in &mut self.datasets {
-                    w.push(0);
-                }
-                self.hashes.push(hash);
-                let hashes = &self.hashes;
-                self.table
-                    .insert_unique(hash, id, |&other| hashes[other as usize]);
-                id
-            }
-        };
-        let word = dataset as usize / 64;
-        while self.datasets.len() <= word {
-            self.datasets.push(vec![0; self.class.len()]);
-        }
-        self.datasets[word][id as usize] |= 1 << (dataset % 64);
-        id
+            .map(|&l| part.dense[l as usize])
     }
 
     /// Dataset indexes an identity was seen in.
     pub fn datasets_of(&self, id: u32) -> Vec<u16> {
         let mut out = Vec::new();
-        for (w, words) in self.datasets.iter().enumerate() {
-            let mut bits = words[id as usize];
+        let words = &self.datasets[id as usize * self.words..(id as usize + 1) * self.words];
+        for (w, &word) in words.iter().enumerate() {
+            let mut bits = word;
             while bits != 0 {
                 out.push((w * 64 + bits.trailing_zeros() as usize) as u16);
                 bits &= bits - 1;
             }
         }
         out
-    }
-
-    /// Record a link from a row's anchor to another of its identities.
-    pub fn link(&mut self, anchor: u32, other: u32, ts: i64, dataset: u16) {
-        let key = (u64::from(anchor) << 32) | u64::from(other);
-        self.links
-            .entry(key)
-            .and_modify(|(t, d)| {
-                if ts > *t || (ts == *t && dataset < *d) {
-                    *t = ts;
-                    *d = dataset;
-                }
-            })
-            .or_insert((ts, dataset));
     }
 
     pub fn link_count(&self) -> usize {
@@ -243,54 +596,24 @@ impl IdentityGraph {
         big
     }
 
-    /// Rank of every identity: position in (class, namespace index, value) order.
-    /// Namespace indexes follow priority, then name, so rank is the anchor order.
-    pub fn ranks(&self) -> (Vec<u32>, Vec<u32>) {
-        // Class, namespace and the value's first 8 bytes in one number (byte order
-        // preserved); whole values are compared only when those are equal.
-        let key: Vec<u128> = (0..self.len())
-            .map(|i| {
-                let v = self.value(i as u32).as_bytes();
-                let mut prefix = [0u8; 8];
-                let k = v.len().min(8);
-                prefix[..k].copy_from_slice(&v[..k]);
-                (u128::from(self.class[i] as u8) << 80)
-                    | (u128::from(self.ns[i]) << 64)
-                    | u128::from(u64::from_be_bytes(prefix))
-            })
-            .collect();
-        let mut order: Vec<u32> = (0..self.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            key[a as usize]
-                .cmp(&key[b as usize])
-                .then_with(|| self.value(a).cmp(self.value(b)))
-        });
-        let mut rank = vec![0u32; order.len()];
-        for (r, &id) in order.iter().enumerate() {
-            rank[id as usize] = r as u32;
-        }
-        (order, rank)
-    }
-
     /// Stitch: quarantine hubs and never-link values, then join components.
     ///
     /// `never_values` are identities never linked to anything; `never_pairs`
     /// must never share a profile. Returns every link with its status, sorted by
-    /// (anchor rank, other rank), the degree of every identity, the quarantine
-    /// reasons, and the component root of every identity.
+    /// (anchor, other) (rank order), the degree of every identity, the
+    /// quarantine reasons, and the component root of every identity.
     pub fn stitch(
         &mut self,
         rules: &[NsRules],
         never_values: &[u32],
         never_pairs: &[(u32, u32)],
         allow: &dyn Fn(u32) -> bool,
-        rank: &[u32],
     ) -> Stitching {
         let n = self.len();
         let mut degree = vec![0u32; n];
-        for &key in self.links.keys() {
-            degree[(key >> 32) as usize] += 1;
-            degree[(key & 0xFFFF_FFFF) as usize] += 1;
+        for l in &self.links {
+            degree[l.anchor as usize] += 1;
+            degree[l.other as usize] += 1;
         }
         let mut quarantine: Vec<Option<Quarantine>> = vec![None; n];
         for id in 0..n {
@@ -304,27 +627,16 @@ impl IdentityGraph {
         for &v in never_values {
             quarantine[v as usize] = Some(Quarantine::NeverLink);
         }
-        let link_map = std::mem::take(&mut self.links);
-        let mut links: Vec<Link> = link_map
-            .iter()
-            .map(|(&key, &(ts, dataset))| {
-                let (anchor, other) = ((key >> 32) as u32, (key & 0xFFFF_FFFF) as u32);
-                let status = if quarantine[anchor as usize].is_some()
-                    || quarantine[other as usize].is_some()
-                {
-                    LinkStatus::Quarantined
-                } else {
-                    LinkStatus::Used
-                };
-                Link {
-                    anchor,
-                    other,
-                    ts,
-                    dataset,
-                    status,
-                }
-            })
-            .collect();
+        let mut links = std::mem::take(&mut self.links);
+        for l in &mut links {
+            l.status = if quarantine[l.anchor as usize].is_some()
+                || quarantine[l.other as usize].is_some()
+            {
+                LinkStatus::Quarantined
+            } else {
+                LinkStatus::Used
+            };
+        }
         self.parent = (0..n as u32).collect();
         self.size = vec![1; n];
         let constrained = !never_pairs.is_empty() || rules.iter().any(|r| r.unique);
@@ -335,12 +647,12 @@ impl IdentityGraph {
                 }
             }
         } else {
-            // Newest first; ties by the linked identity's rank, then the anchor's.
-            // Keys computed once per link: (newest first, other's rank, anchor's rank).
-            links.sort_by_cached_key(|l| {
+            // Newest first; ties by the linked identity's rank, then the anchor's
+            // (ids are ranks).
+            links.sort_unstable_by_key(|l| {
                 (
                     std::cmp::Reverse(l.ts),
-                    (u64::from(rank[l.other as usize]) << 32) | u64::from(rank[l.anchor as usize]),
+                    (u64::from(l.other) << 32) | u64::from(l.anchor),
                 )
             });
             let unique_ns: Vec<bool> = rules.iter().map(|r| r.unique).collect();
@@ -404,9 +716,9 @@ impl IdentityGraph {
             }
         }
         let roots: Vec<u32> = (0..n as u32).map(|i| self.find(i)).collect();
-        links.sort_by_cached_key(|l| {
-            (u64::from(rank[l.anchor as usize]) << 32) | u64::from(rank[l.other as usize])
-        });
+        if constrained {
+            links.sort_unstable_by_key(|l| (u64::from(l.anchor) << 32) | u64::from(l.other));
+        }
         Stitching {
             links,
             degree,
@@ -431,29 +743,44 @@ mod tests {
 
     #[test]
     fn identity_union_find_joins_components() {
-        let mut g = IdentityGraph::new();
-        let a = g.intern(Class::Customer, 0, "a", 1, 0);
-        let b = g.intern(Class::Customer, 1, "b", 2, 1);
-        let c = g.intern(Class::Customer, 1, "c", 3, 0);
-        let p = g.intern(Class::Prospect, 0, "a", 4, 2);
-        assert_ne!(a, p, "classes never share an identity");
-        assert_eq!(g.intern(Class::Customer, 0, "a", 0, 70), a);
+        let mut b = GraphBuilder::new(71, 2);
+        b.add_row(Class::Customer, 5, 0, [(0, "a"), (1, "b")]).unwrap();
+        b.add_row(Class::Customer, 3, 1, [(0, "a"), (1, "b")]).unwrap();
+        b.add_row(Class::Customer, 3, 0, [(1, "c")]).unwrap();
+        b.add_row(Class::Prospect, 4, 2, [(0, "a")]).unwrap();
+        b.add_row(Class::Customer, 0, 70, [(0, "a")]).unwrap();
+        let mut g = b.finish().unwrap();
+        let a = g.get(Class::Customer, 0, "a").unwrap();
+        let bb = g.get(Class::Customer, 1, "b").unwrap();
+        let c = g.get(Class::Customer, 1, "c").unwrap();
+        let p = g.get(Class::Prospect, 0, "a").unwrap();
+        assert_eq!((a, bb, c, p), (0, 1, 2, 3), "ids are ranks: class, namespace, value");
         assert_eq!(g.first_seen[a as usize], 0);
-        assert_eq!(g.datasets_of(a), vec![0, 70]);
-        assert_eq!(g.get(Class::Customer, 1, "c"), Some(c));
-        g.link(a, b, 5, 0);
-        g.link(a, b, 3, 1);
+        assert_eq!(g.datasets_of(a), vec![0, 1, 70]);
         assert_eq!(g.link_count(), 1, "a pair linked twice is one link");
-        let (_, rank) = g.ranks();
-        let s = g.stitch(
-            &[NsRules::default(), NsRules::default()],
-            &[],
-            &[],
-            &|_| false,
-            &rank,
-        );
-        assert_eq!(s.roots[a as usize], s.roots[b as usize]);
+        let s = g.stitch(&[NsRules::default(), NsRules::default()], &[], &[], &|_| false);
+        assert_eq!(s.roots[a as usize], s.roots[bb as usize]);
         assert_ne!(s.roots[a as usize], s.roots[c as usize]);
         assert_eq!(s.links[0].ts, 5, "the newest time is kept");
+    }
+
+    #[test]
+    fn large_graphs_intern_the_same_on_one_thread_and_many() {
+        let build = |threads| {
+            let mut b = GraphBuilder::new(1, threads);
+            for i in 0..300_000u32 {
+                let (x, y) = (format!("x{}", i % 70_001), format!("y{}", i % 90_007));
+                b.add_row(Class::Customer, i64::from(i), 0, [(0, x.as_str()), (1, y.as_str())])
+                    .unwrap();
+            }
+            b.finish().unwrap()
+        };
+        let (one, two) = (build(1), build(2));
+        assert_eq!(one.len(), 70_001 + 90_007);
+        assert_eq!(one.arena, two.arena);
+        assert_eq!(one.last_seen, two.last_seen);
+        assert_eq!(one.links, two.links);
+        assert!(one.value(0) < one.value(1), "values in rank order");
+        assert_eq!(one.get(Class::Customer, 1, "y5"), two.get(Class::Customer, 1, "y5"));
     }
 }

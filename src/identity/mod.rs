@@ -40,7 +40,7 @@ use crate::engine::storage::Location;
 use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
 use crate::ingest::Ingested;
-use graph::IdentityGraph;
+use graph::{GraphBuilder, IdentityGraph};
 use normalise::{Normaliser, Reject};
 
 /// Rejected rows kept as a sample per dataset.
@@ -147,7 +147,7 @@ pub async fn stitch(
     out: &Location,
     mut progress: impl FnMut(u64),
 ) -> Result<Stitched> {
-    let mut graph = IdentityGraph::new();
+    let mut graph = GraphBuilder::new(datasets.len(), project.engine.threads());
     let mut rejections = Rejections::default();
     let mut rows_read = BTreeMap::new();
     let mut total_rows = 0u64;
@@ -235,7 +235,6 @@ pub async fn stitch(
                 serde_json::Value::Object(m)
             };
             let mut found: Vec<(u16, std::borrow::Cow<'_, str>)> = Vec::with_capacity(cols.len());
-            let mut interned: Vec<u32> = Vec::with_capacity(cols.len());
             for row in 0..batch.num_rows() {
                 if ts.is_null(row) {
                     rejections.add(&ds.name, &ds.timestamp, "null_timestamp", || row_json(row));
@@ -269,13 +268,7 @@ pub async fn stitch(
                     found.sort();
                     found.dedup();
                 }
-                interned.clear();
-                for (ns, v) in &found {
-                    interned.push(graph.intern(ds.class, *ns, v, t, ds_index));
-                }
-                for &other in &interned[1..] {
-                    graph.link(interned[0], other, t, ds_index);
-                }
+                graph.add_row(ds.class, t, ds_index, found.iter().map(|(ns, v)| (*ns, &**v)))?;
             }
             rows += batch.num_rows() as u64;
             total_rows += batch.num_rows() as u64;
@@ -284,6 +277,7 @@ pub async fn stitch(
         rows_read.insert(ds.name.clone(), rows);
     }
     let names: Vec<&str> = datasets.iter().map(|d| d.dataset.name.as_str()).collect();
+    let graph = graph.finish()?;
     output::finish(
         ctx, project, graph, &names, previous, rejections, rows_read, out,
     )

@@ -189,7 +189,8 @@ pub(super) async fn finish(
 ) -> Result<Stitched> {
     let ns_names: Vec<&str> = project.namespaces.iter().map(|n| n.name.as_str()).collect();
     let n = graph.len();
-    let (order, rank) = graph.ranks();
+    // Ids are ranks: rank order is id order.
+    let order: Vec<u32> = (0..n as u32).collect();
     let rules: Vec<graph::NsRules> = project
         .namespaces
         .iter()
@@ -235,7 +236,6 @@ pub(super) async fn finish(
         &never_values,
         &never_pairs,
         &|id| allowed[id as usize],
-        &rank,
     );
     drop(allowed);
     let prev = match previous {

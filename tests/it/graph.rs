@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use audience::config::Class;
-use audience::identity::graph::{IdentityGraph, LinkStatus, NsRules};
+use audience::identity::graph::{GraphBuilder, IdentityGraph, LinkStatus, NsRules};
 use proptest::prelude::*;
 
 /// A random record: (namespace, value) identities and a time.
@@ -27,19 +27,27 @@ struct Case {
 }
 
 fn build(recs: &[Record]) -> Case {
-    let mut graph = IdentityGraph::new();
+    let mut builder = GraphBuilder::new(1, 2);
+    let rows: Vec<(Vec<(u16, String)>, i64)> = recs
+        .iter()
+        .map(|(ids, ts)| {
+            let mut ids = ids.clone();
+            ids.sort();
+            ids.dedup();
+            (ids.iter().map(|(ns, v)| (*ns, format!("v{v:02}"))).collect(), *ts)
+        })
+        .collect();
+    for (ids, ts) in &rows {
+        builder
+            .add_row(Class::Customer, *ts, 0, ids.iter().map(|(ns, v)| (*ns, v.as_str())))
+            .expect("add");
+    }
+    let graph = builder.finish().expect("finish");
     let mut links = BTreeMap::new();
-    for (ids, ts) in recs {
-        let mut ids = ids.clone();
-        ids.sort();
-        ids.dedup();
-        let interned: Vec<u32> = ids
-            .iter()
-            .map(|(ns, v)| graph.intern(Class::Customer, *ns, &format!("v{v:02}"), *ts, 0))
-            .collect();
-        for &o in &interned[1..] {
-            graph.link(interned[0], o, *ts, 0);
-            let e = links.entry((interned[0], o)).or_insert(*ts);
+    for (ids, ts) in &rows {
+        let id = |(ns, v): &(u16, String)| graph.get(Class::Customer, *ns, v).expect("interned");
+        for o in &ids[1..] {
+            let e = links.entry((id(&ids[0]), id(o))).or_insert(*ts);
             *e = (*e).max(*ts);
         }
     }
@@ -133,11 +141,16 @@ fn check(
             never_pairs.push((a, b));
         }
     }
-    let (_, rank) = case.graph.ranks();
+    // Rank computed here from (namespace, value), not taken from the graph's ids.
+    let n = case.graph.len() as u32;
+    let mut by_rank: Vec<u32> = (0..n).collect();
+    by_rank.sort_by_key(|&i| (case.graph.ns[i as usize], case.graph.value(i).to_string()));
+    let mut rank = vec![0u32; n as usize];
+    for (r, &i) in by_rank.iter().enumerate() {
+        rank[i as usize] = r as u32;
+    }
     let (want_labels, want_cut, want_quarantine) = reference(&case, rules, &never_pairs, &rank);
-    let got = case
-        .graph
-        .stitch(rules, &[], &never_pairs, &|_| false, &rank);
+    let got = case.graph.stitch(rules, &[], &never_pairs, &|_| false);
     prop_assert_eq!(canonical(&got.roots), want_labels);
     let got_cut: BTreeSet<(u32, u32)> = got
         .links
@@ -160,6 +173,9 @@ fn check(
         case.links.len(),
         "one link per distinct pair"
     );
+    for (l, (&(a, b), &ts)) in got.links.iter().zip(&case.links) {
+        prop_assert_eq!((l.anchor, l.other, l.ts), (a, b, ts), "newest time per pair");
+    }
     Ok(())
 }
 
