@@ -194,7 +194,10 @@ fn child_links(dir: &Path) {
     let phase = t0.elapsed().as_secs_f64();
     let st = g.stitch(&[NsRules::default()], &[], &[], &|_| false);
     if std::env::var_os("AUDIENCE_BENCH_PHASES").is_some() {
-        eprintln!("intern+links {phase:.2}s, stitch {:.2}s", t0.elapsed().as_secs_f64() - phase);
+        eprintln!(
+            "intern+links {phase:.2}s, stitch {:.2}s",
+            t0.elapsed().as_secs_f64() - phase
+        );
     }
     let labels = arrow::array::UInt32Array::from(st.roots);
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);

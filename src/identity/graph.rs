@@ -101,6 +101,19 @@ struct RawLink {
     dataset: u16,
 }
 
+/// One interned identity of a partition, packed so that a probe or a gather
+/// touches one cache line besides the value bytes.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    first_seen: i64,
+    last_seen: i64,
+    /// `arena[start..start + len]` is the value.
+    start: u32,
+    len: u32,
+    ns: u16,
+    class: Class,
+}
+
 /// One radix partition of the interner: its own hash table and values, small
 /// enough to stay in cache while a chunk's occurrences for it are interned.
 #[derive(Debug, Default)]
@@ -108,12 +121,7 @@ struct Part {
     table: HashTable<u32>,
     hashes: Vec<u64>,
     arena: Vec<u8>,
-    /// `offsets[i]..offsets[i + 1]` is local identity `i`'s value in `arena`.
-    offsets: Vec<usize>,
-    class: Vec<Class>,
-    ns: Vec<u16>,
-    first_seen: Vec<i64>,
-    last_seen: Vec<i64>,
+    meta: Vec<Meta>,
     /// `words` bitset words per identity: the datasets it was seen in.
     datasets: Vec<u64>,
     /// After [`GraphBuilder::finish`]: local index → dense identity id.
@@ -122,49 +130,97 @@ struct Part {
 
 impl Part {
     fn value(&self, local: usize) -> &[u8] {
-        &self.arena[self.offsets[local]..self.offsets[local + 1]]
+        let m = &self.meta[local];
+        &self.arena[m.start as usize..(m.start + m.len) as usize]
     }
 
     /// Intern one occurrence; returns the local index.
-    fn intern(&mut self, e: &Entry, value: &[u8], words: usize) -> u32 {
+    ///
+    /// # Errors
+    /// When the partition's values outgrow 4 GiB.
+    fn intern(&mut self, e: &Entry, value: &[u8], words: usize) -> std::result::Result<u32, ()> {
         let found = {
-            let (arena, offsets, classes, nss) = (&self.arena, &self.offsets, &self.class, &self.ns);
+            let (arena, meta) = (&self.arena, &self.meta);
             self.table
                 .find(e.hash, |&l| {
-                    let l = l as usize;
-                    classes[l] == e.class
-                        && nss[l] == e.ns
-                        && &arena[offsets[l]..offsets[l + 1]] == value
+                    let m = &meta[l as usize];
+                    m.class == e.class
+                        && m.ns == e.ns
+                        && &arena[m.start as usize..(m.start + m.len) as usize] == value
                 })
                 .copied()
         };
         let local = match found {
             Some(l) => {
-                let i = l as usize;
-                self.first_seen[i] = self.first_seen[i].min(e.ts);
-                self.last_seen[i] = self.last_seen[i].max(e.ts);
+                let m = &mut self.meta[l as usize];
+                m.first_seen = m.first_seen.min(e.ts);
+                m.last_seen = m.last_seen.max(e.ts);
                 l
             }
             None => {
-                let l = self.class.len() as u32;
+                let l = self.meta.len() as u32;
+                let start = u32::try_from(self.arena.len()).map_err(|_| ())?;
                 self.arena.extend_from_slice(value);
-                self.offsets.push(self.arena.len());
-                self.class.push(e.class);
-                self.ns.push(e.ns);
-                self.first_seen.push(e.ts);
-                self.last_seen.push(e.ts);
+                self.meta.push(Meta {
+                    first_seen: e.ts,
+                    last_seen: e.ts,
+                    start,
+                    len: value.len() as u32,
+                    ns: e.ns,
+                    class: e.class,
+                });
                 self.datasets.extend(std::iter::repeat_n(0, words));
                 self.hashes.push(e.hash);
                 let hashes = &self.hashes;
-                self.table
-                    .insert_unique(e.hash, l, |&o| hashes[o as usize]);
+                self.table.insert_unique(e.hash, l, |&o| hashes[o as usize]);
                 l
             }
         };
         let d = e.dataset as usize;
         self.datasets[local as usize * words + d / 64] |= 1 << (d % 64);
-        local
+        Ok(local)
     }
+}
+
+/// Identities `ranked[..]` gathered from the partitions, in that order.
+#[derive(Debug, Default)]
+struct Gathered {
+    arena: Vec<u8>,
+    /// End of each value in `arena`.
+    ends: Vec<usize>,
+    class: Vec<Class>,
+    ns: Vec<u16>,
+    first_seen: Vec<i64>,
+    last_seen: Vec<i64>,
+    datasets: Vec<u64>,
+}
+
+fn gather(parts: &[Part], ranked: &[(u128, u32)], words: usize) -> Gathered {
+    let n = ranked.len();
+    let mut g = Gathered {
+        ends: Vec::with_capacity(n),
+        class: Vec::with_capacity(n),
+        ns: Vec::with_capacity(n),
+        first_seen: Vec::with_capacity(n),
+        last_seen: Vec::with_capacity(n),
+        datasets: Vec::with_capacity(n * words),
+        ..Gathered::default()
+    };
+    for &(_, enc) in ranked {
+        let part = &parts[(enc >> LOCAL_BITS) as usize];
+        let l = (enc & ((1 << LOCAL_BITS) - 1)) as usize;
+        let m = &part.meta[l];
+        g.arena
+            .extend_from_slice(&part.arena[m.start as usize..(m.start + m.len) as usize]);
+        g.ends.push(g.arena.len());
+        g.class.push(m.class);
+        g.ns.push(m.ns);
+        g.first_seen.push(m.first_seen);
+        g.last_seen.push(m.last_seen);
+        g.datasets
+            .extend_from_slice(&part.datasets[l * words..(l + 1) * words]);
+    }
+    g
 }
 
 /// Builds an [`IdentityGraph`] from rows of identities.
@@ -193,12 +249,7 @@ impl GraphBuilder {
     pub fn new(datasets: usize, threads: usize) -> Self {
         GraphBuilder {
             hasher: DefaultHashBuilder::default(),
-            parts: (0..PARTS)
-                .map(|_| Part {
-                    offsets: vec![0],
-                    ..Part::default()
-                })
-                .collect(),
+            parts: (0..PARTS).map(|_| Part::default()).collect(),
             words: datasets.div_ceil(64).max(1),
             threads: threads.max(1),
             bytes: Vec::new(),
@@ -276,7 +327,7 @@ impl GraphBuilder {
                     for pos in bounds[p]..bounds[p + 1] {
                         let e = &entries[order[pos] as usize];
                         let v = &bytes[e.start as usize..(e.start + e.len) as usize];
-                        ids[pos - base] = part.intern(e, v, words);
+                        ids[pos - base] = part.intern(e, v, words).unwrap_or(u32::MAX);
                     }
                 }
             };
@@ -317,7 +368,7 @@ impl GraphBuilder {
                         "(identity graph)",
                         None,
                         None,
-                        "more distinct identities than ids can number (2^32): split the project",
+                        "more distinct identities or identity bytes than one graph holds (2^32 ids, 1 TiB of values): split the project",
                     ));
                 }
                 ids[order[pos] as usize] = ((p as u32) << LOCAL_BITS) | local;
@@ -353,69 +404,80 @@ impl GraphBuilder {
     /// [`Error::Input`] when the graph outgrows 32-bit identity ids.
     pub fn finish(mut self) -> Result<IdentityGraph> {
         self.flush()?;
-        let parts = self.parts;
-        let n: usize = parts.iter().map(|p| p.class.len()).sum();
-        // Rank: class, namespace index (priority, then name), value. The first
-        // 13 bytes of the value ride in the sort key; whole values break ties.
+        let mut parts = self.parts;
+        let n: usize = parts.iter().map(|p| p.meta.len()).sum();
+        // Rank: class, namespace index (priority, then name), value.
         let mut keyed: Vec<(u128, u32)> = Vec::with_capacity(n);
         for (p, part) in parts.iter().enumerate() {
-            for l in 0..part.class.len() {
-                let v = part.value(l);
-                let mut prefix = [0u8; 16];
-                let k = v.len().min(13);
-                prefix[3..3 + k].copy_from_slice(&v[..k]);
-                prefix[0] = part.class[l] as u8;
-                prefix[1..3].copy_from_slice(&part.ns[l].to_be_bytes());
-                keyed.push((u128::from_be_bytes(prefix), ((p as u32) << LOCAL_BITS) | l as u32));
+            for (l, m) in part.meta.iter().enumerate() {
+                let mut head = [0u8; 3];
+                head[0] = m.class as u8;
+                head[1..].copy_from_slice(&m.ns.to_be_bytes());
+                let key = rank_key(&head, part.value(l));
+                keyed.push((key, ((p as u32) << LOCAL_BITS) | l as u32));
             }
         }
-        let value_of = |enc: u32| {
-            parts[(enc >> LOCAL_BITS) as usize].value((enc & ((1 << LOCAL_BITS) - 1)) as usize)
-        };
-        let cmp = |a: &(u128, u32), b: &(u128, u32)| {
-            a.0.cmp(&b.0).then_with(|| value_of(a.1).cmp(value_of(b.1)))
-        };
-        sort_parallel(&mut keyed, self.threads, &cmp);
-        let mut parts = parts;
-        for p in &mut parts {
-            p.dense = vec![0; p.class.len()];
+        sort_parallel(&mut keyed, self.threads, &|a, b| a.0.cmp(&b.0));
+        {
+            let value_of = |enc: u32| {
+                parts[(enc >> LOCAL_BITS) as usize].value((enc & ((1 << LOCAL_BITS) - 1)) as usize)
+            };
+            refine_ties(&mut keyed, 12, 12, &value_of);
         }
+        // Attributes in rank order: halves gathered side by side, then joined.
         let words = self.words;
+        let halves: Vec<Gathered> = if self.threads > 1 && n >= 1 << 16 {
+            let (lo, hi) = keyed.split_at(n / 2);
+            let parts = &parts;
+            std::thread::scope(|s| {
+                let first = s.spawn(move || gather(parts, lo, words));
+                let second = gather(parts, hi, words);
+                vec![first.join().unwrap_or_default(), second]
+            })
+        } else {
+            vec![gather(&parts, &keyed, words)]
+        };
+        if halves.iter().map(|h| h.class.len()).sum::<usize>() != n {
+            return Err(Error::Internal("identity gather thread failed".into()));
+        }
         let mut g = IdentityGraph {
             hasher: self.hasher,
             words,
-            arena: Vec::with_capacity(parts.iter().map(|p| p.arena.len()).sum()),
             offsets: Vec::with_capacity(n + 1),
-            class: Vec::with_capacity(n),
-            ns: Vec::with_capacity(n),
-            first_seen: Vec::with_capacity(n),
-            last_seen: Vec::with_capacity(n),
-            datasets: Vec::with_capacity(n * words),
             ..IdentityGraph::default()
         };
         g.offsets.push(0);
+        for (k, h) in halves.into_iter().enumerate() {
+            let base = g.arena.len();
+            g.offsets.extend(h.ends.iter().map(|e| base + e));
+            if k == 0 {
+                g.arena = h.arena;
+                g.class = h.class;
+                g.ns = h.ns;
+                g.first_seen = h.first_seen;
+                g.last_seen = h.last_seen;
+                g.datasets = h.datasets;
+            } else {
+                g.arena.extend_from_slice(&h.arena);
+                g.class.extend_from_slice(&h.class);
+                g.ns.extend_from_slice(&h.ns);
+                g.first_seen.extend_from_slice(&h.first_seen);
+                g.last_seen.extend_from_slice(&h.last_seen);
+                g.datasets.extend_from_slice(&h.datasets);
+            }
+        }
+        for p in &mut parts {
+            p.dense = vec![0; p.meta.len()];
+        }
         for (rank, &(_, enc)) in keyed.iter().enumerate() {
-            let part = &mut parts[(enc >> LOCAL_BITS) as usize];
-            let l = (enc & ((1 << LOCAL_BITS) - 1)) as usize;
-            part.dense[l] = rank as u32;
-            g.arena.extend_from_slice(part.value(l));
-            g.offsets.push(g.arena.len());
-            g.class.push(part.class[l]);
-            g.ns.push(part.ns[l]);
-            g.first_seen.push(part.first_seen[l]);
-            g.last_seen.push(part.last_seen[l]);
-            g.datasets
-                .extend_from_slice(&part.datasets[l * words..(l + 1) * words]);
+            parts[(enc >> LOCAL_BITS) as usize].dense[(enc & ((1 << LOCAL_BITS) - 1)) as usize] =
+                rank as u32;
         }
         drop(keyed);
         for p in &mut parts {
             // Only lookups remain: the table, the stored hashes and the dense ids.
             p.arena = Vec::new();
-            p.offsets = Vec::new();
-            p.class = Vec::new();
-            p.ns = Vec::new();
-            p.first_seen = Vec::new();
-            p.last_seen = Vec::new();
+            p.meta = Vec::new();
             p.datasets = Vec::new();
         }
         let dense = |enc: u32| {
@@ -451,6 +513,48 @@ fn dedup_links(links: &mut Vec<RawLink>) {
             .then(a.dataset.cmp(&b.dataset))
     });
     links.dedup_by_key(|l| l.key);
+}
+
+/// A sort key for a value from byte `depth` on: `head` (class and namespace,
+/// at the top level only), then the next data bytes zero-padded, then
+/// `min(bytes left, room + 1)`, so shorter values sort first and a last byte of
+/// `room + 1` says "more bytes follow" (see [`refine_ties`]).
+fn rank_key(head: &[u8], rest: &[u8]) -> u128 {
+    let mut k = [0u8; 16];
+    let room = 15 - head.len();
+    k[..head.len()].copy_from_slice(head);
+    let take = rest.len().min(room);
+    k[head.len()..head.len() + take].copy_from_slice(&rest[..take]);
+    k[15] = rest.len().min(room + 1) as u8;
+    u128::from_be_bytes(k)
+}
+
+/// Runs of equal keys whose values go on are re-keyed on their next 15 bytes
+/// and sorted again (most significant bytes first), so whole values are never
+/// compared pairwise and each value is read once per level. The keys in `v`
+/// hold value bytes up to `depth`, `room` of them in the key.
+fn refine_ties<'a>(
+    v: &mut [(u128, u32)],
+    depth: usize,
+    room: usize,
+    value_of: &impl Fn(u32) -> &'a [u8],
+) {
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i + 1;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
+        }
+        if j - i > 1 && (v[i].0 & 0xFF) as usize == room + 1 {
+            let run = &mut v[i..j];
+            for e in run.iter_mut() {
+                e.0 = rank_key(&[], &value_of(e.1)[depth..]);
+            }
+            run.sort_unstable_by_key(|e| e.0);
+            refine_ties(run, depth + 15, 15, value_of);
+        }
+        i = j;
+    }
 }
 
 /// Sort on up to `threads` threads: halves sorted side by side, then merged.
@@ -744,8 +848,10 @@ mod tests {
     #[test]
     fn identity_union_find_joins_components() {
         let mut b = GraphBuilder::new(71, 2);
-        b.add_row(Class::Customer, 5, 0, [(0, "a"), (1, "b")]).unwrap();
-        b.add_row(Class::Customer, 3, 1, [(0, "a"), (1, "b")]).unwrap();
+        b.add_row(Class::Customer, 5, 0, [(0, "a"), (1, "b")])
+            .unwrap();
+        b.add_row(Class::Customer, 3, 1, [(0, "a"), (1, "b")])
+            .unwrap();
         b.add_row(Class::Customer, 3, 0, [(1, "c")]).unwrap();
         b.add_row(Class::Prospect, 4, 2, [(0, "a")]).unwrap();
         b.add_row(Class::Customer, 0, 70, [(0, "a")]).unwrap();
@@ -754,11 +860,17 @@ mod tests {
         let bb = g.get(Class::Customer, 1, "b").unwrap();
         let c = g.get(Class::Customer, 1, "c").unwrap();
         let p = g.get(Class::Prospect, 0, "a").unwrap();
-        assert_eq!((a, bb, c, p), (0, 1, 2, 3), "ids are ranks: class, namespace, value");
+        assert_eq!(
+            (a, bb, c, p),
+            (0, 1, 2, 3),
+            "ids are ranks: class, namespace, value"
+        );
         assert_eq!(g.first_seen[a as usize], 0);
         assert_eq!(g.datasets_of(a), vec![0, 1, 70]);
         assert_eq!(g.link_count(), 1, "a pair linked twice is one link");
-        let s = g.stitch(&[NsRules::default(), NsRules::default()], &[], &[], &|_| false);
+        let s = g.stitch(&[NsRules::default(), NsRules::default()], &[], &[], &|_| {
+            false
+        });
         assert_eq!(s.roots[a as usize], s.roots[bb as usize]);
         assert_ne!(s.roots[a as usize], s.roots[c as usize]);
         assert_eq!(s.links[0].ts, 5, "the newest time is kept");
@@ -770,8 +882,13 @@ mod tests {
             let mut b = GraphBuilder::new(1, threads);
             for i in 0..300_000u32 {
                 let (x, y) = (format!("x{}", i % 70_001), format!("y{}", i % 90_007));
-                b.add_row(Class::Customer, i64::from(i), 0, [(0, x.as_str()), (1, y.as_str())])
-                    .unwrap();
+                b.add_row(
+                    Class::Customer,
+                    i64::from(i),
+                    0,
+                    [(0, x.as_str()), (1, y.as_str())],
+                )
+                .unwrap();
             }
             b.finish().unwrap()
         };
@@ -781,6 +898,37 @@ mod tests {
         assert_eq!(one.last_seen, two.last_seen);
         assert_eq!(one.links, two.links);
         assert!(one.value(0) < one.value(1), "values in rank order");
-        assert_eq!(one.get(Class::Customer, 1, "y5"), two.get(Class::Customer, 1, "y5"));
+        assert_eq!(
+            one.get(Class::Customer, 1, "y5"),
+            two.get(Class::Customer, 1, "y5")
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rank_keys_sort_like_whole_values(
+            values in proptest::collection::btree_set(
+                proptest::collection::vec(proptest::sample::select(vec![0u8, b'a', b'b']), 0..50),
+                0..200,
+            ),
+            ns in proptest::collection::vec(0u16..3, 200),
+        ) {
+            let items: Vec<(u16, Vec<u8>)> =
+                values.into_iter().zip(ns).map(|(v, n)| (n, v)).collect();
+            let mut keyed: Vec<(u128, u32)> = items
+                .iter()
+                .enumerate()
+                .map(|(i, (n, v))| {
+                    let head = [0, (n >> 8) as u8, *n as u8];
+                    (rank_key(&head, v), i as u32)
+                })
+                .collect();
+            sort_parallel(&mut keyed, 2, &|a, b| a.0.cmp(&b.0));
+            refine_ties(&mut keyed, 12, 12, &|i| items[i as usize].1.as_slice());
+            let got: Vec<u32> = keyed.iter().map(|e| e.1).collect();
+            let mut want: Vec<u32> = (0..items.len() as u32).collect();
+            want.sort_by(|&a, &b| items[a as usize].cmp(&items[b as usize]));
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }

@@ -268,7 +268,12 @@ pub async fn stitch(
                     found.sort();
                     found.dedup();
                 }
-                graph.add_row(ds.class, t, ds_index, found.iter().map(|(ns, v)| (*ns, &**v)))?;
+                graph.add_row(
+                    ds.class,
+                    t,
+                    ds_index,
+                    found.iter().map(|(ns, v)| (*ns, &**v)),
+                )?;
             }
             rows += batch.num_rows() as u64;
             total_rows += batch.num_rows() as u64;

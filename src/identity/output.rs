@@ -231,12 +231,9 @@ pub(super) async fn finish(
                 .contains(graph.value(id))
         })
         .collect();
-    let st = graph.stitch(
-        &rules,
-        &never_values,
-        &never_pairs,
-        &|id| allowed[id as usize],
-    );
+    let st = graph.stitch(&rules, &never_values, &never_pairs, &|id| {
+        allowed[id as usize]
+    });
     drop(allowed);
     let prev = match previous {
         Some(loc) => Some(previous_ids(ctx, &graph, project, loc).await?),

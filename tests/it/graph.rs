@@ -34,12 +34,22 @@ fn build(recs: &[Record]) -> Case {
             let mut ids = ids.clone();
             ids.sort();
             ids.dedup();
-            (ids.iter().map(|(ns, v)| (*ns, format!("v{v:02}"))).collect(), *ts)
+            (
+                ids.iter()
+                    .map(|(ns, v)| (*ns, format!("v{v:02}")))
+                    .collect(),
+                *ts,
+            )
         })
         .collect();
     for (ids, ts) in &rows {
         builder
-            .add_row(Class::Customer, *ts, 0, ids.iter().map(|(ns, v)| (*ns, v.as_str())))
+            .add_row(
+                Class::Customer,
+                *ts,
+                0,
+                ids.iter().map(|(ns, v)| (*ns, v.as_str())),
+            )
             .expect("add");
     }
     let graph = builder.finish().expect("finish");
@@ -174,7 +184,11 @@ fn check(
         "one link per distinct pair"
     );
     for (l, (&(a, b), &ts)) in got.links.iter().zip(&case.links) {
-        prop_assert_eq!((l.anchor, l.other, l.ts), (a, b, ts), "newest time per pair");
+        prop_assert_eq!(
+            (l.anchor, l.other, l.ts),
+            (a, b, ts),
+            "newest time per pair"
+        );
     }
     Ok(())
 }
