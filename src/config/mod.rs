@@ -10,13 +10,13 @@
 pub mod raw;
 mod sql;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-pub use raw::{Class, DatasetKind, FormatKind, MergeMethod, NormaliserKind};
+pub use raw::{AttributeRule, Class, DatasetKind, FormatKind, MergeMethod, NormaliserKind};
 pub use sql::{ModelKind, SqlModel};
 
 use crate::engine::storage::Location;
@@ -82,6 +82,69 @@ pub struct MergePolicy {
     pub default: bool,
     pub method: MergeMethod,
     pub precedence: Vec<String>,
+    /// Per-attribute rules overriding the method, by attribute.
+    pub rules: BTreeMap<String, AttrRule>,
+    /// Field groups by name: fields taken together from one winning record.
+    pub groups: Vec<(String, Vec<String>)>,
+    /// Which attributes carry `<attr>__source` and `<attr>__updated_at`.
+    pub provenance: Provenance,
+}
+
+/// One attribute's rule; `precedence` lists datasets for `AttributeRule::Precedence`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrRule {
+    pub rule: AttributeRule,
+    pub precedence: Vec<String>,
+}
+
+/// Provenance columns of a policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Provenance {
+    #[default]
+    None,
+    /// Every attribute whose rule picks one record.
+    All,
+    Some(BTreeSet<String>),
+}
+
+impl AttributeRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributeRule::MostRecent => "most_recent",
+            AttributeRule::LeastRecent => "least_recent",
+            AttributeRule::Precedence => "precedence",
+            AttributeRule::MostFrequent => "most_frequent",
+            AttributeRule::Min => "min",
+            AttributeRule::Max => "max",
+            AttributeRule::Collect => "collect",
+        }
+    }
+
+    /// Whether the rule picks one record (so provenance is defined).
+    pub fn picks_a_record(self) -> bool {
+        matches!(
+            self,
+            AttributeRule::MostRecent | AttributeRule::LeastRecent | AttributeRule::Precedence
+        )
+    }
+}
+
+impl MergePolicy {
+    /// The rule of an attribute outside any group, `None` when the method decides.
+    pub fn rule(&self, attr: &str) -> Option<&AttrRule> {
+        self.rules.get(attr)
+    }
+
+    /// Whether `attr` (an attribute or a group field) carries provenance columns.
+    pub fn has_provenance(&self, attr: &str) -> bool {
+        let picks = self.rules.get(attr).is_none_or(|r| r.rule.picks_a_record());
+        picks
+            && match &self.provenance {
+                Provenance::None => false,
+                Provenance::All => true,
+                Provenance::Some(s) => s.contains(attr),
+            }
+    }
 }
 
 /// A validated destination.
@@ -670,27 +733,109 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         let Some(p) = de::<raw::RawMergePolicy>(value, &path, problems) else {
             continue;
         };
-        for (i, d) in p.precedence.iter().enumerate() {
-            match datasets.iter().find(|x| &x.name == d) {
-                None => problems.push(
-                    FILE,
-                    format!("{path}.precedence[{i}]"),
-                    format!(
-                        "unknown dataset `{d}`: {}",
-                        one_of(d, ds_names.iter().copied())
+        let check_datasets = |list: &[String], at: &str, problems: &mut Problems| {
+            for (i, d) in list.iter().enumerate() {
+                match datasets.iter().find(|x| &x.name == d) {
+                    None => problems.push(
+                        FILE,
+                        format!("{at}[{i}]"),
+                        format!(
+                            "unknown dataset `{d}`: {}",
+                            one_of(d, ds_names.iter().copied())
+                        ),
                     ),
+                    Some(x) if x.class != p.class || x.kind != DatasetKind::Profile => problems
+                        .push(
+                            FILE,
+                            format!("{at}[{i}]"),
+                            format!(
+                                "dataset `{d}` is not a {} profile dataset, so it cannot feed this policy",
+                                p.class.as_str()
+                            ),
+                        ),
+                    _ => {}
+                }
+            }
+        };
+        check_datasets(&p.precedence, &format!("{path}.precedence"), problems);
+        let mut rules = BTreeMap::new();
+        for (attr, v) in &p.attributes {
+            let at = format!("{path}.attributes.{attr}");
+            let rule = match v {
+                toml::Value::String(_) => {
+                    de::<raw::AttributeRule>(v.clone(), &at, problems).map(|rule| AttrRule {
+                        rule,
+                        precedence: Vec::new(),
+                    })
+                }
+                _ => de::<raw::RawAttributeRule>(v.clone(), &at, problems).map(|r| AttrRule {
+                    rule: r.rule,
+                    precedence: r.precedence,
+                }),
+            };
+            let Some(rule) = rule else { continue };
+            check_datasets(&rule.precedence, &format!("{at}.precedence"), problems);
+            match rule.rule {
+                AttributeRule::Precedence if rule.precedence.is_empty() => problems.push(
+                    FILE,
+                    &at,
+                    "rule = \"precedence\" needs `precedence = [datasets...]`, e.g. { rule = \"precedence\", precedence = [\"crm\"] }",
                 ),
-                Some(x) if x.class != p.class || x.kind != DatasetKind::Profile => problems.push(
+                AttributeRule::Precedence => {}
+                _ if !rule.precedence.is_empty() => problems.push(
                     FILE,
-                    format!("{path}.precedence[{i}]"),
-                    format!(
-                        "dataset `{d}` is not a {} profile dataset, so it cannot feed this policy",
-                        p.class.as_str()
-                    ),
+                    format!("{at}.precedence"),
+                    "precedence is used only with rule = \"precedence\"",
                 ),
                 _ => {}
             }
+            rules.insert(attr.clone(), rule);
         }
+        let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
+        for (g, fields) in &p.groups {
+            let at = format!("{path}.groups.{g}");
+            check_identifier(g, &at, "field group", problems);
+            if fields.is_empty() {
+                problems.push(FILE, &at, "a field group needs at least one field");
+            }
+            for f in fields {
+                if let Some(other) = grouped.insert(f, g) {
+                    problems.push(
+                        FILE,
+                        &at,
+                        format!("field `{f}` is already in group `{other}`; a field belongs to one group"),
+                    );
+                }
+                if rules.contains_key(f) {
+                    problems.push(
+                        FILE,
+                        &at,
+                        format!("field `{f}` also has a rule in `attributes`; a group's fields all come from the group's winning record, so remove one"),
+                    );
+                }
+            }
+        }
+        let provenance = match &p.provenance {
+            None | Some(toml::Value::Boolean(false)) => Provenance::None,
+            Some(toml::Value::Boolean(true)) => Provenance::All,
+            Some(v) => match de::<Vec<String>>(v.clone(), &format!("{path}.provenance"), problems) {
+                Some(list) => {
+                    for a in &list {
+                        if let Some(r) = rules.get(a)
+                            && !r.rule.picks_a_record()
+                        {
+                            problems.push(
+                                FILE,
+                                format!("{path}.provenance"),
+                                format!("attribute `{a}` uses rule `{}`, which does not pick one record, so it has no source or time; remove it from provenance", r.rule.as_str()),
+                            );
+                        }
+                    }
+                    Provenance::Some(list.into_iter().collect())
+                }
+                None => Provenance::None,
+            },
+        };
         match p.method {
             MergeMethod::Precedence if p.precedence.is_empty() => problems.push(
                 FILE,
@@ -710,6 +855,9 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
             default: p.default,
             method: p.method,
             precedence: p.precedence,
+            rules,
+            groups: p.groups.into_iter().collect(),
+            provenance,
         });
     }
     policies.sort_by(|a, b| a.name.cmp(&b.name));
@@ -742,6 +890,9 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
                 default: true,
                 method: MergeMethod::Timestamp,
                 precedence: Vec::new(),
+                rules: BTreeMap::new(),
+                groups: Vec::new(),
+                provenance: Provenance::None,
             });
         } else if !policies.iter().any(|p| p.class == *class && p.default) {
             problems.push(

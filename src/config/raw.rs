@@ -4,6 +4,8 @@
 //! Raw values are validated into [`crate::config::Project`] by
 //! [`crate::config::Project::load`], which reports every problem together.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// `[project]`: where the project's SQL and state live.
@@ -178,6 +180,39 @@ pub struct RawMergePolicy {
     #[serde(default)]
     pub method: MergeMethod,
     /// Ordered dataset names for `method = "precedence"`. Datasets not listed are not considered.
+    #[serde(default)]
+    pub precedence: Vec<String>,
+    /// Per-attribute rules overriding the method: `attr = "rule"` or
+    /// `attr = { rule = "precedence", precedence = [...] }`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, toml::Value>,
+    /// Field groups: `name = ["field", ...]`, taken together from one winning record.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Attributes (or `true` for all that support it) that carry `<attr>__source`
+    /// and `<attr>__updated_at`.
+    #[serde(default)]
+    pub provenance: Option<toml::Value>,
+}
+
+/// How one attribute is resolved, overriding the policy's method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeRule {
+    MostRecent,
+    LeastRecent,
+    Precedence,
+    MostFrequent,
+    Min,
+    Max,
+    Collect,
+}
+
+/// `attributes.<attr> = { rule = ..., precedence = [...] }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAttributeRule {
+    pub rule: AttributeRule,
     #[serde(default)]
     pub precedence: Vec<String>,
 }
