@@ -16,6 +16,11 @@
 
 use std::sync::Arc;
 
+mod plan;
+pub mod winners;
+
+use plan::Plan;
+
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
@@ -24,11 +29,11 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{Expr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::config::{Class, DatasetKind, MergeMethod, MergePolicy, Project};
+use crate::config::{Class, DatasetKind, MergePolicy, Project};
 use crate::engine::Batches;
 use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
-use crate::identity::{Stitched, anchor, quote};
+use crate::identity::{Stitched, anchor};
 use crate::ingest::{Ingested, class_columns};
 
 /// Columns every `events` row has, before its properties.
@@ -165,29 +170,21 @@ pub async fn profiles(
             ));
         }
     }
-    let mut sources: Vec<(&Ingested, usize)> = Vec::new();
+    // Every profile dataset of the class, in name order: the dataset index is
+    // the tie order, and precedence lists rank by it.
     let mut named: Vec<&Ingested> = datasets
         .iter()
         .filter(|d| d.dataset.class == class && d.dataset.kind == DatasetKind::Profile)
         .collect();
     named.sort_by(|a, b| a.dataset.name.cmp(&b.dataset.name));
-    match policy.method {
-        MergeMethod::Timestamp => sources.extend(named.iter().enumerate().map(|(i, d)| (*d, i))),
-        MergeMethod::Precedence => {
-            for (rank, name) in policy.precedence.iter().enumerate() {
-                if let Some(d) = named.iter().find(|d| &d.dataset.name == name) {
-                    sources.push((d, rank));
-                }
-            }
-        }
-    }
+    let plan = Plan::new(policy, &attrs, &named)?;
     let mut union: Option<DataFrame> = None;
     if !attrs.is_empty() {
-        for (d, rank) in &sources {
+        for (i, d) in named.iter().enumerate() {
             let mut exprs = vec![
                 ident("profile_id"),
-                lit(*rank as i64).alias("__rank"),
                 cast(ident(&d.dataset.timestamp), timestamp_type()).alias("__ts"),
+                lit(i as u32).alias("__ds"),
             ];
             for (a, t) in &attrs {
                 exprs.push(typed(d, a, t)?);
@@ -202,49 +199,24 @@ pub async fn profiles(
             });
         }
     }
-    let merged_view = format!("__merged_{}", policy.name);
     let sql = match union {
         Some(u) => {
             ctx.deregister_table("__recs")
                 .map_err(Error::engine("merge"))?;
             ctx.register_table("__recs", u.into_view())
                 .map_err(Error::engine("merge"))?;
-            let order = match policy.method {
-                MergeMethod::Timestamp => "__ts DESC, __rank ASC",
-                MergeMethod::Precedence => "__rank ASC, __ts DESC",
-            };
-            let aggs: Vec<String> = attrs
-                .iter()
-                .map(|(a, _)| {
-                    format!(
-                        "first_value({q} ORDER BY {order}, {q} ASC) IGNORE NULLS AS {q}",
-                        q = quote(a)
-                    )
-                })
-                .collect();
-            let merged = ctx
-                .sql(&format!(
-                    "SELECT profile_id, {} FROM __recs GROUP BY profile_id",
-                    aggs.join(", ")
-                ))
-                .await
-                .map_err(Error::engine("merge"))?;
-            ctx.deregister_table(merged_view.as_str())
-                .map_err(Error::engine("merge"))?;
-            ctx.register_table(merged_view.as_str(), merged.into_view())
-                .map_err(Error::engine("merge"))?;
-            let cols: Vec<String> = attrs
-                .iter()
-                .map(|(a, _)| format!("m.{}", quote(a)))
-                .collect();
-            format!(
-                "SELECT b.*, {} FROM {base} b LEFT JOIN {merged_view} m ON b.profile_id = m.profile_id ORDER BY b.profile_id",
-                cols.join(", ")
-            )
+            let fn_name = format!("__merge_{}", policy.name);
+            ctx.register_udaf(winners::udaf(&fn_name, plan.slots.clone()));
+            plan.sql(&fn_name, &base)
         }
         None => format!("SELECT * FROM {base} ORDER BY profile_id"),
     };
-    let df = ctx.sql(&sql).await.map_err(Error::engine("merge"))?;
+    let mut df = ctx.sql(&sql).await.map_err(Error::engine("merge"))?;
+    if !plan.params.is_empty() {
+        df = df
+            .with_param_values(plan.params.clone())
+            .map_err(Error::engine("merge"))?;
+    }
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(Error::engine("merge"))?;
     Ok((schema, batches))
