@@ -818,23 +818,25 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         let provenance = match &p.provenance {
             None | Some(toml::Value::Boolean(false)) => Provenance::None,
             Some(toml::Value::Boolean(true)) => Provenance::All,
-            Some(v) => match de::<Vec<String>>(v.clone(), &format!("{path}.provenance"), problems) {
-                Some(list) => {
-                    for a in &list {
-                        if let Some(r) = rules.get(a)
-                            && !r.rule.picks_a_record()
-                        {
-                            problems.push(
+            Some(v) => {
+                match de::<Vec<String>>(v.clone(), &format!("{path}.provenance"), problems) {
+                    Some(list) => {
+                        for a in &list {
+                            if let Some(r) = rules.get(a)
+                                && !r.rule.picks_a_record()
+                            {
+                                problems.push(
                                 FILE,
                                 format!("{path}.provenance"),
                                 format!("attribute `{a}` uses rule `{}`, which does not pick one record, so it has no source or time; remove it from provenance", r.rule.as_str()),
                             );
+                            }
                         }
+                        Provenance::Some(list.into_iter().collect())
                     }
-                    Provenance::Some(list.into_iter().collect())
+                    None => Provenance::None,
                 }
-                None => Provenance::None,
-            },
+            }
         };
         match p.method {
             MergeMethod::Precedence if p.precedence.is_empty() => problems.push(

@@ -379,11 +379,11 @@ impl GraphBuilder {
         for w in self.rows.windows(2) {
             let (a, b) = (w[0] as usize, w[1] as usize);
             let anchor = u64::from(ids[a]) << 32;
-            for k in a + 1..b {
+            for (id, e) in ids[a + 1..b].iter().zip(&self.entries[a + 1..b]) {
                 self.links.push(RawLink {
-                    key: anchor | u64::from(ids[k]),
-                    ts: self.entries[k].ts,
-                    dataset: self.entries[k].dataset,
+                    key: anchor | u64::from(*id),
+                    ts: e.ts,
+                    dataset: e.dataset,
                 });
             }
         }

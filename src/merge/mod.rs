@@ -59,9 +59,10 @@ pub fn register_identity_tables(
     Ok(())
 }
 
-/// Columns of a class's profiles that a flat file can hold: `profile_id`, each
-/// namespace's preferred value, and every attribute that is not a list, struct
-/// or map (the `<ns>_all` lists are not exportable).
+/// Columns of a class's profiles that a flat file can hold under every merge
+/// policy of the class: `profile_id`, each namespace's preferred value, every
+/// attribute that is not a list, struct or map (nor a `collect` list), and the
+/// provenance columns every policy has (the `<ns>_all` lists are not exportable).
 pub fn exportable_columns(project: &Project, datasets: &[Ingested], class: Class) -> Vec<String> {
     let nested = |t: &DataType| {
         matches!(
@@ -69,15 +70,30 @@ pub fn exportable_columns(project: &Project, datasets: &[Ingested], class: Class
             DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) | DataType::Map(..)
         )
     };
-    std::iter::once("profile_id".to_string())
+    let policies: Vec<&MergePolicy> = project
+        .policies
+        .iter()
+        .filter(|p| p.class == class)
+        .collect();
+    let mut out: Vec<String> = std::iter::once("profile_id".to_string())
         .chain(project.namespaces.iter().map(|n| n.name.clone()))
-        .chain(
-            class_columns(datasets, class, DatasetKind::Profile)
-                .into_iter()
-                .filter(|(_, t)| !nested(t))
-                .map(|(a, _)| a),
-        )
-        .collect()
+        .collect();
+    for (a, t) in class_columns(datasets, class, DatasetKind::Profile) {
+        let collected = policies.iter().any(|p| {
+            p.rule(&a)
+                .is_some_and(|r| r.rule == crate::config::AttributeRule::Collect)
+        });
+        if nested(&t) || collected {
+            continue;
+        }
+        let provenance = !policies.is_empty() && policies.iter().all(|p| p.has_provenance(&a));
+        out.push(a.clone());
+        if provenance {
+            out.push(format!("{a}__source"));
+            out.push(format!("{a}__updated_at"));
+        }
+    }
+    out
 }
 
 /// Register one batch as a table, replacing any table of that name.

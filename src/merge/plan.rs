@@ -129,10 +129,8 @@ impl Plan {
                         s
                     }
                 };
-                plan.columns.push(format!(
-                    "m.\"__w\"['s{slot}'][{}] AS {q}",
-                    string_lit(attr)
-                ));
+                plan.columns
+                    .push(format!("m.\"__w\"['s{slot}'][{}] AS {q}", string_lit(attr)));
                 Some(slot)
             } else {
                 let order = match rule.map(|r| r.rule) {
@@ -194,7 +192,8 @@ impl Plan {
                 self.aggs.push(format!(
                     "array_sort(array_agg(DISTINCT {q}) FILTER (WHERE {q} IS NOT NULL)) AS {q}"
                 ));
-                self.params.push(ScalarValue::List(ScalarValue::new_list_nullable(&[], t)));
+                self.params
+                    .push(ScalarValue::List(ScalarValue::new_list_nullable(&[], t)));
                 self.columns
                     .push(format!("coalesce(m.{q}, ${}) AS {q}", self.params.len()));
             }

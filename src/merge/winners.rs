@@ -13,6 +13,9 @@
 //! * precedence: first listed dataset (unlisted datasets are not candidates),
 //!   then newest time, then the smallest value.
 //!
+//! When the key and the value tie too, the winners are interchangeable (same
+//! value, time and dataset), so the result never depends on the input order.
+//!
 //! Values are not copied per update: the accumulator keeps the input arrays
 //! that hold a winner and each winner's (array, row), and compacts them into
 //! one array when they outgrow the number of profiles, so memory stays about
@@ -77,8 +80,16 @@ fn fields(slots: &[Slot], types: &[DataType]) -> Fields {
     let mut f = Vec::with_capacity(slots.len() * 3);
     for (s, t) in slots.iter().zip(types) {
         f.push(Field::new(&s.name, t.clone(), true));
-        f.push(Field::new(format!("{}__ts", s.name), timestamp_type(), true));
-        f.push(Field::new(format!("{}__ds", s.name), DataType::UInt32, true));
+        f.push(Field::new(
+            format!("{}__ts", s.name),
+            timestamp_type(),
+            true,
+        ));
+        f.push(Field::new(
+            format!("{}__ds", s.name),
+            DataType::UInt32,
+            true,
+        ));
     }
     Fields::from(f)
 }
@@ -104,7 +115,10 @@ impl AggregateUDFImpl for Winners {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        not_impl_err!("{} is only computed per group (GROUP BY profile_id)", self.name)
+        not_impl_err!(
+            "{} is only computed per group (GROUP BY profile_id)",
+            self.name
+        )
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
@@ -167,8 +181,12 @@ impl SlotState {
             Order::LeastRecent => ts.cmp(&cur_ts).then(ds.cmp(&cur_ds)),
             Order::Precedence(rank) => {
                 let r = (*rank.get(ds as usize)?)?;
-                let c = rank.get(cur_ds as usize).copied().flatten().unwrap_or(u32::MAX);
-                r.cmp(&c).then(cur_ts.cmp(&ts))
+                let c = rank
+                    .get(cur_ds as usize)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(u32::MAX);
+                r.cmp(&c).then(cur_ts.cmp(&ts)).then(ds.cmp(&cur_ds))
             }
         })
     }
@@ -181,6 +199,7 @@ impl SlotState {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
         ts: &TimestampMicrosecondArray,
@@ -291,9 +310,7 @@ impl SlotState {
             interleave(&refs, &at)?
         };
         let times = TimestampMicrosecondArray::from_iter(
-            ts.iter()
-                .zip(&ds)
-                .map(|(&t, &d)| (d != NONE).then_some(t)),
+            ts.iter().zip(&ds).map(|(&t, &d)| (d != NONE).then_some(t)),
         )
         .with_timezone("UTC");
         let datasets = UInt32Array::from_iter(ds.iter().map(|&d| (d != NONE).then_some(d)));
@@ -387,15 +404,7 @@ impl GroupsAccumulator for WinnersAcc {
             let ts = values[3 * i + 1].as_primitive::<TimestampMicrosecondType>();
             let ds = values[3 * i + 2].as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
             // A partial state row is a candidate when it has a winner.
-            slot.update(
-                ts,
-                ds,
-                v,
-                &|_| true,
-                group_indices,
-                None,
-                total_num_groups,
-            )?;
+            slot.update(ts, ds, v, &|_| true, group_indices, None, total_num_groups)?;
         }
         Ok(())
     }
@@ -438,7 +447,9 @@ impl GroupsAccumulator for WinnersAcc {
                         && slot.considers(ds.value(r)),
                 )
             }));
-            let none = |a: &dyn Array| datafusion::arrow::compute::nullif(a, &datafusion::arrow::compute::not(&keep)?);
+            let none = |a: &dyn Array| {
+                datafusion::arrow::compute::nullif(a, &datafusion::arrow::compute::not(&keep)?)
+            };
             out.push(none(v.as_ref())?);
             out.push(Arc::new(
                 none(ts)?

@@ -17,7 +17,7 @@ pub struct Rows<'a> {
     pub rows: Vec<(Vec<Option<&'a str>>, i64)>,
 }
 
-fn write_dataset(dir: &Path, name: &str, rows: &Rows, event: bool) {
+pub fn write_dataset(dir: &Path, name: &str, rows: &Rows, event: bool) {
     let mut fields: Vec<Field> = rows
         .columns
         .iter()

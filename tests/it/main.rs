@@ -5,6 +5,7 @@ mod config;
 mod graph;
 mod identity;
 mod ingest;
+mod merge;
 mod pipeline;
 mod reference;
 mod support;
