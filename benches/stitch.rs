@@ -22,28 +22,8 @@ use std::time::Instant;
 use audience::config::Project;
 use audience::generate::{GenerateOptions, generate};
 
-fn proc_status(key: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU seconds of this process.
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = s.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data")
-}
+mod common;
+use common::{cpu_seconds, data_dir, peak_rss_mb};
 
 fn ensure_project(people: u64) -> PathBuf {
     let dir = data_dir().join(format!("p{people}"));
@@ -106,7 +86,7 @@ fn child(dir: &Path, variant: &str) {
         h.links_cut,
         h.quarantined,
         h.links as f64 / wall,
-        proc_status("VmHWM:") as f64 / 1024.0,
+        peak_rss_mb(),
         model / 1e6,
     );
     if variant == "plain" {
@@ -209,47 +189,28 @@ fn child_links(dir: &Path) {
             .trim_start_matches('p'),
         labels.len(),
         links as f64 / wall,
-        proc_status("VmHWM:") as f64 / 1024.0,
+        peak_rss_mb(),
     );
 }
 
 fn main() {
-    if let (Ok(dir), Ok(variant)) = (
-        std::env::var("AUDIENCE_BENCH_CHILD"),
-        std::env::var("AUDIENCE_BENCH_VARIANT"),
-    ) {
+    if let Some((dir, variant)) = common::child() {
         if variant == "links-only" {
-            child_links(Path::new(&dir));
+            child_links(&dir);
         } else {
-            child(Path::new(&dir), &variant);
+            child(&dir, &variant);
         }
         return;
     }
-    // `cargo bench` passes --bench; a filter argument selects cases by substring.
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let scales: Vec<u64> = std::env::var("AUDIENCE_BENCH_PEOPLE")
-        .unwrap_or_else(|_| "1000000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let exe = std::env::current_exe().expect("exe");
-    for people in scales {
+    let filter = common::filter();
+    for people in common::scales("AUDIENCE_BENCH_PEOPLE", "1000000") {
         let dir = ensure_project(people);
         for variant in ["plain", "links-only", "constrained"] {
             let case = format!("identity/{variant}/{people}");
             if filter.as_ref().is_some_and(|f| !case.contains(f.as_str())) {
                 continue;
             }
-            let out = std::process::Command::new(&exe)
-                .env("AUDIENCE_BENCH_CHILD", &dir)
-                .env("AUDIENCE_BENCH_VARIANT", variant)
-                .output()
-                .expect("run case");
-            if !out.status.success() {
-                eprintln!("{case} failed: {}", String::from_utf8_lossy(&out.stderr));
-                std::process::exit(1);
-            }
-            print!("{}", String::from_utf8_lossy(&out.stdout));
+            common::run_child(&case, &dir, variant);
         }
     }
 }
