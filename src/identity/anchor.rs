@@ -88,7 +88,11 @@ impl ScalarUDFImpl for ProfileUdf {
             };
             let arr = pair[1].clone().into_array(n)?;
             let col = StrCol::new(&arr).map_err(|e| DataFusionError::Execution(e.to_string()))?;
-            cols.push((idx, Normaliser::new(&self.namespaces[idx]), col));
+            let mut norm = Normaliser::new(&self.namespaces[idx]);
+            if let Some(c) = self.lookup.phones(idx) {
+                norm = norm.with_cache(c);
+            }
+            cols.push((idx, norm, col));
         }
         let mut out = StringBuilder::with_capacity(n, n * 32);
         for row in 0..n {

@@ -2,6 +2,7 @@
 //! and events to profiles.
 
 use super::graph::IdentityGraph;
+use super::normalise::PhoneCache;
 use crate::config::Class;
 
 /// The interned identities of a run with each one's profile and quarantine flag.
@@ -13,6 +14,8 @@ pub struct IdentityLookup {
     quarantined: Vec<bool>,
     /// Profile ids by profile index.
     profile_ids: Vec<String>,
+    /// Phone numbers parsed by the identity stage, by namespace index.
+    phones: Vec<PhoneCache>,
 }
 
 impl IdentityLookup {
@@ -21,13 +24,20 @@ impl IdentityLookup {
         profile_of: Vec<u32>,
         quarantined: Vec<bool>,
         profile_ids: Vec<String>,
+        phones: Vec<PhoneCache>,
     ) -> Self {
         IdentityLookup {
             graph,
             profile_of,
             quarantined,
             profile_ids,
+            phones,
         }
+    }
+
+    /// The phone cache of a namespace (filled by the identity stage).
+    pub fn phones(&self, ns: usize) -> Option<&PhoneCache> {
+        self.phones.get(ns)
     }
 
     /// `(quarantined, profile index)` of a normalised identity, if the run saw it.

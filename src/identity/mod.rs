@@ -148,6 +148,11 @@ pub async fn stitch(
     mut progress: impl FnMut(u64),
 ) -> Result<Stitched> {
     let mut graph = GraphBuilder::new(datasets.len(), project.engine.threads());
+    let phones: Vec<normalise::PhoneCache> = project
+        .namespaces
+        .iter()
+        .map(|_| normalise::PhoneCache::default())
+        .collect();
     let mut rejections = Rejections::default();
     let mut rows_read = BTreeMap::new();
     let mut total_rows = 0u64;
@@ -166,7 +171,7 @@ pub async fn stitch(
                 Ok((
                     idx,
                     column.as_str(),
-                    Normaliser::new(&project.namespaces[idx]),
+                    Normaliser::new(&project.namespaces[idx]).with_cache(&phones[idx]),
                 ))
             })
             .collect::<Result<_>>()?;
@@ -284,7 +289,7 @@ pub async fn stitch(
     let names: Vec<&str> = datasets.iter().map(|d| d.dataset.name.as_str()).collect();
     let graph = graph.finish()?;
     output::finish(
-        ctx, project, graph, &names, previous, rejections, rows_read, out,
+        ctx, project, graph, phones, &names, previous, rejections, rows_read, out,
     )
     .await
 }

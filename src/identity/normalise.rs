@@ -4,6 +4,7 @@
 //! lower-case for e-mail); blocked → `blocked`; invalid → `invalid`.
 
 use std::borrow::Cow;
+use std::sync::RwLock;
 
 use phonenumber::country::Id as Region;
 use phonenumber::{Mode, PhoneNumber};
@@ -65,12 +66,49 @@ fn builtin_blocked(v: &str) -> bool {
     BUILTIN_BLOCKED.contains(&v) || v.bytes().all(|b| b == b'0' || b == b'-')
 }
 
+/// Phone numbers already parsed in this run (trimmed raw value → E.164, or
+/// `None` when invalid), shared by the identity stage and the functions that
+/// attribute records later in the run, so that libphonenumber (the slowest
+/// normaliser by far) parses each raw value once per run. Sharded for threads.
+#[derive(Debug)]
+pub struct PhoneCache {
+    hasher: hashbrown::DefaultHashBuilder,
+    shards: Vec<RwLock<hashbrown::HashMap<Box<str>, Option<Box<str>>>>>,
+}
+
+impl Default for PhoneCache {
+    fn default() -> Self {
+        PhoneCache {
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            shards: (0..16).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+impl PhoneCache {
+    fn shard(&self, key: &str) -> &RwLock<hashbrown::HashMap<Box<str>, Option<Box<str>>>> {
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        &self.shards[(h >> 60) as usize]
+    }
+
+    fn get(&self, key: &str) -> Option<Option<Box<str>>> {
+        self.shard(key).read().ok()?.get(key).cloned()
+    }
+
+    fn insert(&self, key: &str, value: Option<&str>) {
+        if let Ok(mut m) = self.shard(key).write() {
+            m.insert(key.into(), value.map(Into::into));
+        }
+    }
+}
+
 /// A namespace's normaliser, ready to apply to many values.
 #[derive(Debug, Clone)]
 pub struct Normaliser<'a> {
     ns: &'a Namespace,
     region: Option<Region>,
     patterns: Vec<Regex>,
+    cache: Option<&'a PhoneCache>,
 }
 
 impl<'a> Normaliser<'a> {
@@ -87,7 +125,14 @@ impl<'a> Normaliser<'a> {
             ns,
             region,
             patterns,
+            cache: None,
         }
+    }
+
+    /// Remember parsed phone numbers in `cache` (and use what it holds).
+    pub fn with_cache(mut self, cache: &'a PhoneCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Normalise one raw value into the identity value, or say why it is rejected.
@@ -128,12 +173,17 @@ impl<'a> Normaliser<'a> {
                 }
             }
             NormaliserKind::Phone => {
-                let parsed: PhoneNumber =
-                    phonenumber::parse(self.region, &value).map_err(|_| Reject::Invalid)?;
-                if !phonenumber::is_valid(&parsed) {
-                    return Err(Reject::Invalid);
+                if let Some(hit) = self.cache.and_then(|c| c.get(&value)) {
+                    return hit.map(|v| Cow::Owned(v.into())).ok_or(Reject::Invalid);
                 }
-                Ok(Cow::Owned(parsed.format().mode(Mode::E164).to_string()))
+                let e164 = phonenumber::parse(self.region, &value)
+                    .ok()
+                    .filter(phonenumber::is_valid)
+                    .map(|p: PhoneNumber| p.format().mode(Mode::E164).to_string());
+                if let Some(c) = self.cache {
+                    c.insert(&value, e164.as_deref());
+                }
+                e164.map(Cow::Owned).ok_or(Reject::Invalid)
             }
         }
     }
@@ -220,5 +270,29 @@ mod tests {
         assert_eq!(p.apply("(0)7900-123456"), Ok("+447900123456".into()));
         assert_eq!(p.apply("12"), Err(Reject::Invalid));
         assert_eq!(p.apply("0000"), Err(Reject::Blocked));
+    }
+
+    #[test]
+    fn identity_phone_cache_gives_the_same_answers() {
+        let n = ns(NormaliserKind::Phone, Some("GB"), &[]);
+        let cache = PhoneCache::default();
+        let plain = Normaliser::new(&n);
+        let cached = Normaliser::new(&n).with_cache(&cache);
+        for v in [
+            "07900 123456",
+            " +44 7900 123456 ",
+            "12",
+            "0000",
+            "07900 123456",
+            "12",
+        ] {
+            assert_eq!(cached.apply(v), plain.apply(v), "{v}");
+            assert_eq!(cached.apply(v), plain.apply(v), "{v}, from the cache");
+        }
+        assert_eq!(
+            cache.get("12"),
+            Some(None),
+            "invalid numbers are remembered too"
+        );
     }
 }

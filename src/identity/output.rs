@@ -181,6 +181,7 @@ pub(super) async fn finish(
     ctx: &datafusion::prelude::SessionContext,
     project: &Project,
     mut graph: IdentityGraph,
+    phones: Vec<super::normalise::PhoneCache>,
     dataset_names: &[&str],
     previous: Option<&Location>,
     rejections: Rejections,
@@ -446,6 +447,7 @@ pub(super) async fn finish(
         profile_of,
         quarantined,
         profile_ids,
+        phones,
     ));
     Ok(Stitched {
         lookup,
