@@ -72,6 +72,18 @@ pub struct Dataset {
     /// `(column, namespace)`, sorted by column.
     pub identities: Vec<(String, String)>,
     pub attributes: Option<Vec<String>>,
+    /// `(column, attribute)`: columns that feed an attribute (or property) of another name.
+    pub rename: Vec<(String, String)>,
+}
+
+impl Dataset {
+    /// The attribute (or property) name of a column.
+    pub fn attribute_name<'a>(&'a self, column: &'a str) -> &'a str {
+        self.rename
+            .iter()
+            .find(|(c, _)| c == column)
+            .map_or(column, |(_, a)| a.as_str())
+    }
 }
 
 /// A validated merge policy.
@@ -703,6 +715,41 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
                 }
             }
         }
+        let mut targets = BTreeSet::new();
+        for (column, attr) in &ds.rename {
+            let at = format!("{path}.rename.{column}");
+            if ds.identities.contains_key(column)
+                || column == &ds.timestamp
+                || ds.event_type.as_ref() == Some(column)
+            {
+                problems.push(
+                    FILE,
+                    &at,
+                    format!("`{column}` is an identity, timestamp or event type column; only attribute and property columns are renamed"),
+                );
+            }
+            if attr.is_empty() || attr.starts_with("__") {
+                problems.push(
+                    FILE,
+                    &at,
+                    "an attribute name must not be empty or start with `__`",
+                );
+            }
+            if !targets.insert(attr.as_str()) {
+                problems.push(
+                    FILE,
+                    &at,
+                    format!("two columns are renamed to `{attr}`; an attribute has one source column per dataset"),
+                );
+            }
+            if ds.identities.contains_key(attr) || attr == &ds.timestamp {
+                problems.push(
+                    FILE,
+                    &at,
+                    format!("`{attr}` is already an identity or timestamp column of this dataset"),
+                );
+            }
+        }
         let location = match Location::parse(&ds.path, root) {
             Ok(l) => l,
             Err(msg) => {
@@ -720,6 +767,7 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
             event_type: ds.event_type,
             identities: ds.identities.into_iter().collect(),
             attributes: ds.attributes,
+            rename: ds.rename.into_iter().collect(),
         });
     }
     datasets.sort_by(|a, b| a.name.cmp(&b.name));

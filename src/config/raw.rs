@@ -153,6 +153,9 @@ pub struct RawDataset {
     pub identities: std::collections::BTreeMap<String, String>,
     /// Attribute columns (profile datasets). Default: every column that is not an identity or the timestamp.
     pub attributes: Option<Vec<String>>,
+    /// Attribute (or event property) names for columns named otherwise: `column = "attribute"`.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
 }
 
 /// How a merge policy picks each attribute's value.

@@ -335,8 +335,59 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
     .with_schema(file_schema);
     let table = ListingTable::try_new(config).map_err(Error::engine("ingest"))?;
     let name = table_name(&ds.name);
-    ctx.register_table(name.as_str(), Arc::new(table))
-        .map_err(Error::engine("ingest"))?;
+    let columns = if ds.rename.is_empty() {
+        ctx.register_table(name.as_str(), Arc::new(table))
+            .map_err(Error::engine("ingest"))?;
+        columns
+    } else {
+        // Renamed columns: the dataset's table is a view with the attribute names.
+        for (column, attr) in &ds.rename {
+            if !columns.iter().any(|(c, _)| c == column) {
+                return Err(Error::input(
+                    &ds.name,
+                    None,
+                    Some(column),
+                    format!(
+                        "`rename.{column}` names no attribute or property column: {}",
+                        crate::error::one_of(column, columns.iter().map(|(c, _)| c.as_str()))
+                    ),
+                ));
+            }
+            if columns.iter().any(|(c, _)| c == attr) && !ds.rename.iter().any(|(c, _)| c == attr) {
+                return Err(Error::input(
+                    &ds.name,
+                    None,
+                    Some(column),
+                    format!(
+                        "renamed to `{attr}`, which is already a column of this dataset; rename that one too or pick another name"
+                    ),
+                ));
+            }
+        }
+        let raw = format!("__raw_{}", ds.name);
+        ctx.register_table(raw.as_str(), Arc::new(table))
+            .map_err(Error::engine("ingest"))?;
+        let exprs: Vec<datafusion::logical_expr::Expr> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let attr = ds.attribute_name(f.name());
+                datafusion::logical_expr::ident(f.name()).alias(attr)
+            })
+            .collect();
+        let view = ctx
+            .table(raw.as_str())
+            .await
+            .and_then(|t| t.select(exprs))
+            .map_err(Error::engine("ingest"))?
+            .into_view();
+        ctx.register_table(name.as_str(), view)
+            .map_err(Error::engine("ingest"))?;
+        columns
+            .into_iter()
+            .map(|(c, t)| (ds.attribute_name(&c).to_string(), t))
+            .collect()
+    };
 
     let files = files
         .iter()
@@ -408,12 +459,18 @@ fn check_attribute_types(datasets: &[Ingested]) -> Result<()> {
                 if let Some((_, tb)) = b.columns.iter().find(|(n, _)| n == name)
                     && !same_logical_type(ta, tb)
                 {
+                    let column = b
+                        .dataset
+                        .rename
+                        .iter()
+                        .find(|(_, t)| t == name)
+                        .map_or(name.as_str(), |(c, _)| c.as_str());
                     return Err(Error::input(
                         &b.dataset.name,
                         None,
-                        Some(name),
+                        Some(column),
                         format!(
-                            "has type {tb} here but {ta} in dataset `{}`; an attribute must have one type across datasets",
+                            "feeds attribute `{name}` with type {tb}, but dataset `{}` feeds it with {ta}; an attribute must have one type across datasets (cast one of them, or rename it)",
                             a.dataset.name
                         ),
                     ));

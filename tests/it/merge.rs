@@ -578,3 +578,81 @@ proptest! {
         check(&recs, &single, &group)?;
     }
 }
+
+#[test]
+fn merge_renamed_columns_feed_attributes_and_types_must_agree() {
+    let dir = tempfile::tempdir().expect("tmp");
+    merge_project(
+        dir.path(),
+        "",
+        &["email", "city"],
+        [
+            &rows(&["email", "city"], vec![(vec![Some(A), Some("Leeds")], 1)]),
+            &rows(
+                &["email", "town_name"],
+                vec![(vec![Some(A), Some("Derby")], 2)],
+            ),
+            &rows(&["email", "city"], vec![(vec![Some(B), Some("York")], 1)]),
+        ],
+        &[],
+    );
+    super::support::edit_config(
+        dir.path(),
+        "[datasets.loyalty]\n",
+        "[datasets.loyalty]\nrename = { town_name = \"city\" }\n",
+    );
+    run(dir.path(), "r1");
+    let got = exported(dir.path(), "r1", "everyone");
+    assert_eq!(got[A]["city"], "Derby", "loyalty's town_name feeds city");
+
+    // The same attribute with two types is an error naming both datasets and the column.
+    let shop = dir.path().join("data/shop/part-0.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("email", DataType::Utf8, true),
+        Field::new("town_name", DataType::Int64, true),
+        Field::new("ts", audience::engine::udf::timestamp_type(), true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![B])),
+            Arc::new(arrow::array::Int64Array::from(vec![7])),
+            Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![0]).with_timezone("UTC")),
+        ],
+    )
+    .expect("batch");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&shop).expect("create"),
+        schema,
+        None,
+    )
+    .expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+    super::support::edit_config(
+        dir.path(),
+        "[datasets.shop]\n",
+        "[datasets.shop]\nrename = { town_name = \"city\" }\n",
+    );
+    let (code, _, err) = audience(&[
+        "--quiet",
+        "run",
+        "--project",
+        dir.path().to_str().expect("utf8"),
+        "--as-of",
+        "2025-07-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("town_name")
+            && err.contains("`city`")
+            && err.contains("crm")
+            && err.contains("shop"),
+        "{err}"
+    );
+    let runs: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .expect("out")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(runs, vec!["r1"], "nothing is exported by the failed run");
+}
