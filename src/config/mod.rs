@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-pub use raw::{AttributeRule, Class, DatasetKind, FormatKind, MergeMethod, NormaliserKind};
+pub use raw::{
+    AttributeRule, Class, DatasetKind, FormatKind, MergeMethod, NormaliserKind, Stitching,
+};
 pub use sql::{ModelKind, SqlModel};
 
 use crate::engine::storage::Location;
@@ -100,6 +102,8 @@ pub struct MergePolicy {
     pub groups: Vec<(String, Vec<String>)>,
     /// Which attributes carry `<attr>__source` and `<attr>__updated_at`.
     pub provenance: Provenance,
+    /// `Graph`: stitched profiles; `None`: a profile per highest-priority identity of each record.
+    pub stitching: Stitching,
 }
 
 /// One attribute's rule; `precedence` lists datasets for `AttributeRule::Precedence`.
@@ -908,6 +912,7 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
             rules,
             groups: p.groups.into_iter().collect(),
             provenance,
+            stitching: p.stitching,
         });
     }
     policies.sort_by(|a, b| a.name.cmp(&b.name));
@@ -943,6 +948,7 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
                 rules: BTreeMap::new(),
                 groups: Vec::new(),
                 provenance: Provenance::None,
+                stitching: Stitching::Graph,
             });
         } else if !policies.iter().any(|p| p.class == *class && p.default) {
             problems.push(

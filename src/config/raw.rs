@@ -196,6 +196,19 @@ pub struct RawMergePolicy {
     /// and `<attr>__updated_at`.
     #[serde(default)]
     pub provenance: Option<toml::Value>,
+    /// `graph` (default): profiles are the identity graph's; `none`: each record
+    /// belongs to the profile keyed by its highest-priority identity.
+    #[serde(default)]
+    pub stitching: Stitching,
+}
+
+/// Whether a merge policy uses the identity graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stitching {
+    #[default]
+    Graph,
+    None,
 }
 
 /// How one attribute is resolved, overriding the policy's method.

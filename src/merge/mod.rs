@@ -29,7 +29,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{Expr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::config::{Class, DatasetKind, MergePolicy, Project};
+use crate::config::{Class, DatasetKind, MergePolicy, Project, Stitching};
 use crate::engine::Batches;
 use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
@@ -47,11 +47,19 @@ pub fn register_identity_tables(
     stitched: &Stitched,
 ) -> Result<()> {
     for class in project.classes() {
-        ctx.register_udf(anchor::udf(
-            class,
-            &project.namespaces,
-            stitched.lookup.clone(),
-        ));
+        for mode in [
+            anchor::Mode::Graph,
+            anchor::Mode::Record,
+            anchor::Mode::Normalise,
+            anchor::Mode::IdOf,
+        ] {
+            ctx.register_udf(anchor::udf(
+                class,
+                mode,
+                &project.namespaces,
+                stitched.lookup.clone(),
+            ));
+        }
     }
     for (class, batch) in &stitched.profiles {
         register_batch(ctx, &format!("__base_{}", class.as_str()), batch.clone())?;
@@ -116,21 +124,25 @@ pub fn register_batches(
     Ok(())
 }
 
-/// Records of `d` joined to their profile ids.
-async fn attributed(ctx: &SessionContext, project: &Project, d: &Ingested) -> Result<DataFrame> {
-    let ds = &d.dataset;
-    let mut args = Vec::new();
-    for (column, ns) in &ds.identities {
-        let namespace = project
-            .namespace(ns)
-            .ok_or_else(|| Error::Internal(format!("namespace {ns} vanished")))?;
-        args.push(lit(ns.as_str()));
-        args.push(crate::identity::sql_normaliser::column_expr(
-            namespace, column,
-        )?);
+/// The function that gives a row its profile id under a stitching mode.
+fn profile_mode(stitching: Stitching) -> anchor::Mode {
+    match stitching {
+        Stitching::Graph => anchor::Mode::Graph,
+        Stitching::None => anchor::Mode::Record,
     }
+}
+
+/// Records (or events) of `d` joined to their profile ids.
+async fn attributed(
+    ctx: &SessionContext,
+    project: &Project,
+    d: &Ingested,
+    stitching: Stitching,
+) -> Result<DataFrame> {
+    let ds = &d.dataset;
+    let args = identity_args(project, d, None)?;
     let profile_fn = ctx
-        .udf(&anchor::name(ds.class))
+        .udf(&anchor::name(ds.class, profile_mode(stitching)))
         .map_err(Error::engine("merge"))?;
     ctx.table(d.table.as_str())
         .await
@@ -140,6 +152,26 @@ async fn attributed(ctx: &SessionContext, project: &Project, d: &Ingested) -> Re
             df.filter(by_as_of.and(ident("profile_id").is_not_null()))
         })
         .map_err(Error::engine("merge"))
+}
+
+/// `(namespace literal, column)` argument pairs of `d`'s identity columns (of
+/// namespace `only`, when given).
+fn identity_args(project: &Project, d: &Ingested, only: Option<&str>) -> Result<Vec<Expr>> {
+    let ds = &d.dataset;
+    let mut args = Vec::new();
+    for (column, ns) in &ds.identities {
+        if only.is_some_and(|o| o != ns) {
+            continue;
+        }
+        let namespace = project
+            .namespace(ns)
+            .ok_or_else(|| Error::Internal(format!("namespace {ns} vanished")))?;
+        args.push(lit(ns.as_str()));
+        args.push(crate::identity::sql_normaliser::column_expr(
+            namespace, column,
+        )?);
+    }
+    Ok(args)
 }
 
 fn typed(d: &Ingested, name: &str, t: &DataType) -> Result<Expr> {
@@ -193,19 +225,41 @@ pub async fn profiles(
         .filter(|d| d.dataset.class == class && d.dataset.kind == DatasetKind::Profile)
         .collect();
     named.sort_by(|a, b| a.dataset.name.cmp(&b.dataset.name));
-    let plan = Plan::new(policy, &attrs, &named)?;
+    // Stitching off: profiles come from the records alone, and each namespace's
+    // value and list are merged like attributes from the records' identities.
+    let unstitched = policy.stitching == Stitching::None;
+    let id_ns: Vec<&str> = if unstitched {
+        project.namespaces.iter().map(|n| n.name.as_str()).collect()
+    } else {
+        Vec::new()
+    };
+    let plan = Plan::new(policy, &attrs, &named, &id_ns)?;
     let mut union: Option<DataFrame> = None;
-    if !attrs.is_empty() {
+    if !attrs.is_empty() || unstitched {
+        let normalise = ctx
+            .udf(&anchor::name(class, anchor::Mode::Normalise))
+            .map_err(Error::engine("merge"))?;
         for (i, d) in named.iter().enumerate() {
             let mut exprs = vec![
                 ident("profile_id"),
                 cast(ident(&d.dataset.timestamp), timestamp_type()).alias("__ts"),
                 lit(i as u32).alias("__ds"),
             ];
+            for (k, ns) in id_ns.iter().enumerate() {
+                let args = identity_args(project, d, Some(ns))?;
+                exprs.push(
+                    if args.is_empty() {
+                        lit(ScalarValue::Utf8(None))
+                    } else {
+                        normalise.call(args)
+                    }
+                    .alias(format!("__id_{k}")),
+                );
+            }
             for (a, t) in &attrs {
                 exprs.push(typed(d, a, t)?);
             }
-            let df = attributed(ctx, project, d)
+            let df = attributed(ctx, project, d, policy.stitching)
                 .await?
                 .select(exprs)
                 .map_err(Error::engine("merge"))?;
@@ -223,8 +277,9 @@ pub async fn profiles(
                 .map_err(Error::engine("merge"))?;
             let fn_name = format!("__merge_{}", policy.name);
             ctx.register_udaf(winners::udaf(&fn_name, plan.slots.clone()));
-            plan.sql(&fn_name, &base)
+            plan.sql(&fn_name, (!unstitched).then_some(base.as_str()))
         }
+        None if unstitched => format!("SELECT * FROM {base} WHERE false"),
         None => format!("SELECT * FROM {base} ORDER BY profile_id"),
     };
     let mut df = ctx.sql(&sql).await.map_err(Error::engine("merge"))?;
@@ -246,6 +301,7 @@ pub async fn events(
     project: &Project,
     datasets: &[Ingested],
     class: Class,
+    stitching: Stitching,
 ) -> Result<DataFrame> {
     let props = class_columns(datasets, class, DatasetKind::Event);
     for (p, _) in &props {
@@ -287,7 +343,7 @@ pub async fn events(
         for (p, t) in &props {
             exprs.push(typed(d, p, t)?);
         }
-        let df = attributed(ctx, project, d)
+        let df = attributed(ctx, project, d, stitching)
             .await?
             .select(exprs)
             .map_err(Error::engine("events"))?;

@@ -36,10 +36,14 @@ impl Plan {
     /// # Errors
     /// [`Error::Config`] when a rule, group or provenance entry names an
     /// attribute that no profile dataset of the class has.
+    ///
+    /// `id_ns` (stitching off only): namespaces whose preferred value and list
+    /// are merged from the records' normalised identities (`__id_<k>` columns).
     pub fn new(
         policy: &MergePolicy,
         attrs: &[(String, DataType)],
         named: &[&Ingested],
+        id_ns: &[&str],
     ) -> Result<Plan> {
         let path = format!("merge_policies.{}", policy.name);
         let names: Vec<&str> = attrs.iter().map(|(a, _)| a.as_str()).collect();
@@ -102,6 +106,19 @@ impl Plan {
             columns: Vec::new(),
             params: Vec::new(),
         };
+        for (k, ns) in id_ns.iter().enumerate() {
+            // Preferred value: the most recent (ties: dataset, smallest value); and every value.
+            let s = plan.slots.len();
+            plan.slots.push(Slot {
+                name: format!("s{s}"),
+                order: Order::MostRecent,
+            });
+            let col = format!("__id_{k}");
+            plan.args.push(quote(&col));
+            plan.columns
+                .push(format!("m.\"__w\"['s{s}'] AS {}", quote(ns)));
+            plan.collect(&col, &format!("{ns}_all"), &DataType::Utf8);
+        }
         let mut group_slot: Vec<(String, usize)> = Vec::new();
         for (attr, t) in attrs {
             let q = quote(attr);
@@ -210,8 +227,21 @@ impl Plan {
         }
     }
 
-    /// The query: the profile skeleton `base` left-joined with the merged attributes.
-    pub fn sql(&self, winners_fn: &str, base: &str) -> String {
+    /// `out`: the sorted distinct non-null values of column `col` (`[]` when none).
+    fn collect(&mut self, col: &str, out: &str, t: &DataType) {
+        let (q, o) = (quote(col), quote(out));
+        self.aggs.push(format!(
+            "array_sort(array_agg(DISTINCT {q}) FILTER (WHERE {q} IS NOT NULL)) AS {o}"
+        ));
+        self.params
+            .push(ScalarValue::List(ScalarValue::new_list_nullable(&[], t)));
+        self.columns
+            .push(format!("coalesce(m.{o}, ${}) AS {o}", self.params.len()));
+    }
+
+    /// The query: the profile skeleton `base` left-joined with the merged
+    /// attributes; without `base` (stitching off), the merged records alone.
+    pub fn sql(&self, winners_fn: &str, base: Option<&str>) -> String {
         let mut per_profile = vec!["profile_id".to_string()];
         if !self.slots.is_empty() {
             per_profile.push(format!(
@@ -226,13 +256,21 @@ impl Plan {
             per_profile.join(", ")
         )];
         with.extend(self.ctes.iter().cloned());
+        let key = if base.is_some() { "b" } else { "m" };
         let joins: String = (0..self.ctes.len())
-            .map(|i| format!(" LEFT JOIN __mf{i} ON b.profile_id = __mf{i}.profile_id"))
+            .map(|i| format!(" LEFT JOIN __mf{i} ON {key}.profile_id = __mf{i}.profile_id"))
             .collect();
-        let mut cols = vec!["b.*".to_string()];
+        let mut cols = vec![match base {
+            Some(_) => "b.*".to_string(),
+            None => "m.profile_id".to_string(),
+        }];
         cols.extend(self.columns.iter().cloned());
+        let from = match base {
+            Some(base) => format!("{base} b LEFT JOIN m ON b.profile_id = m.profile_id"),
+            None => "m".to_string(),
+        };
         format!(
-            "WITH {} SELECT {} FROM {base} b LEFT JOIN m ON b.profile_id = m.profile_id{joins} ORDER BY b.profile_id",
+            "WITH {} SELECT {} FROM {from}{joins} ORDER BY {key}.profile_id",
             with.join(", "),
             cols.join(", ")
         )

@@ -357,10 +357,10 @@ impl Pipeline {
                 let policy = policy
                     .ok_or_else(|| Error::Internal(format!("policy {policy_name} vanished")))?;
                 let profiles = merge::profiles(ctx_ref, project, datasets, &policy).await?;
-                let events = merge::events(ctx_ref, project, datasets, class)
+                let events = merge::events(ctx_ref, project, datasets, class, policy.stitching)
                     .await?
                     .into_view();
-                let identities = class_identities(ctx_ref, class).await?;
+                let identities = class_identities(ctx_ref, class, policy.stitching).await?;
                 Ok(Group {
                     class,
                     policy: policy.name.clone(),
@@ -445,9 +445,18 @@ impl Pipeline {
 async fn class_identities(
     ctx: &datafusion::prelude::SessionContext,
     class: Class,
+    stitching: crate::config::Stitching,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    // Stitching off: each identity belongs to the profile keyed by itself.
+    let profile = match stitching {
+        crate::config::Stitching::Graph => "profile_id".to_string(),
+        crate::config::Stitching::None => format!(
+            "{}(namespace, value)",
+            crate::identity::anchor::name(class, crate::identity::anchor::Mode::IdOf)
+        ),
+    };
     let sql = format!(
-        "SELECT profile_id, namespace, value, first_seen, last_seen, datasets FROM __identity_map WHERE class = '{}'",
+        "SELECT {profile} AS profile_id, namespace, value, first_seen, last_seen, datasets FROM __identity_map WHERE class = '{}'",
         class.as_str()
     );
     Ok(ctx

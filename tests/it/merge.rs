@@ -656,3 +656,70 @@ fn merge_renamed_columns_feed_attributes_and_types_must_agree() {
         .collect();
     assert_eq!(runs, vec!["r1"], "nothing is exported by the failed run");
 }
+
+#[test]
+fn merge_stitching_none_keys_each_record_by_its_best_identity() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cols = &["email", "member", "city"][..];
+    merge_project(
+        dir.path(),
+        "[merge_policies.graph]\ndefault = true\n\n[merge_policies.flat]\nstitching = \"none\"",
+        &["email", "member", "city"],
+        [
+            &rows(cols, vec![(vec![Some(A), Some("M1"), Some("Leeds")], 1)]),
+            &rows(cols, vec![(vec![None, Some("M1"), Some("Derby")], 2)]),
+            &rows(cols, vec![(vec![Some(B), None, Some("York")], 1)]),
+        ],
+        &[
+            (
+                "flat_all",
+                "-- policy: flat\nSELECT profile_id FROM profiles",
+            ),
+            (
+                "flat_members",
+                "-- policy: flat\nSELECT profile_id FROM identities WHERE namespace = 'member'",
+            ),
+        ],
+    );
+    let text = std::fs::read_to_string(dir.path().join("audience.toml")).expect("config");
+    let text = text
+        .replace(
+            "identities = { email = \"email\" }",
+            "identities = { email = \"email\", member = \"member\" }",
+        )
+        .replace(
+            "[namespaces.email]",
+            "[namespaces.member]\nnormaliser = \"id\"\npriority = 2\n\n[namespaces.email]",
+        );
+    std::fs::write(dir.path().join("audience.toml"), text).expect("write");
+    run(dir.path(), "r1");
+    let graph = exported(dir.path(), "r1", "everyone");
+    assert_eq!(
+        graph.len(),
+        2,
+        "stitched: ann and M1 are one profile, bob another"
+    );
+    assert_eq!(graph[A]["city"], "Derby");
+    let flat = exported(dir.path(), "r1", "flat_all");
+    assert_eq!(
+        flat.len(),
+        3,
+        "unstitched: a profile per best identity (ann's e-mail, M1, bob's e-mail): {flat:?}"
+    );
+    assert_eq!(flat[A]["city"], "Leeds", "only ann's own record");
+    assert_eq!(
+        flat[A]["member"], "M1",
+        "identities of the record are listed"
+    );
+    assert_eq!(
+        flat[""]["member"], "M1",
+        "the member-only record is its own profile"
+    );
+    assert_eq!(flat[""]["city"], "Derby");
+    let members = exported(dir.path(), "r1", "flat_members");
+    assert_eq!(
+        members.keys().collect::<Vec<_>>(),
+        vec![""],
+        "`identities` under stitching none: each identity is keyed by itself"
+    );
+}
