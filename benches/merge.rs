@@ -162,7 +162,6 @@ fn child(path: &Path, variant: &str) {
         }
         profiles
     });
-    let profiles = profiles;
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     let records = parquet::file::reader::FileReader::metadata(
         &parquet::file::serialized_reader::SerializedFileReader::new(

@@ -73,8 +73,11 @@ fn builtin_blocked(v: &str) -> bool {
 #[derive(Debug)]
 pub struct PhoneCache {
     hasher: hashbrown::DefaultHashBuilder,
-    shards: Vec<RwLock<hashbrown::HashMap<Box<str>, Option<Box<str>>>>>,
+    shards: Vec<RwLock<PhoneShard>>,
 }
+
+/// Trimmed raw value → E.164 (`None`: invalid).
+type PhoneShard = hashbrown::HashMap<Box<str>, Option<Box<str>>>;
 
 impl Default for PhoneCache {
     fn default() -> Self {
@@ -86,7 +89,7 @@ impl Default for PhoneCache {
 }
 
 impl PhoneCache {
-    fn shard(&self, key: &str) -> &RwLock<hashbrown::HashMap<Box<str>, Option<Box<str>>>> {
+    fn shard(&self, key: &str) -> &RwLock<PhoneShard> {
         let h = std::hash::BuildHasher::hash_one(&self.hasher, key);
         &self.shards[(h >> 60) as usize]
     }
