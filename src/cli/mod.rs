@@ -2,6 +2,7 @@
 
 pub mod explain;
 pub mod generate;
+pub mod profile;
 pub mod run;
 pub mod validate;
 
@@ -52,6 +53,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Show an identity's profile, all its identities, and the links that joined them.
     Explain(explain::Args),
+    /// Show an identity's unified profile: each attribute's winner, its source and time, and the losing values.
+    Profile(profile::Args),
 }
 
 /// Parse an RFC 3339 time or a date (midnight UTC).
@@ -77,5 +80,6 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Run(a) => run::run(a, cli.quiet).await,
         Command::Generate(a) => generate::run(a, cli.quiet),
         Command::Explain(a) => explain::run(a).await,
+        Command::Profile(a) => profile::run(a).await,
     }
 }

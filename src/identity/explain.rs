@@ -91,20 +91,19 @@ async fn read_rows(project: &Project, run: &str, file: &str) -> Result<Vec<Row>>
     rows(&store::read_parquet(bytes, &loc.display())?)
 }
 
-/// Explain `identity` (`namespace:value`, the value as written or normalised).
+/// Parse `namespace:value` (value as written or normalised) into the namespace
+/// and the normalised value. `what` names the command in messages.
 ///
 /// # Errors
-/// [`Error::Config`] for an unknown namespace, an invalid value, no finished run,
-/// or an identity the run did not see.
-pub async fn explain(
-    project: &Project,
+/// [`Error::Config`] for a missing colon, an unknown namespace or an invalid value.
+pub fn parse_identity<'p>(
+    project: &'p Project,
     identity: &str,
-    class: Class,
-    run: Option<&str>,
-) -> Result<Explanation> {
+    what: &str,
+) -> Result<(&'p crate::config::Namespace, String)> {
     let bad = |msg: String| {
         let mut p = Problems::default();
-        p.push("explain", "", msg);
+        p.push(what, "", msg);
         Error::Config(p)
     };
     let (ns_name, raw) = identity.split_once(':').ok_or_else(|| {
@@ -128,6 +127,27 @@ pub async fn explain(
             ))
         })?
         .into_owned();
+    Ok((ns, value))
+}
+
+/// Explain `identity` (`namespace:value`, the value as written or normalised).
+///
+/// # Errors
+/// [`Error::Config`] for an unknown namespace, an invalid value, no finished run,
+/// or an identity the run did not see.
+pub async fn explain(
+    project: &Project,
+    identity: &str,
+    class: Class,
+    run: Option<&str>,
+) -> Result<Explanation> {
+    let bad = |msg: String| {
+        let mut p = Problems::default();
+        p.push("explain", "", msg);
+        Error::Config(p)
+    };
+    let (ns, value) = parse_identity(project, identity, "explain")?;
+    let ns_name = ns.name.as_str();
     let key = format!("{ns_name}:{value}");
     let run_id = match run {
         Some(r) => r.to_string(),

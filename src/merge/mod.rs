@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 mod plan;
+pub mod profile;
 pub mod winners;
 
 use plan::Plan;
@@ -102,6 +103,11 @@ pub fn exportable_columns(project: &Project, datasets: &[Ingested], class: Class
         }
     }
     out
+}
+
+/// A SQL string literal.
+pub(crate) fn string_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Register one batch as a table, replacing any table of that name.

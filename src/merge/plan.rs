@@ -6,6 +6,7 @@
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 
+use super::string_literal;
 use super::winners::{Order, Slot};
 use crate::config::{AttributeRule, MergeMethod, MergePolicy};
 use crate::error::{Problems, Result, one_of};
@@ -26,10 +27,6 @@ pub(crate) struct Plan {
     columns: Vec<String>,
     /// Typed empty lists for `collect` attributes of profiles with no value.
     pub params: Vec<ScalarValue>,
-}
-
-fn string_lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 impl Plan {
@@ -94,7 +91,7 @@ impl Plan {
             let whens: String = named
                 .iter()
                 .enumerate()
-                .map(|(i, d)| format!(" WHEN {i} THEN {}", string_lit(&d.dataset.name)))
+                .map(|(i, d)| format!(" WHEN {i} THEN {}", string_literal(&d.dataset.name)))
                 .collect();
             format!("CASE m.\"__w\"['s{slot}__ds']{whens} END")
         };
@@ -138,7 +135,7 @@ impl Plan {
                         });
                         let members: Vec<String> = fields
                             .iter()
-                            .map(|f| format!("{}, {}", string_lit(f), quote(f)))
+                            .map(|f| format!("{}, {}", string_literal(f), quote(f)))
                             .collect();
                         plan.args
                             .push(format!("named_struct({})", members.join(", ")));
@@ -146,8 +143,10 @@ impl Plan {
                         s
                     }
                 };
-                plan.columns
-                    .push(format!("m.\"__w\"['s{slot}'][{}] AS {q}", string_lit(attr)));
+                plan.columns.push(format!(
+                    "m.\"__w\"['s{slot}'][{}] AS {q}",
+                    string_literal(attr)
+                ));
                 Some(slot)
             } else {
                 let order = match rule.map(|r| r.rule) {

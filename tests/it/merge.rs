@@ -723,3 +723,83 @@ fn merge_stitching_none_keys_each_record_by_its_best_identity() {
         "`identities` under stitching none: each identity is keyed by itself"
     );
 }
+
+#[test]
+fn merge_profile_command_shows_winners_sources_and_losers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cols = &["email", "city", "tier"][..];
+    merge_project(
+        dir.path(),
+        "[merge_policies.p]\ndefault = true\nmethod = \"precedence\"\nprecedence = [\"loyalty\", \"crm\"]\n[merge_policies.p.attributes]\ntier = \"max\"",
+        &["email", "city"],
+        [
+            &rows(cols, vec![(vec![Some(A), Some("Leeds"), Some("gold")], 9)]),
+            &rows(cols, vec![(vec![Some(A), Some("Ely"), Some("silver")], 2)]),
+            &rows(cols, vec![(vec![Some(B), Some("York"), None], 1)]),
+        ],
+        &[],
+    );
+    let project = dir.path().to_str().expect("utf8");
+    let (code, out, err) = audience(&[
+        "profile",
+        "--project",
+        project,
+        "--as-of",
+        "2025-07-01",
+        "--json",
+        "email: Ann@Example.com",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["policy"], "p");
+    assert_eq!(
+        v["identities"]["email"][0], A,
+        "the identity is normalised first"
+    );
+    let attr = |name: &str| {
+        v["attributes"]
+            .as_array()
+            .expect("attributes")
+            .iter()
+            .find(|a| a["attribute"] == name)
+            .cloned()
+            .expect("attribute")
+    };
+    let city = attr("city");
+    assert_eq!(city["value"], "Ely");
+    assert_eq!(city["source"], "loyalty", "precedence: loyalty first");
+    assert!(
+        city["updated_at"]
+            .as_str()
+            .expect("time")
+            .starts_with("1970-01-03")
+    );
+    let lost: Vec<(&str, &str, bool)> = city["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .map(|c| {
+            (
+                c["value"].as_str().unwrap_or_default(),
+                c["dataset"].as_str().unwrap_or_default(),
+                c["winner"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lost,
+        vec![("Leeds", "crm", false), ("Ely", "loyalty", true)]
+    );
+    let tier = attr("tier");
+    assert_eq!(
+        (tier["value"].as_str(), tier["rule"].as_str()),
+        (Some("silver"), Some("max"))
+    );
+
+    let (code, _, err) = audience(&["profile", "--project", project, "email:nobody@example.com"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no customer record or event has email:nobody@example.com"),
+        "{err}"
+    );
+}
