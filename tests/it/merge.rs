@@ -679,7 +679,18 @@ fn merge_stitching_none_keys_each_record_by_its_best_identity() {
                 "flat_members",
                 "-- policy: flat\nSELECT profile_id FROM identities WHERE namespace = 'member'",
             ),
+            (
+                "flat_visitors",
+                "-- policy: flat\nSELECT profile_id FROM events",
+            ),
+            ("visitors", "SELECT profile_id FROM events"),
         ],
+    );
+    write_dataset(
+        dir.path(),
+        "web",
+        &rows(&["member"], vec![(vec![Some("M1")], 3)]),
+        true,
     );
     let text = std::fs::read_to_string(dir.path().join("audience.toml")).expect("config");
     let text = text
@@ -690,6 +701,10 @@ fn merge_stitching_none_keys_each_record_by_its_best_identity() {
         .replace(
             "[namespaces.email]",
             "[namespaces.member]\nnormaliser = \"id\"\npriority = 2\n\n[namespaces.email]",
+        )
+        .replace(
+            "[destinations.out]",
+            "[datasets.web]\nkind = \"event\"\npath = \"data/web/\"\ntimestamp = \"ts\"\nevent_type = \"event_type\"\nidentities = { member = \"member\" }\n\n[destinations.out]",
         );
     std::fs::write(dir.path().join("audience.toml"), text).expect("write");
     run(dir.path(), "r1");
@@ -721,6 +736,18 @@ fn merge_stitching_none_keys_each_record_by_its_best_identity() {
         members.keys().collect::<Vec<_>>(),
         vec![""],
         "`identities` under stitching none: each identity is keyed by itself"
+    );
+    let flat_visitors = exported(dir.path(), "r1", "flat_visitors");
+    assert_eq!(
+        flat_visitors.keys().collect::<Vec<_>>(),
+        vec![""],
+        "events under stitching none: the profile keyed by the event's best identity (M1)"
+    );
+    let visitors = exported(dir.path(), "r1", "visitors");
+    assert_eq!(
+        visitors.keys().collect::<Vec<_>>(),
+        vec![A],
+        "stitched: the event joins ann's profile"
     );
 }
 
