@@ -62,6 +62,15 @@ pub struct SegmentCount {
     pub class: String,
     pub policy: String,
     pub members: u64,
+    /// Members now and not in the baseline run.
+    #[serde(default)]
+    pub realized: u64,
+    /// Members now and in the baseline run.
+    #[serde(default)]
+    pub existing: u64,
+    /// Members of the baseline run that left.
+    #[serde(default)]
+    pub exited: u64,
 }
 
 /// The input files of one dataset.
@@ -108,6 +117,9 @@ pub struct RunRecord {
     pub stages: Vec<StageRecord>,
     pub rejections: Vec<RejectionCount>,
     pub segments: Vec<SegmentCount>,
+    /// The run that segment statuses compare with: the previous successful run by as-of.
+    #[serde(default)]
+    pub membership_baseline: Option<String>,
     pub exports: Vec<ExportManifest>,
     pub error: Option<String>,
 }
@@ -145,6 +157,7 @@ struct Collected {
     stitched: Option<Stitched>,
     stages: Vec<StageRecord>,
     segments: Vec<SegmentCount>,
+    baseline: Option<String>,
     exports: Vec<ExportManifest>,
 }
 
@@ -216,6 +229,7 @@ impl Pipeline {
             stitched: None,
             stages: Vec::new(),
             segments: Vec::new(),
+            baseline: None,
             exports: Vec::new(),
         };
         let result = self.stages(&mut c).await;
@@ -261,6 +275,7 @@ impl Pipeline {
             stages: c.stages,
             rejections,
             segments: c.segments,
+            membership_baseline: c.baseline,
             exports: c.exports,
             error: result.as_ref().err().map(|e| e.to_string()),
         };
@@ -378,13 +393,28 @@ impl Pipeline {
             memberships.len(),
             thousands(total as u64)
         ));
+        let baseline = segment::history::baseline(project, self.as_of, &self.run_id).await?;
+        let statuses = segment::history::write(
+            project,
+            &self.run_id,
+            &memberships,
+            baseline.as_ref().map(|(_, m)| m),
+        )
+        .await?;
+        c.baseline = baseline.map(|(id, _)| id);
         c.segments = memberships
             .iter()
-            .map(|m| SegmentCount {
-                segment: m.segment.clone(),
-                class: m.class.as_str().into(),
-                policy: m.policy.clone(),
-                members: m.members.len() as u64,
+            .map(|m| {
+                let s = statuses.get(&m.segment).copied().unwrap_or_default();
+                SegmentCount {
+                    segment: m.segment.clone(),
+                    class: m.class.as_str().into(),
+                    policy: m.policy.clone(),
+                    members: m.members.len() as u64,
+                    realized: s.realized,
+                    existing: s.existing,
+                    exited: s.exited,
+                }
             })
             .collect();
         c.stage(

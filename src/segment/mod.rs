@@ -21,6 +21,8 @@ use crate::engine::Batches;
 use crate::error::{Error, Result};
 use crate::merge::register_batches;
 
+pub mod history;
+
 /// A segment's members at one as-of.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Membership {

@@ -8,4 +8,5 @@ mod ingest;
 mod merge;
 mod pipeline;
 mod reference;
+mod segments;
 mod support;

@@ -1,0 +1,126 @@
+//! Segment membership history (SPEC §6): realized, existing, exited against
+//! the previous successful run by as-of, and reproducible re-runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::array::AsArray;
+
+use super::identity::{Rows, profile_ids, project, run_at};
+
+const DAY: i64 = 86_400;
+
+fn at(day: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(day * DAY, 0).expect("time")
+}
+
+/// (segment, profile id) → status, from a run's memberships file.
+fn memberships(dir: &Path, run_id: &str) -> BTreeMap<(String, String), String> {
+    let bytes = std::fs::read(
+        dir.join("state/runs")
+            .join(run_id)
+            .join("memberships.parquet"),
+    )
+    .expect("memberships file");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .expect("parquet")
+    .build()
+    .expect("reader");
+    let mut out = BTreeMap::new();
+    for b in reader {
+        let b = b.expect("batch");
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .expect("column")
+                .as_string::<i32>()
+                .clone()
+        };
+        let (s, p, st) = (col("segment"), col("profile_id"), col("status"));
+        for i in 0..b.num_rows() {
+            out.insert(
+                (s.value(i).to_string(), p.value(i).to_string()),
+                st.value(i).to_string(),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn segments_membership_history_realized_existing_exited() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Ann and Bob from day 1; Bob's name changes on day 5; Cat arrives on day 5.
+    let crm = Rows {
+        columns: &["crm_id", "email", "name"],
+        rows: vec![
+            (vec![Some("C1"), Some("ann@x.com"), Some("x")], 1),
+            (vec![Some("C2"), Some("bob@x.com"), Some("x")], 1),
+            (vec![Some("C2"), Some("bob@x.com"), Some("y")], 5),
+            (vec![Some("C3"), Some("cat@x.com"), Some("x")], 5),
+        ],
+    };
+    let web = Rows {
+        columns: &["cookie", "email"],
+        rows: vec![(vec![Some("ck1"), Some("ann@x.com")], 1)],
+    };
+    let prospects = Rows {
+        columns: &["email", "name"],
+        rows: vec![(vec![Some("p@x.com"), Some("P")], 1)],
+    };
+    project(dir.path(), "", "", &crm, &web, &prospects);
+    std::fs::write(
+        dir.path().join("sql/segments/named_x.sql"),
+        "SELECT profile_id FROM profiles WHERE name = 'x'",
+    )
+    .expect("segment");
+
+    let r1 = run_at(dir.path(), "r1", at(2));
+    let first = memberships(dir.path(), "r1");
+    assert!(
+        first.values().all(|s| s == "realized"),
+        "no baseline: all new"
+    );
+    assert_eq!(r1.membership_baseline, None);
+
+    let r2 = run_at(dir.path(), "r2", at(10));
+    assert_eq!(r2.membership_baseline.as_deref(), Some("r1"));
+    let ids = profile_ids(dir.path(), "r2");
+    let id = |e: &str| ids[&format!("customer/email:{e}")].clone();
+    let second = memberships(dir.path(), "r2");
+    let status = |p: &str| second[&("named_x".to_string(), id(p))].as_str();
+    assert_eq!(status("ann@x.com"), "existing");
+    assert_eq!(status("cat@x.com"), "realized");
+    assert_eq!(status("bob@x.com"), "exited", "bob's name is no longer x");
+    let count = r2
+        .segments
+        .iter()
+        .find(|s| s.segment == "named_x")
+        .expect("segment count");
+    assert_eq!(
+        (count.members, count.realized, count.existing, count.exited),
+        (2, 1, 1, 1)
+    );
+
+    // A re-run at the first as-of compares with what came before it (nothing),
+    // so its memberships are byte for byte the first run's.
+    run_at(dir.path(), "r3", at(2));
+    let file = |r: &str| {
+        std::fs::read(
+            dir.path()
+                .join("state/runs")
+                .join(r)
+                .join("memberships.parquet"),
+        )
+        .expect("file")
+    };
+    assert_eq!(file("r3"), file("r1"));
+    // And the next run after r2 compares with r2 (the latest as-of before it), not r3.
+    let r4 = run_at(dir.path(), "r4", at(11));
+    assert_eq!(r4.membership_baseline.as_deref(), Some("r2"));
+    assert!(
+        !memberships(dir.path(), "r4").contains_key(&("named_x".to_string(), id("bob@x.com"))),
+        "an exited member is not carried into later runs"
+    );
+}
