@@ -3,7 +3,9 @@
 pub mod explain;
 pub mod generate;
 pub mod profile;
+pub mod query;
 pub mod run;
+pub mod segments;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -55,6 +57,10 @@ pub enum Command {
     Explain(explain::Args),
     /// Show an identity's unified profile: each attribute's winner, its source and time, and the losing values.
     Profile(profile::Args),
+    /// Each segment's members and the change since the previous run (latest run, or evaluated at --as-of).
+    Segments(segments::Args),
+    /// Ad-hoc read-only SQL over the relations segments see, as a table, CSV or JSON lines.
+    Query(query::Args),
 }
 
 /// Parse an RFC 3339 time or a date (midnight UTC).
@@ -81,5 +87,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Generate(a) => generate::run(a, cli.quiet),
         Command::Explain(a) => explain::run(a).await,
         Command::Profile(a) => profile::run(a).await,
+        Command::Segments(a) => segments::run(a).await,
+        Command::Query(a) => query::run(a).await,
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod raw;
 mod sql;
+pub use sql::check_query;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

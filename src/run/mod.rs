@@ -364,28 +364,7 @@ impl Pipeline {
         c.stitched = Some(stitched);
 
         let st = self.progress.stage("merge+segments");
-        let datasets = &c.datasets;
-        let ctx_ref = &ctx;
-        let (memberships, groups) = segment::evaluate(&ctx, project, |class, policy_name| {
-            let policy = project.policy(&policy_name).cloned();
-            async move {
-                let policy = policy
-                    .ok_or_else(|| Error::Internal(format!("policy {policy_name} vanished")))?;
-                let profiles = merge::profiles(ctx_ref, project, datasets, &policy).await?;
-                let events = merge::events(ctx_ref, project, datasets, class, policy.stitching)
-                    .await?
-                    .into_view();
-                let identities = class_identities(ctx_ref, class, policy.stitching).await?;
-                Ok(Group {
-                    class,
-                    policy: policy.name.clone(),
-                    profiles,
-                    events,
-                    identities,
-                })
-            }
-        })
-        .await?;
+        let (memberships, groups) = evaluate_segments(&ctx, project, &c.datasets).await?;
         let profiles: ProfilesByPolicy = groups.into_iter().map(|(k, g)| (k, g.profiles)).collect();
         let total: usize = memberships.iter().map(|m| m.members.len()).sum();
         let secs = st.finish(&format!(
@@ -472,6 +451,101 @@ impl Pipeline {
 }
 
 /// The `identities` relation of a class: the run's identity map without its class column.
+/// The relations of one (class, merge policy) group: profiles, events, identities.
+///
+/// # Errors
+/// What merging the profiles or planning the relations reports.
+pub async fn build_group(
+    ctx: &datafusion::prelude::SessionContext,
+    project: &Project,
+    datasets: &[Ingested],
+    class: Class,
+    policy_name: &str,
+) -> Result<Group> {
+    let policy = project
+        .policy(policy_name)
+        .ok_or_else(|| Error::Internal(format!("policy {policy_name} vanished")))?;
+    let profiles = merge::profiles(ctx, project, datasets, policy).await?;
+    let events = merge::events(ctx, project, datasets, class, policy.stitching)
+        .await?
+        .into_view();
+    let identities = class_identities(ctx, class, policy.stitching).await?;
+    Ok(Group {
+        class,
+        policy: policy.name.clone(),
+        profiles,
+        events,
+        identities,
+        features: BTreeMap::new(),
+    })
+}
+
+/// Every segment, with the groups (policies) they used.
+async fn evaluate_segments(
+    ctx: &datafusion::prelude::SessionContext,
+    project: &Project,
+    datasets: &[Ingested],
+) -> Result<(Vec<segment::Membership>, BTreeMap<String, Group>)> {
+    segment::evaluate(ctx, project, |class, policy| async move {
+        build_group(ctx, project, datasets, class, &policy).await
+    })
+    .await
+}
+
+/// Everything a run computes before exporting, with nothing written: the
+/// session (relations registered), the datasets, the memberships and groups.
+/// For `audience query` and `audience segments --as-of`.
+pub struct Evaluated {
+    pub ctx: datafusion::prelude::SessionContext,
+    pub datasets: Vec<Ingested>,
+    pub memberships: Vec<segment::Membership>,
+    pub groups: BTreeMap<String, Group>,
+}
+
+/// Run ingest, identity, merge and segments at `as_of` without writing
+/// anything (identity outputs stay in memory; ids carry over from the latest run).
+///
+/// # Errors
+/// What a run would report.
+pub async fn evaluate(project: &Project, as_of: DateTime<Utc>) -> Result<Evaluated> {
+    let ctx = engine::session(project, as_of)?;
+    let datasets = ingest::ingest(&ctx, project).await?;
+    let previous = identity::store::previous_map(project).await?;
+    let scratch = engine::storage::Location::parse(
+        &format!(
+            "memory://audience-evaluate/{}",
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ),
+        &project.root,
+    )
+    .map_err(Error::Internal)?;
+    engine::register_store(&ctx, &scratch)?;
+    let stitched = identity::stitch(
+        &ctx,
+        project,
+        &datasets,
+        previous.as_ref(),
+        &scratch,
+        |_| {},
+    )
+    .await?;
+    merge::register_identity_tables(&ctx, project, &stitched)?;
+    ctx.register_parquet(
+        "__identity_map",
+        stitched.outputs.join("identity_map.parquet").url().as_str(),
+        datafusion::prelude::ParquetReadOptions::default(),
+    )
+    .await
+    .map_err(Error::engine("identity"))?;
+    let (memberships, groups) = evaluate_segments(&ctx, project, &datasets).await?;
+    Ok(Evaluated {
+        ctx,
+        datasets,
+        memberships,
+        groups,
+    })
+}
+
 async fn class_identities(
     ctx: &datafusion::prelude::SessionContext,
     class: Class,

@@ -41,6 +41,8 @@ pub struct Group {
     pub profiles: Batches,
     pub events: Arc<dyn datafusion::catalog::TableProvider>,
     pub identities: Arc<dyn datafusion::catalog::TableProvider>,
+    /// Features evaluated for this group, by id.
+    pub features: BTreeMap<String, Batches>,
 }
 
 /// Options that make segment SQL read-only.
@@ -191,7 +193,37 @@ where
             members,
         });
     }
+    for (policy, f) in features {
+        if let Some(g) = groups.get_mut(&policy) {
+            g.features = f;
+        }
+    }
     Ok((out, groups))
+}
+
+/// Make `g`'s relations current and evaluate every feature it has not yet
+/// (for ad-hoc queries, which may read any feature).
+///
+/// # Errors
+/// [`Error::Sql`] naming the feature file when one fails.
+pub async fn activate_all(ctx: &SessionContext, project: &Project, g: &mut Group) -> Result<()> {
+    activate(ctx, g, &g.features)?;
+    let todo: Vec<&SqlModel> = project
+        .models
+        .iter()
+        .filter(|m| m.kind == ModelKind::Feature && !g.features.contains_key(&m.id))
+        .collect();
+    for m in todo {
+        let df = ctx
+            .sql_with_options(&m.sql, read_only())
+            .await
+            .map_err(|e| sql_error(m, e))?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(|e| sql_error(m, e))?;
+        register_batches(ctx, &m.id, schema.clone(), batches.clone())?;
+        g.features.insert(m.id.clone(), (schema, batches));
+    }
+    Ok(())
 }
 
 async fn run_segment(ctx: &SessionContext, seg: &SqlModel) -> Result<Vec<String>> {

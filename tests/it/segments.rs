@@ -124,3 +124,79 @@ fn segments_membership_history_realized_existing_exited() {
         "an exited member is not carried into later runs"
     );
 }
+
+#[test]
+fn segments_and_query_commands() {
+    use super::support::{audience, sample_copy};
+    let dir = sample_copy();
+    let p = dir.path().to_str().expect("utf8");
+    let (code, _, err) = audience(&["segments", "--project", p]);
+    assert_eq!(code, 2, "no run yet: {err}");
+    assert!(err.contains("no successful run yet"), "{err}");
+    for as_of in ["2025-06-01", "2025-07-01"] {
+        let (code, _, err) = audience(&["--quiet", "run", "--project", p, "--as-of", as_of]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = audience(&["segments", "--project", p, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        v["baseline"].is_string(),
+        "compared with the first run: {v}"
+    );
+    let high = v["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .find(|s| s["segment"] == "high_value")
+        .expect("high_value");
+    let n = |k: &str| high[k].as_u64().expect("count");
+    assert_eq!(n("members"), n("realized") + n("existing"));
+
+    // Evaluated at the latest as-of without writing: the same members as that run.
+    let runs_before = std::fs::read_dir(dir.path().join("state/runs"))
+        .expect("runs")
+        .count();
+    let (code, out, err) = audience(&[
+        "segments",
+        "--project",
+        p,
+        "--as-of",
+        "2025-07-01",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let again: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(again["segments"], v["segments"]);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("state/runs"))
+            .expect("runs")
+            .count(),
+        runs_before,
+        "nothing written"
+    );
+
+    // Ad-hoc queries see the segments and features, as CSV.
+    let (code, out, err) = audience(&[
+        "query",
+        "--project",
+        p,
+        "--as-of",
+        "2025-07-01",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM high_value",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("n\n{}", n("members")));
+    for (sql, msg) in [
+        ("DROP TABLE profiles", "is refused"),
+        ("SELECT * FROM __ds_crm", "unknown relation `__ds_crm`"),
+        ("COPY profiles TO '/tmp/x.csv'", "is refused"),
+        ("SELECT nme FROM profiles", "profiles.first_name"),
+    ] {
+        let (code, _, err) = audience(&["query", "--project", p, "--as-of", "2025-07-01", sql]);
+        assert_eq!(code, 2, "{sql}: {err}");
+        assert!(err.contains(msg), "{sql}: {err}");
+    }
+}
