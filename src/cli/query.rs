@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::config::{Class, Project};
-use crate::error::{Error, Problems, Result, one_of};
+use crate::error::{Error, Result};
+use crate::segment::adhoc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -34,93 +35,24 @@ pub struct Args {
     pub format: Format,
 }
 
-fn bad(msg: String) -> Error {
-    let mut p = Problems::default();
-    p.push("query", "", msg);
-    Error::Config(p)
-}
-
 pub async fn run(args: Args) -> Result<i32> {
     let project = Project::load(&args.project.project)?;
-    // The same checks as a segment file: one read-only query over known relations.
-    let reads = crate::config::check_query(&args.sql).map_err(|(line, msg)| Error::Sql {
-        file: "query".into(),
-        line,
-        message: msg,
-    })?;
-    let mut known: Vec<&str> = vec!["profiles", "events", "identities"];
-    known.extend(project.models.iter().map(|m| m.id.as_str()));
-    for r in &reads {
-        if !known.contains(&r.as_str()) {
-            return Err(bad(format!(
-                "unknown relation `{r}`: {}",
-                one_of(r, known.iter().copied())
-            )));
-        }
-    }
     let class = if args.prospect {
         Class::Prospect
     } else {
         Class::Customer
     };
-    let policy = match &args.policy {
-        Some(p) => project
-            .policy(p)
-            .ok_or_else(|| {
-                bad(format!(
-                    "unknown merge policy `{p}`: {}",
-                    one_of(p, project.policies.iter().map(|x| x.name.as_str()))
-                ))
-            })?
-            .clone(),
-        None => project
-            .default_policy(class)
-            .ok_or_else(|| bad(format!("no {} merge policy", class.as_str())))?
-            .clone(),
-    };
-    let batches = query(
-        &project,
-        &args.sql,
-        &policy.name,
-        args.as_of.unwrap_or_else(Utc::now),
-    )
-    .await?;
+    let policy = adhoc::policy_name(&project, args.policy.as_deref(), class)?;
+    // Cheap checks first: a bad query fails before the run is evaluated.
+    crate::config::check_query(&args.sql).map_err(|(line, msg)| Error::Sql {
+        file: "query".into(),
+        line,
+        message: msg,
+    })?;
+    let ctx = adhoc::prepare(&project, &policy, args.as_of.unwrap_or_else(Utc::now)).await?;
+    let batches = adhoc::run_sql(&ctx, &project, &args.sql).await?;
     print(&batches, args.format)?;
     Ok(0)
-}
-
-/// Evaluate the run at `as_of` (nothing written) and run `sql` over `policy`'s relations.
-///
-/// # Errors
-/// [`Error::Sql`] (file `query`) when the query fails; what a run reports otherwise.
-pub async fn query(
-    project: &Project,
-    sql: &str,
-    policy: &str,
-    as_of: DateTime<Utc>,
-) -> Result<Vec<RecordBatch>> {
-    let mut ev = crate::run::evaluate(project, as_of).await?;
-    let class = project
-        .policy(policy)
-        .map(|p| p.class)
-        .unwrap_or(Class::Customer);
-    let mut group = match ev.groups.remove(policy) {
-        Some(g) => g,
-        None => crate::run::build_group(&ev.ctx, project, &ev.datasets, class, policy).await?,
-    };
-    crate::segment::activate_all(&ev.ctx, project, &mut group).await?;
-    let sql_error = |e: datafusion::error::DataFusionError| Error::Sql {
-        file: "query".into(),
-        line: None,
-        message: e.to_string(),
-    };
-    ev.ctx
-        .sql_with_options(sql, crate::segment::read_only())
-        .await
-        .map_err(sql_error)?
-        .collect()
-        .await
-        .map_err(sql_error)
 }
 
 fn print(batches: &[RecordBatch], format: Format) -> Result<()> {

@@ -21,6 +21,7 @@ use crate::engine::Batches;
 use crate::error::{Error, Result};
 use crate::merge::register_batches;
 
+pub mod adhoc;
 pub mod history;
 
 /// A segment's members at one as-of.

@@ -9,4 +9,5 @@ mod merge;
 mod pipeline;
 mod reference;
 mod segments;
+mod slt;
 mod support;

@@ -1,0 +1,2 @@
+-- name: Gold tier
+SELECT profile_id FROM profiles WHERE tier = 'gold'

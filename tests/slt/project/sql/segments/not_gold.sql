@@ -1,0 +1,2 @@
+-- name: Not gold (NULL tiers are neither)
+SELECT profile_id FROM profiles WHERE tier <> 'gold'
