@@ -365,6 +365,7 @@ impl Pipeline {
 
         let st = self.progress.stage("merge+segments");
         let (memberships, groups) = evaluate_segments(&ctx, project, &c.datasets).await?;
+        let feature_runs: usize = groups.values().map(|g| g.feature_runs).sum();
         let profiles: ProfilesByPolicy = groups.into_iter().map(|(k, g)| (k, g.profiles)).collect();
         let total: usize = memberships.iter().map(|m| m.members.len()).sum();
         let secs = st.finish(&format!(
@@ -402,6 +403,7 @@ impl Pipeline {
             &[
                 ("segments", memberships.len() as u64),
                 ("memberships", total as u64),
+                ("feature_queries", feature_runs as u64),
             ],
         );
 
@@ -477,6 +479,7 @@ pub async fn build_group(
         events,
         identities,
         features: BTreeMap::new(),
+        feature_runs: 0,
     })
 }
 

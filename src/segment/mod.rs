@@ -44,6 +44,8 @@ pub struct Group {
     pub identities: Arc<dyn datafusion::catalog::TableProvider>,
     /// Features evaluated for this group, by id.
     pub features: BTreeMap<String, Batches>,
+    /// How many feature queries ran for this group (each feature once).
+    pub feature_runs: usize,
 }
 
 /// Options that make segment SQL read-only.
@@ -129,6 +131,7 @@ where
 {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut features: BTreeMap<String, BTreeMap<String, Batches>> = BTreeMap::new();
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
     let mut active: Option<String> = None;
     let mut out = Vec::new();
     let by_id: BTreeMap<&str, &SqlModel> =
@@ -174,6 +177,7 @@ where
             let batches = df.collect().await.map_err(|e| sql_error(m, e))?;
             register_batches(ctx, &m.id, schema.clone(), batches.clone())?;
             feats.insert(m.id.clone(), (schema, batches));
+            *runs.entry(policy.clone()).or_default() += 1;
         }
         let members = run_segment(ctx, seg).await?;
         let schema = Arc::new(Schema::new(vec![Field::new(
@@ -197,6 +201,7 @@ where
     for (policy, f) in features {
         if let Some(g) = groups.get_mut(&policy) {
             g.features = f;
+            g.feature_runs = runs.get(&policy).copied().unwrap_or_default();
         }
     }
     Ok((out, groups))
@@ -223,6 +228,7 @@ pub async fn activate_all(ctx: &SessionContext, project: &Project, g: &mut Group
         let batches = df.collect().await.map_err(|e| sql_error(m, e))?;
         register_batches(ctx, &m.id, schema.clone(), batches.clone())?;
         g.features.insert(m.id.clone(), (schema, batches));
+        g.feature_runs += 1;
     }
     Ok(())
 }

@@ -200,3 +200,30 @@ fn segments_and_query_commands() {
         assert!(err.contains(msg), "{sql}: {err}");
     }
 }
+
+#[test]
+fn segments_features_are_computed_once_per_policy() {
+    let dir = super::support::sample_copy();
+    let readers = std::fs::read_dir(dir.path().join("sql/segments"))
+        .expect("segments")
+        .filter(|e| {
+            std::fs::read_to_string(e.as_ref().expect("entry").path())
+                .expect("sql")
+                .contains("purchase_stats")
+        })
+        .count();
+    assert!(
+        readers >= 2,
+        "the sample has several segments reading the feature"
+    );
+    let record = run_at(dir.path(), "r1", super::support::as_of());
+    let stage = record
+        .stages
+        .iter()
+        .find(|s| s.stage == "segments")
+        .expect("segments stage");
+    assert_eq!(
+        stage.counts["feature_queries"], 1,
+        "one feature, one policy: computed once for {readers} segments"
+    );
+}
