@@ -114,6 +114,15 @@ fn sql_error(m: &SqlModel, e: impl std::fmt::Display) -> Error {
 
 /// Evaluate every segment (and the features they read) in dependency order.
 ///
+/// Segments are evaluated in layers: a segment's layer is one more than the
+/// deepest segment it reads (0 when it reads none). The segments of one layer
+/// and merge policy run as **one query**: each is planned on its own (so a
+/// planning error names its file), then all are combined with `UNION ALL`,
+/// tagged with their id, semi-joined once with the policy's `profiles`, and
+/// executed together, so shared scans and the membership output happen in one
+/// pass instead of one query per segment. Features are evaluated once per
+/// policy, before the first layer that needs them.
+///
 /// `group` builds the relations of a (class, policy) pair on first use; the
 /// groups built are returned beside the memberships.
 ///
@@ -133,28 +142,45 @@ where
     let mut features: BTreeMap<String, BTreeMap<String, Batches>> = BTreeMap::new();
     let mut runs: BTreeMap<String, usize> = BTreeMap::new();
     let mut active: Option<String> = None;
-    let mut out = Vec::new();
     let by_id: BTreeMap<&str, &SqlModel> =
         project.models.iter().map(|m| (m.id.as_str(), m)).collect();
-    for seg in project
-        .models
-        .iter()
-        .filter(|m| m.kind == ModelKind::Segment)
-    {
-        let policy = policy_of(project, seg)?;
-        if !groups.contains_key(&policy) {
-            let g = group(seg.class, policy.clone()).await?;
+    // Layer of each segment (models are in dependency order).
+    let mut layer: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in project.models.iter().filter(|m| m.kind == ModelKind::Segment) {
+        let l = m
+            .depends_on
+            .iter()
+            .filter_map(|d| layer.get(d.as_str()).map(|l| l + 1))
+            .max()
+            .unwrap_or(0);
+        layer.insert(m.id.as_str(), l);
+    }
+    let mut batches: BTreeMap<(usize, String), Vec<&SqlModel>> = BTreeMap::new();
+    for m in project.models.iter().filter(|m| m.kind == ModelKind::Segment) {
+        let policy = policy_of(project, m)?;
+        batches
+            .entry((layer[m.id.as_str()], policy))
+            .or_default()
+            .push(m);
+    }
+    let mut members_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for ((_, policy), segs) in &batches {
+        if !groups.contains_key(policy) {
+            let g = group(segs[0].class, policy.clone()).await?;
             groups.insert(policy.clone(), g);
         }
-        let g = &groups[&policy];
+        let g = &groups[policy];
         let feats = features.entry(policy.clone()).or_default();
         if active.as_deref() != Some(policy.as_str()) {
             activate(ctx, g, feats)?;
             active = Some(policy.clone());
         }
-        // Features this segment needs, transitively, in dependency order.
+        // Features these segments need, transitively, in dependency order.
         let mut needed = BTreeSet::new();
-        let mut stack: Vec<&str> = seg.depends_on.iter().map(String::as_str).collect();
+        let mut stack: Vec<&str> = segs
+            .iter()
+            .flat_map(|s| s.depends_on.iter().map(String::as_str))
+            .collect();
         while let Some(id) = stack.pop() {
             if let Some(m) = by_id.get(id)
                 && m.kind == ModelKind::Feature
@@ -179,23 +205,32 @@ where
             feats.insert(m.id.clone(), (schema, batches));
             *runs.entry(policy.clone()).or_default() += 1;
         }
-        let members = run_segment(ctx, seg).await?;
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "profile_id",
-            DataType::Utf8,
-            false,
-        )]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(StringArray::from_iter_values(members.iter()))],
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        register_batches(ctx, &seg.id, schema, vec![batch])?;
+        for (id, members) in run_segments(ctx, segs).await? {
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "profile_id",
+                DataType::Utf8,
+                false,
+            )]));
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(StringArray::from_iter_values(members.iter()))],
+            )
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            register_batches(ctx, &id, schema, vec![batch])?;
+            members_of.insert(id, members);
+        }
+    }
+    let mut out = Vec::new();
+    for seg in project
+        .models
+        .iter()
+        .filter(|m| m.kind == ModelKind::Segment)
+    {
         out.push(Membership {
             segment: seg.id.clone(),
             class: seg.class,
-            policy,
-            members,
+            policy: policy_of(project, seg)?,
+            members: members_of.remove(&seg.id).unwrap_or_default(),
         });
     }
     for (policy, f) in features {
@@ -233,46 +268,84 @@ pub async fn activate_all(ctx: &SessionContext, project: &Project, g: &mut Group
     Ok(())
 }
 
-async fn run_segment(ctx: &SessionContext, seg: &SqlModel) -> Result<Vec<String>> {
-    let df = ctx
-        .sql_with_options(&seg.sql, read_only())
-        .await
-        .map_err(|e| sql_error(seg, e))?;
-    let cols: Vec<String> = df
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    if !cols.iter().any(|c| c == "profile_id") {
-        return Err(Error::Sql {
-            file: seg.file.clone(),
-            line: None,
-            message: format!(
-                "a segment must return a `profile_id` column; this query returns: {}",
-                cols.join(", ")
-            ),
+/// Members of several segments of one policy, in one query: sorted, distinct
+/// profile ids that are profiles of the active policy, by segment id.
+async fn run_segments(
+    ctx: &SessionContext,
+    segs: &[&SqlModel],
+) -> Result<BTreeMap<String, Vec<String>>> {
+    use datafusion::logical_expr::{JoinType, cast, col, lit};
+    let mut union: Option<datafusion::prelude::DataFrame> = None;
+    for seg in segs {
+        let df = ctx
+            .sql_with_options(&seg.sql, read_only())
+            .await
+            .map_err(|e| sql_error(seg, e))?;
+        let cols: Vec<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        if !cols.iter().any(|c| c == "profile_id") {
+            return Err(Error::Sql {
+                file: seg.file.clone(),
+                line: None,
+                message: format!(
+                    "a segment must return a `profile_id` column; this query returns: {}",
+                    cols.join(", ")
+                ),
+            });
+        }
+        let tagged = df
+            .select(vec![
+                lit(seg.id.as_str()).alias("__segment"),
+                cast(col("profile_id"), DataType::Utf8).alias("__member"),
+            ])
+            .map_err(|e| sql_error(seg, e))?;
+        union = Some(match union {
+            None => tagged,
+            Some(u) => u.union(tagged).map_err(|e| sql_error(seg, e))?,
         });
     }
-    ctx.deregister_table("__segment")
-        .map_err(Error::engine("segments"))?;
-    ctx.register_table("__segment", df.into_view())
-        .map_err(Error::engine("segments"))?;
-    let members = ctx
-        .sql("SELECT DISTINCT CAST(s.profile_id AS VARCHAR) AS profile_id FROM __segment s WHERE s.profile_id IN (SELECT profile_id FROM profiles) ORDER BY 1")
+    let mut out: BTreeMap<String, BTreeSet<String>> = segs
+        .iter()
+        .map(|s| (s.id.clone(), BTreeSet::new()))
+        .collect();
+    let Some(union) = union else {
+        return Ok(BTreeMap::new());
+    };
+    let files: Vec<&str> = segs.iter().map(|s| s.file.as_str()).collect();
+    let together = |e: datafusion::error::DataFusionError| Error::Sql {
+        file: files.join(", "),
+        line: None,
+        message: e.to_string(),
+    };
+    let profiles = ctx
+        .table("profiles")
         .await
-        .map_err(|e| sql_error(seg, e))?
+        .and_then(|p| p.select(vec![col("profile_id").alias("__profile")]))
+        .map_err(together)?;
+    let batches = union
+        .join(profiles, JoinType::LeftSemi, &["__member"], &["__profile"], None)
+        .map_err(together)?
         .collect()
         .await
-        .map_err(|e| sql_error(seg, e))?;
-    let mut ids = Vec::new();
-    for b in &members {
-        let col = crate::identity::to_strings(b.column(0))?;
-        for i in 0..col.len() {
-            if !col.is_null(i) {
-                ids.push(col.value(i).to_string());
+        .map_err(together)?;
+    for b in &batches {
+        let seg = crate::identity::to_strings(b.column(0))?;
+        let member = crate::identity::to_strings(b.column(1))?;
+        for i in 0..b.num_rows() {
+            if seg.is_valid(i)
+                && member.is_valid(i)
+                && let Some(set) = out.get_mut(seg.value(i))
+            {
+                set.insert(member.value(i).to_string());
             }
         }
     }
-    Ok(ids)
+    Ok(out
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect())
 }
