@@ -146,7 +146,11 @@ where
         project.models.iter().map(|m| (m.id.as_str(), m)).collect();
     // Layer of each segment (models are in dependency order).
     let mut layer: BTreeMap<&str, usize> = BTreeMap::new();
-    for m in project.models.iter().filter(|m| m.kind == ModelKind::Segment) {
+    for m in project
+        .models
+        .iter()
+        .filter(|m| m.kind == ModelKind::Segment)
+    {
         let l = m
             .depends_on
             .iter()
@@ -156,7 +160,11 @@ where
         layer.insert(m.id.as_str(), l);
     }
     let mut batches: BTreeMap<(usize, String), Vec<&SqlModel>> = BTreeMap::new();
-    for m in project.models.iter().filter(|m| m.kind == ModelKind::Segment) {
+    for m in project
+        .models
+        .iter()
+        .filter(|m| m.kind == ModelKind::Segment)
+    {
         let policy = policy_of(project, m)?;
         batches
             .entry((layer[m.id.as_str()], policy))
@@ -327,7 +335,13 @@ async fn run_segments(
         .and_then(|p| p.select(vec![col("profile_id").alias("__profile")]))
         .map_err(together)?;
     let batches = union
-        .join(profiles, JoinType::LeftSemi, &["__member"], &["__profile"], None)
+        .join(
+            profiles,
+            JoinType::LeftSemi,
+            &["__member"],
+            &["__profile"],
+            None,
+        )
         .map_err(together)?
         .collect()
         .await
