@@ -7,6 +7,7 @@
 //! windowed event aggregates per profile): 20 profile predicates, 20 predicates
 //! over the feature, 10 segments of segments. Then, in a child process each:
 //!
+//! * `event-aggregates`: the feature alone, materialised;
 //! * `together`: the engine's `segment::evaluate` over all 50 (the feature once,
 //!   each layer of segments as one `UNION ALL` query);
 //! * `one-by-one`: the same, one segment (with what it reads) per evaluation.
@@ -204,8 +205,8 @@ fn ensure_data(people: u64) -> PathBuf {
     dir
 }
 
-/// Evaluate `project`'s segments over the generated tables; returns total members.
-async fn evaluate(project: &Project, dir: &Path) -> usize {
+/// Evaluate `project`'s segments over the generated tables; returns members per segment.
+async fn evaluate(project: &Project, dir: &Path) -> std::collections::BTreeMap<String, usize> {
     let as_of = chrono::DateTime::parse_from_rfc3339(AS_OF)
         .expect("as-of")
         .with_timezone(&chrono::Utc);
@@ -255,7 +256,39 @@ async fn evaluate(project: &Project, dir: &Path) -> usize {
     })
     .await
     .expect("evaluate");
-    memberships.iter().map(|m| m.members.len()).sum()
+    memberships
+        .iter()
+        .map(|m| (m.segment.clone(), m.members.len()))
+        .collect()
+}
+
+/// The feature alone (windowed event aggregates per profile), materialised.
+async fn event_aggregates(project: &Project, dir: &Path) -> usize {
+    let as_of = chrono::DateTime::parse_from_rfc3339(AS_OF)
+        .expect("as-of")
+        .with_timezone(&chrono::Utc);
+    let ctx = audience::engine::session(project, as_of).expect("session");
+    ctx.register_parquet(
+        "events",
+        dir.join("events.parquet").to_str().expect("utf-8"),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .expect("events");
+    let feature = project
+        .models
+        .iter()
+        .find(|m| m.kind == ModelKind::Feature)
+        .expect("feature");
+    ctx.sql(&feature.sql)
+        .await
+        .expect("sql")
+        .collect()
+        .await
+        .expect("collect")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum()
 }
 
 fn child(dir: &Path, variant: &str) {
@@ -271,7 +304,9 @@ fn child(dir: &Path, variant: &str) {
         .count();
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let members = if variant == "together" {
-        rt.block_on(evaluate(&project, dir))
+        rt.block_on(evaluate(&project, dir)).values().sum()
+    } else if variant == "event-aggregates" {
+        rt.block_on(event_aggregates(&project, dir))
     } else {
         let mut total = 0;
         for seg in project
@@ -291,7 +326,11 @@ fn child(dir: &Path, variant: &str) {
             }
             let mut one = project.clone();
             one.models.retain(|m| keep.contains(&m.id));
-            total += rt.block_on(evaluate(&one, dir));
+            total += rt
+                .block_on(evaluate(&one, dir))
+                .get(&seg.id)
+                .copied()
+                .unwrap_or_default();
         }
         total
     };
@@ -315,7 +354,7 @@ fn main() {
     let filter = common::filter();
     for people in common::scales("AUDIENCE_BENCH_SEG_PEOPLE", "1000000") {
         let dir = ensure_data(people);
-        for variant in ["together", "one-by-one"] {
+        for variant in ["event-aggregates", "together", "one-by-one"] {
             let case = format!("segments/{variant}/{people}");
             if filter.as_ref().is_some_and(|f| !case.contains(f.as_str())) {
                 continue;

@@ -316,12 +316,10 @@ async fn run_segments(
             Some(u) => u.union(tagged).map_err(|e| sql_error(seg, e))?,
         });
     }
-    let mut out: BTreeMap<String, BTreeSet<String>> = segs
-        .iter()
-        .map(|s| (s.id.clone(), BTreeSet::new()))
-        .collect();
+    let mut out: BTreeMap<String, Vec<String>> =
+        segs.iter().map(|s| (s.id.clone(), Vec::new())).collect();
     let Some(union) = union else {
-        return Ok(BTreeMap::new());
+        return Ok(out);
     };
     let files: Vec<&str> = segs.iter().map(|s| s.file.as_str()).collect();
     let together = |e: datafusion::error::DataFusionError| Error::Sql {
@@ -334,6 +332,7 @@ async fn run_segments(
         .await
         .and_then(|p| p.select(vec![col("profile_id").alias("__profile")]))
         .map_err(together)?;
+    // Distinct and sorted by the engine: members arrive in order, once each.
     let batches = union
         .join(
             profiles,
@@ -342,6 +341,13 @@ async fn run_segments(
             &["__profile"],
             None,
         )
+        .and_then(|d| d.distinct())
+        .and_then(|d| {
+            d.sort(vec![
+                col("__segment").sort(true, false),
+                col("__member").sort(true, false),
+            ])
+        })
         .map_err(together)?
         .collect()
         .await
@@ -349,17 +355,19 @@ async fn run_segments(
     for b in &batches {
         let seg = crate::identity::to_strings(b.column(0))?;
         let member = crate::identity::to_strings(b.column(1))?;
+        let mut current: Option<(&str, &mut Vec<String>)> = None;
         for i in 0..b.num_rows() {
-            if seg.is_valid(i)
-                && member.is_valid(i)
-                && let Some(set) = out.get_mut(seg.value(i))
-            {
-                set.insert(member.value(i).to_string());
+            if seg.is_null(i) || member.is_null(i) {
+                continue;
+            }
+            let s = seg.value(i);
+            if current.as_ref().is_none_or(|(c, _)| *c != s) {
+                current = out.get_mut(s).map(|v| (s, v));
+            }
+            if let Some((_, v)) = current.as_mut() {
+                v.push(member.value(i).to_string());
             }
         }
     }
-    Ok(out
-        .into_iter()
-        .map(|(k, v)| (k, v.into_iter().collect()))
-        .collect())
+    Ok(out)
 }
