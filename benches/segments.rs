@@ -205,8 +205,8 @@ fn ensure_data(people: u64) -> PathBuf {
     dir
 }
 
-/// Evaluate `project`'s segments over the generated tables; returns members per segment.
-async fn evaluate(project: &Project, dir: &Path) -> std::collections::BTreeMap<String, usize> {
+/// A session at the bench's as-of with the events registered.
+async fn session(project: &Project, dir: &Path) -> datafusion::prelude::SessionContext {
     let as_of = chrono::DateTime::parse_from_rfc3339(AS_OF)
         .expect("as-of")
         .with_timezone(&chrono::Utc);
@@ -218,6 +218,12 @@ async fn evaluate(project: &Project, dir: &Path) -> std::collections::BTreeMap<S
     )
     .await
     .expect("events");
+    ctx
+}
+
+/// Evaluate `project`'s segments over the generated tables; returns members per segment.
+async fn evaluate(project: &Project, dir: &Path) -> std::collections::BTreeMap<String, usize> {
+    let ctx = session(project, dir).await;
     let profiles_df = ctx
         .read_parquet(
             dir.join("profiles.parquet").to_str().expect("utf-8"),
@@ -264,17 +270,7 @@ async fn evaluate(project: &Project, dir: &Path) -> std::collections::BTreeMap<S
 
 /// The feature alone (windowed event aggregates per profile), materialised.
 async fn event_aggregates(project: &Project, dir: &Path) -> usize {
-    let as_of = chrono::DateTime::parse_from_rfc3339(AS_OF)
-        .expect("as-of")
-        .with_timezone(&chrono::Utc);
-    let ctx = audience::engine::session(project, as_of).expect("session");
-    ctx.register_parquet(
-        "events",
-        dir.join("events.parquet").to_str().expect("utf-8"),
-        ParquetReadOptions::default(),
-    )
-    .await
-    .expect("events");
+    let ctx = session(project, dir).await;
     let feature = project
         .models
         .iter()

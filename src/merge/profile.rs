@@ -17,7 +17,6 @@ use serde::Serialize;
 use crate::config::{
     AttributeRule, Class, DatasetKind, MergeMethod, Project, Provenance, Stitching,
 };
-use crate::engine::storage::Location;
 use crate::error::{Error, Problems, Result, one_of};
 use crate::identity::anchor;
 use crate::ingest::class_columns;
@@ -100,27 +99,7 @@ pub async fn profile(
             .ok_or_else(|| bad(format!("no {} merge policy", class.as_str())))?,
     };
     let class = policy.class;
-    let ctx = crate::engine::session(project, as_of)?;
-    let datasets = crate::ingest::ingest(&ctx, project).await?;
-    let previous = crate::identity::store::previous_map(project).await?;
-    let scratch = Location::parse(
-        &format!(
-            "memory://audience-profile/{}",
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        ),
-        &project.root,
-    )
-    .map_err(Error::Internal)?;
-    let stitched = crate::identity::stitch(
-        &ctx,
-        project,
-        &datasets,
-        previous.as_ref(),
-        &scratch,
-        |_| {},
-    )
-    .await?;
-    super::register_identity_tables(&ctx, project, &stitched)?;
+    let (ctx, datasets, stitched) = crate::run::stitch_in_memory(project, as_of).await?;
     let ns_idx = project
         .namespaces
         .iter()

@@ -505,18 +505,21 @@ pub struct Evaluated {
     pub groups: BTreeMap<String, Group>,
 }
 
-/// Run ingest, identity, merge and segments at `as_of` without writing
-/// anything (identity outputs stay in memory; ids carry over from the latest run).
+/// Ingest and stitch at `as_of` with the identity outputs in memory (ids carry
+/// over from the latest run), and register what merge needs on the session.
 ///
 /// # Errors
-/// What a run would report.
-pub async fn evaluate(project: &Project, as_of: DateTime<Utc>) -> Result<Evaluated> {
+/// What a run would report for these stages.
+pub async fn stitch_in_memory(
+    project: &Project,
+    as_of: DateTime<Utc>,
+) -> Result<(datafusion::prelude::SessionContext, Vec<Ingested>, Stitched)> {
     let ctx = engine::session(project, as_of)?;
     let datasets = ingest::ingest(&ctx, project).await?;
     let previous = identity::store::previous_map(project).await?;
     let scratch = engine::storage::Location::parse(
         &format!(
-            "memory://audience-evaluate/{}",
+            "memory://audience-scratch/{}",
             Utc::now().timestamp_nanos_opt().unwrap_or_default()
         ),
         &project.root,
@@ -533,6 +536,16 @@ pub async fn evaluate(project: &Project, as_of: DateTime<Utc>) -> Result<Evaluat
     )
     .await?;
     merge::register_identity_tables(&ctx, project, &stitched)?;
+    Ok((ctx, datasets, stitched))
+}
+
+/// Run ingest, identity, merge and segments at `as_of` without writing
+/// anything (identity outputs stay in memory; ids carry over from the latest run).
+///
+/// # Errors
+/// What a run would report.
+pub async fn evaluate(project: &Project, as_of: DateTime<Utc>) -> Result<Evaluated> {
+    let (ctx, datasets, stitched) = stitch_in_memory(project, as_of).await?;
     ctx.register_parquet(
         "__identity_map",
         stitched.outputs.join("identity_map.parquet").url().as_str(),

@@ -203,14 +203,7 @@ where
             .filter(|m| needed.contains(m.id.as_str()) && !feats.contains_key(&m.id))
             .collect();
         for m in todo {
-            let df = ctx
-                .sql_with_options(&m.sql, read_only())
-                .await
-                .map_err(|e| sql_error(m, e))?;
-            let schema = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await.map_err(|e| sql_error(m, e))?;
-            register_batches(ctx, &m.id, schema.clone(), batches.clone())?;
-            feats.insert(m.id.clone(), (schema, batches));
+            feats.insert(m.id.clone(), run_feature(ctx, m).await?);
             *runs.entry(policy.clone()).or_default() += 1;
         }
         for (id, members) in run_segments(ctx, segs).await? {
@@ -263,17 +256,22 @@ pub async fn activate_all(ctx: &SessionContext, project: &Project, g: &mut Group
         .filter(|m| m.kind == ModelKind::Feature && !g.features.contains_key(&m.id))
         .collect();
     for m in todo {
-        let df = ctx
-            .sql_with_options(&m.sql, read_only())
-            .await
-            .map_err(|e| sql_error(m, e))?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(|e| sql_error(m, e))?;
-        register_batches(ctx, &m.id, schema.clone(), batches.clone())?;
-        g.features.insert(m.id.clone(), (schema, batches));
+        g.features.insert(m.id.clone(), run_feature(ctx, m).await?);
         g.feature_runs += 1;
     }
     Ok(())
+}
+
+/// Evaluate a feature once and register its rows under its id.
+async fn run_feature(ctx: &SessionContext, m: &SqlModel) -> Result<Batches> {
+    let df = ctx
+        .sql_with_options(&m.sql, read_only())
+        .await
+        .map_err(|e| sql_error(m, e))?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(|e| sql_error(m, e))?;
+    register_batches(ctx, &m.id, schema.clone(), batches.clone())?;
+    Ok((schema, batches))
 }
 
 /// Members of several segments of one policy, in one query: sorted, distinct
