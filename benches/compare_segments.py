@@ -13,7 +13,7 @@ JSON line per case:
 * duckdb-one-by-one: each segment as its own query, with what it reads inlined
   as CTEs (so the feature is recomputed per segment).
 
-Usage: python3 benches/compare_segments.py benches/data/seg_1000000
+Usage: python3 benches/compare_segments.py benches/data/seg_1000000 [--skip-one-by-one]
 Needs: pip install duckdb (optional; not part of the tests).
 """
 import json
@@ -77,6 +77,8 @@ def main(d):
         con.execute(f"DROP TABLE {s}")
     con.execute("DROP TABLE event_stats")
 
+    if "--skip-one-by-one" in sys.argv:
+        return
     # One by one: each segment alone, what it reads inlined.
     t0, c0 = time.time(), cpu()
     members = 0
