@@ -44,11 +44,7 @@ pub async fn run(args: Args) -> Result<i32> {
     };
     let policy = adhoc::policy_name(&project, args.policy.as_deref(), class)?;
     // Cheap checks first: a bad query fails before the run is evaluated.
-    crate::config::check_query(&args.sql).map_err(|(line, msg)| Error::Sql {
-        file: "query".into(),
-        line,
-        message: msg,
-    })?;
+    adhoc::check(&project, &args.sql)?;
     let ctx = adhoc::prepare(&project, &policy, args.as_of.unwrap_or_else(Utc::now)).await?;
     let batches = adhoc::run_sql(&ctx, &project, &args.sql).await?;
     print(&batches, args.format)?;
