@@ -68,6 +68,25 @@ pub async fn run_sql(
     project: &Project,
     sql: &str,
 ) -> Result<Vec<RecordBatch>> {
+    check(project, sql)?;
+    let sql_error = |e: datafusion::error::DataFusionError| Error::Sql {
+        file: "query".into(),
+        line: None,
+        message: e.to_string(),
+    };
+    ctx.sql_with_options(sql, super::read_only())
+        .await
+        .map_err(sql_error)?
+        .collect()
+        .await
+        .map_err(sql_error)
+}
+
+/// The checks of [`run_sql`] alone, cheap enough to run before evaluating anything.
+///
+/// # Errors
+/// [`Error::Sql`] or [`Error::Config`] naming what is wrong.
+pub fn check(project: &Project, sql: &str) -> Result<()> {
     let reads = crate::config::check_query(sql).map_err(|(line, msg)| Error::Sql {
         file: "query".into(),
         line,
