@@ -1,6 +1,6 @@
 //! `audience explain`.
 
-use crate::config::{Class, Project};
+use crate::config::Project;
 use crate::error::Result;
 use crate::identity::explain::explain;
 
@@ -10,9 +10,8 @@ pub struct Args {
     pub project: super::ProjectArg,
     /// The identity, `namespace:value` (the value as written or normalised).
     pub identity: String,
-    /// Look among prospects instead of customers.
-    #[arg(long)]
-    pub prospect: bool,
+    #[command(flatten)]
+    pub class: super::ClassArg,
     /// A run id; default: the latest successful run.
     #[arg(long)]
     pub run: Option<String>,
@@ -23,11 +22,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<i32> {
     let project = Project::load(&args.project.project)?;
-    let class = if args.prospect {
-        Class::Prospect
-    } else {
-        Class::Customer
-    };
+    let class = args.class.class();
     let e = explain(&project, &args.identity, class, args.run.as_deref()).await?;
     if args.json {
         println!(

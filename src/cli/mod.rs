@@ -45,6 +45,24 @@ pub struct ProjectArg {
     pub project: PathBuf,
 }
 
+/// `--prospect`: work on prospects instead of customers.
+#[derive(Debug, clap::Args)]
+pub struct ClassArg {
+    /// Prospects instead of customers (a `--policy`, where there is one, decides instead).
+    #[arg(long)]
+    pub prospect: bool,
+}
+
+impl ClassArg {
+    pub fn class(&self) -> crate::config::Class {
+        if self.prospect {
+            crate::config::Class::Prospect
+        } else {
+            crate::config::Class::Customer
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check audience.toml and the SQL files; print every problem (exit 2 when any).

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Class, Project};
+use crate::config::Project;
 use crate::error::Result;
 use crate::merge::profile::profile;
 
@@ -15,9 +15,8 @@ pub struct Args {
     /// The merge policy (default: the class's default policy).
     #[arg(long)]
     pub policy: Option<String>,
-    /// Look among prospects instead of customers (ignored with --policy).
-    #[arg(long)]
-    pub prospect: bool,
+    #[command(flatten)]
+    pub class: super::ClassArg,
     /// Resolve the profile as of this time (RFC 3339 or a date); default: now.
     #[arg(long, value_parser = super::parse_time)]
     pub as_of: Option<DateTime<Utc>>,
@@ -28,11 +27,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<i32> {
     let project = Project::load(&args.project.project)?;
-    let class = if args.prospect {
-        Class::Prospect
-    } else {
-        Class::Customer
-    };
+    let class = args.class.class();
     let report = profile(
         &project,
         &args.identity,

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::config::{Class, Project};
+use crate::config::Project;
 use crate::error::{Error, Result};
 use crate::segment::adhoc;
 
@@ -24,9 +24,8 @@ pub struct Args {
     /// The merge policy whose profiles the query reads (default: the class's default).
     #[arg(long)]
     pub policy: Option<String>,
-    /// Read prospects instead of customers (ignored with --policy).
-    #[arg(long)]
-    pub prospect: bool,
+    #[command(flatten)]
+    pub class: super::ClassArg,
     /// The as-of time (RFC 3339 or a date); default: now.
     #[arg(long, value_parser = super::parse_time)]
     pub as_of: Option<DateTime<Utc>>,
@@ -37,11 +36,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<i32> {
     let project = Project::load(&args.project.project)?;
-    let class = if args.prospect {
-        Class::Prospect
-    } else {
-        Class::Customer
-    };
+    let class = args.class.class();
     let policy = adhoc::policy_name(&project, args.policy.as_deref(), class)?;
     // Cheap checks first: a bad query fails before the run is evaluated.
     adhoc::check(&project, &args.sql)?;
