@@ -43,22 +43,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 run_id: None,
                 as_of: as_of.to_rfc3339(),
                 baseline: baseline.map(|(id, _)| id),
-                segments: ev
-                    .memberships
-                    .iter()
-                    .map(|m| {
-                        let c = counts.get(&m.segment).copied().unwrap_or_default();
-                        SegmentCount {
-                            segment: m.segment.clone(),
-                            class: m.class.as_str().into(),
-                            policy: m.policy.clone(),
-                            members: m.members.len() as u64,
-                            realized: c.realized,
-                            existing: c.existing,
-                            exited: c.exited,
-                        }
-                    })
-                    .collect(),
+                segments: SegmentCount::all(&ev.memberships, &counts),
             }
         }
     };

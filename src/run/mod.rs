@@ -124,6 +124,30 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
+impl SegmentCount {
+    /// The counts of every segment, from its members and its status counts.
+    pub fn all(
+        memberships: &[segment::Membership],
+        statuses: &BTreeMap<String, segment::history::StatusCounts>,
+    ) -> Vec<SegmentCount> {
+        memberships
+            .iter()
+            .map(|m| {
+                let s = statuses.get(&m.segment).copied().unwrap_or_default();
+                SegmentCount {
+                    segment: m.segment.clone(),
+                    class: m.class.as_str().into(),
+                    policy: m.policy.clone(),
+                    members: m.members.len() as u64,
+                    realized: s.realized,
+                    existing: s.existing,
+                    exited: s.exited,
+                }
+            })
+            .collect()
+    }
+}
+
 /// A new run id: the UTC start time and 6 hex characters.
 pub fn new_run_id(now: DateTime<Utc>) -> String {
     let mut h = Sha256::new();
@@ -382,21 +406,7 @@ impl Pipeline {
         )
         .await?;
         c.baseline = baseline.map(|(id, _)| id);
-        c.segments = memberships
-            .iter()
-            .map(|m| {
-                let s = statuses.get(&m.segment).copied().unwrap_or_default();
-                SegmentCount {
-                    segment: m.segment.clone(),
-                    class: m.class.as_str().into(),
-                    policy: m.policy.clone(),
-                    members: m.members.len() as u64,
-                    realized: s.realized,
-                    existing: s.existing,
-                    exited: s.exited,
-                }
-            })
-            .collect();
+        c.segments = SegmentCount::all(&memberships, &statuses);
         c.stage(
             "segments",
             secs,
