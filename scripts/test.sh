@@ -13,4 +13,6 @@ fi
 # Under CI every test must run: a test whose prerequisite is missing fails.
 export AUDIENCE_TEST_STRICT="${CI:-}"
 
-cargo nextest run --no-fail-fast "$@"
+# The object-storage emulators (S3: moto, Azure Blob: Azurite) run for the
+# length of the suite; scripts/emulators.sh installs them on first use.
+exec ./scripts/emulators.sh cargo nextest run --no-fail-fast "$@"

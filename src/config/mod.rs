@@ -17,9 +17,12 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-pub use raw::{
-    AttributeRule, Class, DatasetKind, FormatKind, MergeMethod, NormaliserKind, Stitching,
+pub mod destination;
+pub use destination::{
+    Compression, ConsentRule, Destination, DestinationKind, FieldMap, Format, FormatKind, OnLimit,
+    Source, Transform,
 };
+pub use raw::{AttributeRule, Class, DatasetKind, MergeMethod, NormaliserKind, Stitching};
 pub use sql::{ModelKind, SqlModel};
 
 use crate::engine::storage::Location;
@@ -164,21 +167,23 @@ impl MergePolicy {
     }
 }
 
-/// A validated destination.
-#[derive(Debug, Clone)]
-pub struct Destination {
-    pub name: String,
-    pub location: Location,
-    pub format: FormatKind,
-    pub segments: Vec<String>,
-    pub fields: Vec<String>,
-}
-
 /// Engine settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub memory_limit: Option<usize>,
     pub target_partitions: Option<usize>,
+    /// Retries of a transient storage write failure.
+    pub storage_retries: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            memory_limit: None,
+            target_partitions: None,
+            storage_retries: 5,
+        }
+    }
 }
 
 impl EngineSettings {
@@ -204,6 +209,10 @@ pub struct Project {
     pub datasets: Vec<Dataset>,
     pub policies: Vec<MergePolicy>,
     pub destinations: Vec<Destination>,
+    /// Data-usage labels: attribute or namespace → labels.
+    pub labels: BTreeMap<String, BTreeSet<String>>,
+    /// Marketing actions → labels they forbid.
+    pub marketing_actions: BTreeMap<String, BTreeSet<String>>,
     /// Features and segments in dependency order (a model comes after what it reads).
     pub models: Vec<SqlModel>,
     /// SHA-256 of `audience.toml`.
@@ -269,7 +278,7 @@ impl Project {
 }
 
 const FILE: &str = CONFIG_FILE;
-const TOP_KEYS: [&str; 7] = [
+const TOP_KEYS: [&str; 10] = [
     "project",
     "engine",
     "identity",
@@ -277,6 +286,9 @@ const TOP_KEYS: [&str; 7] = [
     "datasets",
     "merge_policies",
     "destinations",
+    "consent",
+    "labels",
+    "marketing_actions",
 ];
 
 /// Deserialize one value, recording a problem with its full key path on failure.
@@ -510,6 +522,7 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
     let mut engine = EngineSettings {
         memory_limit: None,
         target_partitions: engine_raw.target_partitions,
+        storage_retries: engine_raw.storage_retries.unwrap_or(5),
     };
     if let Some(limit) = &engine_raw.memory_limit {
         match parse_size(limit) {
@@ -1002,79 +1015,19 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
             );
         }
     }
-    let segment_ids: Vec<&str> = models
-        .iter()
-        .filter(|m| m.kind == ModelKind::Segment)
-        .map(|m| m.id.as_str())
-        .collect();
-
-    // Destinations.
-    let mut destinations = Vec::new();
-    for (name, value) in table_entries(&mut top, "destinations", problems) {
-        let path = format!("destinations.{name}");
-        check_identifier(&name, &path, "destination", problems);
-        let Some(d) = de::<raw::RawDestination>(value, &path, problems) else {
-            continue;
-        };
-        if d.segments.is_empty() {
-            problems.push(
-                FILE,
-                format!("{path}.segments"),
-                "list at least one segment to export",
-            );
-        }
-        let mut seg_classes = BTreeSet::new();
-        for (i, s) in d.segments.iter().enumerate() {
-            if !segment_ids.contains(&s.as_str()) {
-                problems.push(
-                    FILE,
-                    format!("{path}.segments[{i}]"),
-                    format!(
-                        "unknown segment `{s}`: {}",
-                        one_of(s, segment_ids.iter().copied())
-                    ),
-                );
-            } else if let Some(m) = models.iter().find(|m| &m.id == s) {
-                seg_classes.insert(m.class);
-            }
-        }
-        if seg_classes.len() > 1 {
-            problems.push(
-                FILE,
-                format!("{path}.segments"),
-                "mixes customer and prospect segments; use one destination per class",
-            );
-        }
-        let fields = d.fields.unwrap_or_else(|| vec!["profile_id".to_string()]);
-        if fields.is_empty() {
-            problems.push(FILE, format!("{path}.fields"), "list at least one field");
-        }
-        let mut seen = BTreeSet::new();
-        for f in &fields {
-            if !seen.insert(f) {
-                problems.push(
-                    FILE,
-                    format!("{path}.fields"),
-                    format!("field `{f}` is listed twice"),
-                );
-            }
-        }
-        let location = match Location::parse(&d.url, root) {
-            Ok(l) => l,
-            Err(msg) => {
-                problems.push(FILE, format!("{path}.url"), msg);
-                continue;
-            }
-        };
-        destinations.push(Destination {
-            name,
-            location,
-            format: d.format,
-            segments: d.segments,
-            fields,
-        });
-    }
-    destinations.sort_by(|a, b| a.name.cmp(&b.name));
+    // Destinations, consent, labels, marketing actions.
+    let ns_owned: Vec<String> = namespaces.iter().map(|n| n.name.clone()).collect();
+    let exports = destination::parse(
+        &mut top,
+        root,
+        &models,
+        &ns_owned,
+        namespaces
+            .iter()
+            .any(|n| n.normaliser == NormaliserKind::Phone),
+        problems,
+    );
+    let destinations = exports.destinations;
 
     let state = match Location::parse(section.state.as_deref().unwrap_or("state"), root) {
         Ok(l) => Some(l),
@@ -1109,6 +1062,8 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         datasets,
         policies,
         destinations,
+        labels: exports.labels,
+        marketing_actions: exports.actions,
         models,
         config_hash,
         sql_hash,

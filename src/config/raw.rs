@@ -32,6 +32,9 @@ pub struct RawEngine {
     pub memory_limit: Option<String>,
     /// Parallelism (partitions per scan and shuffle). Default: the number of cores.
     pub target_partitions: Option<usize>,
+    /// Retries of a failed storage write (transient errors only), with
+    /// exponential backoff from 100 ms. Default 5.
+    pub storage_retries: Option<usize>,
 }
 
 /// How an identity namespace normalises its values.
@@ -231,31 +234,4 @@ pub struct RawAttributeRule {
     pub rule: AttributeRule,
     #[serde(default)]
     pub precedence: Vec<String>,
-}
-
-/// Export file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum FormatKind {
-    /// Comma-separated values with a header row.
-    #[default]
-    Csv,
-}
-
-/// `[destinations.<name>]`: where audiences are exported.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDestination {
-    /// A folder (relative to the project, absolute, or `file://`), or an
-    /// `s3://`, `gs://`, `az://` URL (`memory://` for tests). Credentials come from
-    /// the environment or the cloud's provider chain, never from this file.
-    pub url: String,
-    /// File format: `csv` (default).
-    #[serde(default)]
-    pub format: FormatKind,
-    /// Segment ids to export (file names in the segments folder without `.sql`).
-    pub segments: Vec<String>,
-    /// Columns to export, in order: `profile_id`, attributes, or identity namespaces
-    /// (the namespace's preferred value). Default: `["profile_id"]`.
-    pub fields: Option<Vec<String>>,
 }

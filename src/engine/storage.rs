@@ -151,7 +151,27 @@ fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
     STORES.get_or_init(Default::default)
 }
 
-/// The object store serving `url`: local disk for `file://`, S3/GCS/Azure
+fn registered_stores() -> &'static Mutex<HashMap<String, Arc<dyn ObjectStore>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+/// Serve `scheme://authority` (e.g. `memory://faulty` or `s3://bucket`) with
+/// `store` in this process, instead of the store built from the environment:
+/// for embedding `audience` with a custom or instrumented store (tests use
+/// one that fails chosen requests).
+///
+/// # Errors
+/// [`Error::Internal`] when the registry is poisoned.
+pub fn register_store(base: &str, store: Arc<dyn ObjectStore>) -> Result<()> {
+    registered_stores()
+        .lock()
+        .map_err(|_| Error::Internal("store registry poisoned".into()))?
+        .insert(base.trim_end_matches('/').to_string(), store);
+    Ok(())
+}
+
+/// The object store serving `url`: a store given to [`register_store`], else local disk for `file://`, S3/GCS/Azure
 /// configured from the environment for `s3://`, `gs://`, `az://`/`abfs://`, and a
 /// process-wide in-memory store per authority for `memory://` (tests only).
 ///
@@ -160,6 +180,13 @@ fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
 /// missing region or account); the message names the URL, never a secret.
 pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>> {
     let base = format!("{}://{}", url.scheme(), url.authority());
+    if let Some(s) = registered_stores()
+        .lock()
+        .map_err(|_| Error::Internal("store registry poisoned".into()))?
+        .get(&base)
+    {
+        return Ok(s.clone());
+    }
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "file" => Arc::new(LocalFileSystem::new()),
         "memory" => {

@@ -1,13 +1,21 @@
 //! Stage 5: exports. Segment memberships → full files in destinations, with
-//! the publish protocol.
+//! the publish protocol (SPEC §7).
 //!
-//! For each destination: every segment's complete membership joined to its
-//! profiles, the configured fields in order, one row per member sorted by
-//! `profile_id`, written as `<run_id>/<segment>.csv`. Publish protocol: any
-//! `_SUCCESS` of this run id is removed first; then the data files; then
-//! `<run_id>/manifest.json` (per file: path, segment, rows, bytes, SHA-256; run
-//! id, as-of, config and SQL hashes, engine version); then `<run_id>/_SUCCESS`.
-//! A failure before the end leaves no `_SUCCESS`.
+//! Two phases. **Prepare**, for every destination and segment: members (less
+//! oversized profiles) joined to their profiles in `profile_id` order, then
+//! consent, field mapping and transforms, mandatory fields, the dedup key and
+//! `max_profiles` ([`rows`]). A limit exceeded with `on_limit = "fail"` stops the
+//! run here, before any file of any destination is written. **Publish**, per
+//! destination: any `_SUCCESS` of this run id is removed; the data files are
+//! encoded ([`encode`]) and uploaded ([`publish`]), encoding the next file while
+//! the previous one uploads; then `<run_id>/manifest.json`; then
+//! `<run_id>/_SUCCESS`. A failure or a kill before the end leaves no
+//! `_SUCCESS` (and no manifest) for the run; re-running the run id rewrites the
+//! same files with the same bytes.
+
+pub mod encode;
+pub mod publish;
+pub mod rows;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,11 +29,13 @@ use datafusion::prelude::SessionContext;
 use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Destination, FormatKind, Project};
+use crate::config::{Destination, DestinationKind, NormaliserKind, Project};
 use crate::engine::Batches;
 use crate::engine::storage::put;
 use crate::error::{Error, Result, one_of};
 use crate::segment::Membership;
+
+pub use rows::Counts;
 
 /// One file in a manifest.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -33,11 +43,19 @@ pub struct ManifestFile {
     /// Relative to the destination URL.
     pub path: String,
     pub segment: String,
+    /// 1-based part number within the segment.
+    pub part: u32,
     pub rows: u64,
     pub bytes: u64,
     pub sha256: String,
-    /// Members left out because their profile is oversized (`identity.max_identities`).
-    pub excluded_oversized: u64,
+}
+
+/// What happened to one segment's members in one destination.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SegmentExport {
+    pub segment: String,
+    #[serde(flatten)]
+    pub counts: Counts,
 }
 
 /// `manifest.json`, written after the data files and before `_SUCCESS`.
@@ -46,65 +64,61 @@ pub struct ExportManifest {
     pub run_id: String,
     pub as_of: String,
     pub destination: String,
+    pub kind: String,
     pub format: String,
+    pub compression: String,
     pub files: Vec<ManifestFile>,
+    pub segments: Vec<SegmentExport>,
     pub config_sha256: String,
     pub sql_sha256: String,
     pub engine_version: String,
+    /// Storage writes repeated after a transient error.
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// Profiles of each merge policy, as the export reads them.
 pub type ProfilesByPolicy = BTreeMap<String, Batches>;
 
-/// Check that every destination's fields are exportable columns of its class's
-/// profiles, before any row is read; each bad field is reported once.
+/// Check that every column a destination reads (fields, consent attribute) is
+/// an exportable column of its class's profiles, before any row is read; each
+/// bad name is reported once.
 pub fn check_fields(project: &Project, datasets: &[crate::ingest::Ingested]) -> Result<()> {
     let mut problems = crate::error::Problems::default();
     for d in &project.destinations {
-        let Some(class) = d
-            .segments
-            .iter()
-            .find_map(|s| project.segments().find(|m| &m.id == s).map(|m| m.class))
-        else {
-            continue;
-        };
-        let exportable = crate::merge::exportable_columns(project, datasets, class);
+        let exportable = crate::merge::exportable_columns(project, datasets, d.class);
         for (i, f) in d.fields.iter().enumerate() {
-            if !exportable.contains(f) {
+            if let crate::config::Source::Column(c) = &f.source
+                && !exportable.contains(c)
+            {
                 problems.push(
                     crate::config::CONFIG_FILE,
                     format!("destinations.{}.fields[{i}]", d.name),
                     format!(
-                        "`{f}` is not an exportable {} profile column: {}",
-                        class.as_str(),
-                        one_of(f, exportable.iter().map(String::as_str))
+                        "`{c}` is not an exportable {} profile column: {}",
+                        d.class.as_str(),
+                        one_of(c, exportable.iter().map(String::as_str))
                     ),
                 );
             }
         }
+        if let Some(c) = &d.consent
+            && !exportable.contains(&c.attribute)
+        {
+            problems.push(
+                crate::config::CONFIG_FILE,
+                format!("consent.{}.attribute", c.purpose),
+                format!(
+                    "`{}` (consent for destination `{}`) is not a {} profile attribute: {}",
+                    c.attribute,
+                    d.name,
+                    d.class.as_str(),
+                    one_of(&c.attribute, exportable.iter().map(String::as_str))
+                ),
+            );
+        }
     }
     problems.into_result()
-}
-
-/// Export every destination. Returns the manifests written.
-///
-/// # Errors
-/// [`Error::Storage`] when a write fails (the destination then has no `_SUCCESS`
-/// for this run); [`Error::Engine`] when building rows fails.
-pub async fn export(
-    ctx: &SessionContext,
-    project: &Project,
-    run_id: &str,
-    as_of: DateTime<Utc>,
-    audiences: &Audiences<'_>,
-    mut progress: impl FnMut(&str),
-) -> Result<Vec<ExportManifest>> {
-    let mut manifests = Vec::new();
-    for d in &project.destinations {
-        progress(&d.name);
-        manifests.push(export_one(ctx, project, d, run_id, as_of, audiences).await?);
-    }
-    Ok(manifests)
 }
 
 /// What the exports read: memberships, each policy's profiles, and the
@@ -115,22 +129,60 @@ pub struct Audiences<'a> {
     pub oversized: &'a std::collections::BTreeSet<String>,
 }
 
-async fn export_one(
+/// The run an export belongs to.
+pub struct RunInfo<'a> {
+    pub run_id: &'a str,
+    /// Also the `{date}`, `{time}` and `{as_of}` tokens of file names, so that
+    /// re-running a run id at its as-of writes the same names.
+    pub as_of: DateTime<Utc>,
+}
+
+/// Everything prepared for one destination.
+struct Ready<'a> {
+    d: &'a Destination,
+    segments: Vec<rows::Prepared>,
+}
+
+/// Export every destination. Returns the manifests written.
+///
+/// # Errors
+/// [`Error::Export`] when a limit or a pack check fails (nothing is written);
+/// [`Error::Storage`] when a write fails after its retries (that destination
+/// has no `_SUCCESS` for this run); [`Error::Engine`] when building rows fails.
+pub async fn export(
     ctx: &SessionContext,
     project: &Project,
-    d: &Destination,
-    run_id: &str,
-    as_of: DateTime<Utc>,
+    run: &RunInfo<'_>,
     audiences: &Audiences<'_>,
-) -> Result<ExportManifest> {
-    let store = d.location.store()?;
-    let run_dir = d.location.join(run_id);
-    let success = run_dir.join("_SUCCESS");
-    match store.delete(&success.path()).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(Error::storage(success.display())(e)),
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<ExportManifest>> {
+    // Phase 1: every destination's rows, so limits fail before any write.
+    let mut ready = Vec::new();
+    for d in &project.destinations {
+        progress(&format!("{}: preparing", d.name));
+        ready.push(prepare_destination(ctx, project, d, audiences).await?);
     }
-    let mut files = Vec::new();
+    // Suppressions go beside the run record, never to the destination.
+    write_suppressions(project, run.run_id, &ready).await?;
+    let mut manifests = Vec::new();
+    for r in &ready {
+        progress(&format!("{}: writing", r.d.name));
+        manifests.push(publish_destination(project, r, run, &mut progress).await?);
+    }
+    Ok(manifests)
+}
+
+async fn prepare_destination<'a>(
+    ctx: &SessionContext,
+    project: &Project,
+    d: &'a Destination,
+    audiences: &Audiences<'_>,
+) -> Result<Ready<'a>> {
+    let phone = project
+        .namespaces
+        .iter()
+        .find(|n| n.normaliser == NormaliserKind::Phone);
+    let mut segments = Vec::new();
     for seg in &d.segments {
         let m = audiences
             .memberships
@@ -147,54 +199,313 @@ async fn export_one(
             .map(String::as_str)
             .filter(|p| !audiences.oversized.contains(*p))
             .collect();
-        let excluded_oversized = (m.members.len() - members.len()) as u64;
-        let (row_schema, rows) =
-            member_rows(ctx, d, &members, schema.clone(), batches.clone()).await?;
-        let (bytes, n) = match d.format {
-            FormatKind::Csv => to_csv(&row_schema, &rows)?,
+        let counts = Counts {
+            members: m.members.len() as u64,
+            excluded_oversized: (m.members.len() - members.len()) as u64,
+            ..Counts::default()
         };
-        let rel = format!("{run_id}/{seg}.csv");
-        let sha = hex::encode(Sha256::digest(&bytes));
-        let len = bytes.len() as u64;
-        put(store.as_ref(), &d.location.join(&rel), bytes).await?;
+        let joined = member_rows(ctx, d, &members, schema.clone(), batches.clone()).await?;
+        let p = rows::prepare(d, seg, phone, &joined, counts)?;
+        check_pack(d, &p)?;
+        segments.push(p);
+    }
+    Ok(Ready { d, segments })
+}
+
+/// A pack's checks on its rows before anything is published.
+fn check_pack(d: &Destination, p: &rows::Prepared) -> Result<()> {
+    let fail = |message: String| Error::Export {
+        destination: d.name.clone(),
+        message,
+    };
+    if let Some(cap) = d.kind.cap()
+        && p.counts.rows > cap
+    {
+        return Err(fail(format!(
+            "segment `{}` has {} rows, above the {} cap of {cap}",
+            p.segment,
+            p.counts.rows,
+            d.kind.as_str()
+        )));
+    }
+    match d.kind {
+        DestinationKind::MicrosoftAdvertising => {
+            for b in &p.batches {
+                if !rows::all_sha256_hex(b.column(0).as_ref()) || b.column(0).null_count() > 0 {
+                    return Err(fail(format!(
+                        "segment `{}`: a customer list item is not a 64-character lower-case hex SHA-256",
+                        p.segment
+                    )));
+                }
+            }
+        }
+        DestinationKind::Dotdigital => {
+            let names: Vec<&str> = p
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            if names.first() != Some(&"Email") || names.get(1) != Some(&"EmailType") {
+                return Err(fail(format!(
+                    "columns {names:?} do not start with Email, EmailType"
+                )));
+            }
+            for b in &p.batches {
+                let emails = b.column(0).as_any().downcast_ref::<StringArray>();
+                if emails.is_none_or(|e| e.iter().any(|v| v.is_none_or(|v| !v.contains('@')))) {
+                    return Err(fail(format!(
+                        "segment `{}`: an `Email` value is not an e-mail address",
+                        p.segment
+                    )));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One file to write: where, and its rows.
+struct Job<'a> {
+    segment: &'a str,
+    part: u32,
+    rel: String,
+    batches: Vec<RecordBatch>,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+async fn publish_destination(
+    project: &Project,
+    r: &Ready<'_>,
+    run: &RunInfo<'_>,
+    progress: &mut impl FnMut(&str),
+) -> Result<ExportManifest> {
+    let d = r.d;
+    let store = d.location.store()?;
+    let run_dir = d.location.join(run.run_id);
+    let success = run_dir.join("_SUCCESS");
+    for stale in [&success, &run_dir.join("manifest.json")] {
+        match store.delete(&stale.path()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::storage(stale.display())(e)),
+        }
+    }
+    let jobs = jobs(project, d, r, run)?;
+    let threads = project.engine.threads();
+    let policy = publish::RetryPolicy {
+        retries: project.engine.storage_retries,
+        ..publish::RetryPolicy::default()
+    };
+    let crash_after: Option<usize> = std::env::var("AUDIENCE_CRASH_AFTER_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut files = Vec::new();
+    let mut retries = 0u64;
+    let encode_job = |j: &Job<'_>| {
+        let d = d.clone();
+        let list_id = d.customer_list_ids.get(j.segment).copied();
+        let schema = j.schema.clone();
+        let batches = j.batches.clone();
+        tokio::task::spawn_blocking(move || {
+            let e = encode::encode(&d, list_id, &schema, &batches, threads)?;
+            let mut h = Sha256::new();
+            for c in &e.chunks {
+                h.update(c);
+            }
+            Ok::<_, Error>((e, hex::encode(h.finalize())))
+        })
+    };
+    let mut next = jobs.first().map(encode_job);
+    for (i, j) in jobs.iter().enumerate() {
+        let Some(task) = next.take() else { break };
+        let (encoded, sha) = task
+            .await
+            .map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
+        next = jobs.get(i + 1).map(encode_job);
+        progress(&format!("{}: {} ({} rows)", d.name, j.rel, encoded.rows));
+        let loc = d.location.join(&j.rel);
+        publish::upload(store.as_ref(), &loc, &encoded.chunks, policy, &mut retries).await?;
         files.push(ManifestFile {
-            path: rel,
-            segment: seg.clone(),
-            rows: n,
-            bytes: len,
+            path: j.rel.clone(),
+            segment: j.segment.to_string(),
+            part: j.part,
+            rows: encoded.rows,
+            bytes: encoded.len(),
             sha256: sha,
-            excluded_oversized,
         });
+        if crash_after == Some(files.len()) {
+            // Crash testing: die as a kill would, mid-export.
+            std::process::abort();
+        }
     }
     let manifest = ExportManifest {
-        run_id: run_id.to_string(),
-        as_of: as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
+        run_id: run.run_id.to_string(),
+        as_of: run.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
         destination: d.name.clone(),
-        format: "csv".into(),
+        kind: d.kind.as_str().into(),
+        format: d.format_name().into(),
+        compression: d.compression.as_str().into(),
         files,
+        segments: r
+            .segments
+            .iter()
+            .map(|p| SegmentExport {
+                segment: p.segment.clone(),
+                counts: p.counts.clone(),
+            })
+            .collect(),
         config_sha256: project.config_hash.clone(),
         sql_sha256: project.sql_hash.clone(),
         engine_version: crate::VERSION.to_string(),
+        retries,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
-    put(
+    let mut n = 0;
+    publish::upload(
         store.as_ref(),
         &run_dir.join("manifest.json"),
-        Bytes::from(json),
+        &[Bytes::from(json)],
+        policy,
+        &mut n,
     )
     .await?;
-    put(store.as_ref(), &success, Bytes::new()).await?;
+    publish::upload(store.as_ref(), &success, &[Bytes::new()], policy, &mut n).await?;
     Ok(manifest)
 }
 
-/// The destination's fields for each member, sorted by `profile_id`.
+/// The files of one destination: each segment's rows split by `rows_per_file`,
+/// with rendered names (checked to stay inside the destination and to differ).
+fn jobs<'a>(
+    project: &Project,
+    d: &Destination,
+    r: &'a Ready<'_>,
+    run: &RunInfo<'_>,
+) -> Result<Vec<Job<'a>>> {
+    let date = run.as_of.format("%Y%m%d").to_string();
+    let time = run.as_of.format("%H%M%S").to_string();
+    let as_of = run.as_of.format("%Y%m%dT%H%M%SZ").to_string();
+    let mut out: Vec<Job<'a>> = Vec::new();
+    for p in &r.segments {
+        let name = project.segments().find(|m| m.id == p.segment).map_or_else(
+            || p.segment.clone(),
+            |m| crate::config::destination::safe_name(&m.name),
+        );
+        let parts = encode::split(&p.batches, d.rows_per_file);
+        let several = parts.len() > 1;
+        for (k, batches) in parts.into_iter().enumerate() {
+            let part = if several {
+                format!("-{:05}", k + 1)
+            } else {
+                String::new()
+            };
+            let rel = crate::config::destination::render(
+                &d.file_name,
+                &crate::config::destination::TemplateValues {
+                    destination: &d.name,
+                    segment: &p.segment,
+                    segment_name: &name,
+                    run_id: run.run_id,
+                    date: &date,
+                    time: &time,
+                    as_of: &as_of,
+                    text: &d.file_text,
+                    part: &part,
+                    ext: d.extension(),
+                },
+            )
+            .map_err(|m| Error::Export {
+                destination: d.name.clone(),
+                message: m,
+            })?;
+            if rel.ends_with("/_SUCCESS") || rel == "_SUCCESS" || rel.ends_with("manifest.json") {
+                return Err(Error::Export {
+                    destination: d.name.clone(),
+                    message: format!(
+                        "file name `{rel}` would overwrite the publish protocol's own files"
+                    ),
+                });
+            }
+            if let Some(dup) = out.iter().find(|j| j.rel == rel) {
+                return Err(Error::Export {
+                    destination: d.name.clone(),
+                    message: format!(
+                        "segments `{}` and `{}` both render to `{rel}`: add `{{segment}}` or `{{part}}` to `file_name`",
+                        dup.segment, p.segment
+                    ),
+                });
+            }
+            out.push(Job {
+                segment: &p.segment,
+                part: k as u32 + 1,
+                rel,
+                batches,
+                schema: p.schema.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `runs/<run_id>/suppressions.parquet` in the state location: destination,
+/// segment, profile id and reason of every profile left out for consent.
+async fn write_suppressions(project: &Project, run_id: &str, ready: &[Ready<'_>]) -> Result<()> {
+    let mut dest = Vec::new();
+    let mut seg = Vec::new();
+    let mut ids = Vec::new();
+    let mut reasons = Vec::new();
+    for r in ready {
+        for p in &r.segments {
+            for s in &p.suppressions {
+                dest.push(r.d.name.as_str());
+                seg.push(p.segment.as_str());
+                ids.push(s.profile_id.as_str());
+                reasons.push(s.reason.as_str());
+            }
+        }
+    }
+    if ready.iter().all(|r| r.d.consent.is_none()) {
+        return Ok(());
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("destination", DataType::Utf8, false),
+        Field::new("segment", DataType::Utf8, false),
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(dest)),
+            Arc::new(StringArray::from(seg)),
+            Arc::new(StringArray::from(ids)),
+            Arc::new(StringArray::from(reasons)),
+        ],
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut buf = Vec::new();
+    {
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        w.write(&batch)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        w.close().map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    let loc = project
+        .state
+        .join(&format!("runs/{run_id}/suppressions.parquet"));
+    let store = loc.store()?;
+    put(store.as_ref(), &loc, Bytes::from(buf)).await
+}
+
+/// Profile rows of `members` with the columns `d` reads, sorted by `profile_id`.
 async fn member_rows(
     ctx: &SessionContext,
     d: &Destination,
     members: &[&str],
     schema: Arc<Schema>,
     batches: Vec<RecordBatch>,
-) -> Result<Batches> {
+) -> Result<Vec<RecordBatch>> {
     let ms = Arc::new(Schema::new(vec![Field::new(
         "member_id",
         DataType::Utf8,
@@ -215,9 +526,10 @@ async fn member_rows(
             MemTable::try_new(schema, vec![batches]).map_err(Error::engine("export"))?,
         ))
         .map_err(Error::engine("export"))?;
-    let cols: Vec<datafusion::logical_expr::Expr> = d
-        .fields
-        .iter()
+    let mut cols = d.source_columns();
+    cols.insert("profile_id");
+    let cols: Vec<datafusion::logical_expr::Expr> = cols
+        .into_iter()
         .map(datafusion::logical_expr::ident)
         .collect();
     let df = profiles
@@ -235,30 +547,5 @@ async fn member_rows(
         })
         .and_then(|df| df.select(cols))
         .map_err(Error::engine("export"))?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(Error::engine("export"))?;
-    Ok((schema, batches))
-}
-
-/// CSV with a header line, also when there are no members.
-fn to_csv(schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<(Bytes, u64)> {
-    let mut buf = Vec::new();
-    let mut rows = 0u64;
-    {
-        let mut w = datafusion::arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut buf);
-        let empty = [RecordBatch::new_empty(schema.clone())];
-        let batches = if batches.is_empty() {
-            &empty[..]
-        } else {
-            batches
-        };
-        for b in batches {
-            rows += b.num_rows() as u64;
-            w.write(b)
-                .map_err(|e| Error::Internal(format!("CSV encoding: {e}")))?;
-        }
-    }
-    Ok((Bytes::from(buf), rows))
+    df.collect().await.map_err(Error::engine("export"))
 }

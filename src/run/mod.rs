@@ -428,7 +428,11 @@ impl Pipeline {
             profiles: &profiles,
             oversized: &oversized,
         };
-        c.exports = export::export(&ctx, project, &self.run_id, self.as_of, &audiences, |d| {
+        let run = export::RunInfo {
+            run_id: &self.run_id,
+            as_of: self.as_of,
+        };
+        c.exports = export::export(&ctx, project, &run, &audiences, |d| {
             st.update(d.to_string())
         })
         .await?;

@@ -512,11 +512,11 @@ fn identity_oversized_profiles_flagged_and_not_exported() {
     let ids = profile_ids(dir.path(), "r1");
     let big = &ids["customer/crm_id:C1"];
     let everyone = &rec.exports[0]
-        .files
+        .segments
         .iter()
-        .find(|f| f.segment == "everyone")
-        .expect("file");
-    assert_eq!(everyone.excluded_oversized, 1);
+        .find(|s| s.segment == "everyone")
+        .expect("segment");
+    assert_eq!(everyone.counts.excluded_oversized, 1);
     let csv = std::fs::read_to_string(dir.path().join("out/r1/everyone.csv")).expect("csv");
     assert!(
         !csv.contains(big.as_str()),

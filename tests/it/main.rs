@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod exports;
 mod graph;
 mod identity;
 mod ingest;
