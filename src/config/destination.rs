@@ -221,9 +221,6 @@ struct RawDestination {
     marketing_actions: Vec<String>,
     #[serde(default)]
     customer_list_ids: BTreeMap<String, i64>,
-    #[serde(default)]
-    deltas: bool,
-    schedule: Option<String>,
 }
 
 /// `[consent.<purpose>]` as written.
@@ -305,9 +302,6 @@ pub struct Destination {
     pub consent: Option<ConsentRule>,
     pub marketing_actions: Vec<String>,
     pub customer_list_ids: BTreeMap<String, i64>,
-    pub deltas: bool,
-    /// A cron expression (UTC) or `manual` (the default).
-    pub schedule: Option<String>,
 }
 
 impl Destination {
@@ -328,6 +322,17 @@ impl Destination {
             (Format::Json, _) => "jsonl",
             (Format::Parquet, _) => "parquet",
         }
+    }
+
+    /// Namespaces exported as identity lists.
+    pub fn identity_lists(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter_map(|f| match &f.source {
+                Source::IdentityList(ns) => Some(ns.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every column the export reads from the profiles.
@@ -809,6 +814,17 @@ fn destination(
 
     // Fields.
     let fields = fields(kind, d.fields, path, namespaces, problems);
+    if matches!(format, Format::Csv(_)) {
+        for (i, f) in fields.iter().enumerate() {
+            if matches!(f.source, Source::IdentityList(_)) {
+                problems.push(
+                    FILE,
+                    format!("{path}.fields[{i}]"),
+                    "identity lists are lists: export them as `parquet` or `json`",
+                );
+            }
+        }
+    }
     if !has_phone {
         for (i, f) in fields.iter().enumerate() {
             if f.transforms.contains(&Transform::E164) {
@@ -906,23 +922,6 @@ fn destination(
             "only a `microsoft_advertising` destination takes customer list ids",
         );
     }
-    if d.deltas && (snapshot || packed) {
-        problems.push(
-            FILE,
-            format!("{path}.deltas"),
-            "delta files are written for `cloud_storage` destinations only",
-        );
-    }
-    if let Some(s) = &d.schedule {
-        let s = s.trim();
-        if s != "manual" && s.split_whitespace().count() < 5 {
-            problems.push(
-                FILE,
-                format!("{path}.schedule"),
-                format!("`{s}` is not a cron expression (five fields, UTC) or `manual`"),
-            );
-        }
-    }
     let location = match Location::parse(&d.url, root) {
         Ok(l) => Some(l),
         Err(msg) => {
@@ -960,8 +959,6 @@ fn destination(
         consent,
         marketing_actions: d.marketing_actions,
         customer_list_ids: d.customer_list_ids,
-        deltas: d.deltas,
-        schedule: d.schedule,
     })
 }
 

@@ -183,6 +183,31 @@ async fn prepare_destination<'a>(
         .iter()
         .find(|n| n.normaliser == NormaliserKind::Phone);
     let mut segments = Vec::new();
+    if d.kind == DestinationKind::ProfileSnapshot {
+        let (members, policy) = snapshot_members(project, d, audiences)?;
+        let (schema, batches) = audiences
+            .profiles
+            .get(&policy)
+            .ok_or_else(|| Error::Internal(format!("no profiles for policy {policy}")))?;
+        let all = profile_ids(batches)?;
+        let chosen: Vec<&str> = match &members {
+            Some(m) => m.iter().map(String::as_str).collect(),
+            None => all.iter().map(String::as_str).collect(),
+        };
+        let kept: Vec<&str> = chosen
+            .iter()
+            .copied()
+            .filter(|p| !audiences.oversized.contains(*p))
+            .collect();
+        let counts = Counts {
+            members: chosen.len() as u64,
+            excluded_oversized: (chosen.len() - kept.len()) as u64,
+            ..Counts::default()
+        };
+        let joined = member_rows(ctx, d, &kept, schema.clone(), batches.clone()).await?;
+        segments.push(rows::prepare(d, SNAPSHOT, phone, &joined, counts)?);
+        return Ok(Ready { d, segments });
+    }
     for seg in &d.segments {
         let m = audiences
             .memberships
@@ -210,6 +235,61 @@ async fn prepare_destination<'a>(
         segments.push(p);
     }
     Ok(Ready { d, segments })
+}
+
+/// The name a profile snapshot's files and counts go by (its `{segment}`).
+pub const SNAPSHOT: &str = "profiles";
+
+/// A snapshot's profiles: the members of its segments (`None`: every profile
+/// of the class), and the merge policy whose profiles it reads.
+fn snapshot_members(
+    project: &Project,
+    d: &Destination,
+    audiences: &Audiences<'_>,
+) -> Result<(Option<std::collections::BTreeSet<String>>, String)> {
+    let mut policy = project.default_policy(d.class).map(|p| p.name.clone());
+    if d.segments.is_empty() {
+        let policy = policy.ok_or_else(|| Error::Export {
+            destination: d.name.clone(),
+            message: format!("no default merge policy for class `{}`", d.class.as_str()),
+        })?;
+        return Ok((None, policy));
+    }
+    let mut members = std::collections::BTreeSet::new();
+    for seg in &d.segments {
+        let m = audiences
+            .memberships
+            .iter()
+            .find(|m| &m.segment == seg)
+            .ok_or_else(|| Error::Internal(format!("segment {seg} has no membership")))?;
+        match &policy {
+            Some(p) if p != &m.policy && d.segments.first() != Some(seg) => {
+                return Err(Error::Export {
+                    destination: d.name.clone(),
+                    message: format!(
+                        "segments `{}` and `{seg}` read different merge policies; a snapshot reads one",
+                        d.segments[0]
+                    ),
+                });
+            }
+            _ => policy = Some(m.policy.clone()),
+        }
+        members.extend(m.members.iter().cloned());
+    }
+    let policy = policy.ok_or_else(|| Error::Internal("snapshot without a policy".into()))?;
+    Ok((Some(members), policy))
+}
+
+fn profile_ids(batches: &[RecordBatch]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let col = b
+            .column_by_name("profile_id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| Error::Internal("profiles lack profile_id".into()))?;
+        out.extend(col.iter().flatten().map(str::to_string));
+    }
+    Ok(out)
 }
 
 /// A pack's checks on its rows before anything is published.
@@ -528,11 +608,11 @@ async fn member_rows(
         .map_err(Error::engine("export"))?;
     let mut cols = d.source_columns();
     cols.insert("profile_id");
-    let cols: Vec<datafusion::logical_expr::Expr> = cols
+    let mut cols: Vec<datafusion::logical_expr::Expr> = cols
         .into_iter()
         .map(datafusion::logical_expr::ident)
         .collect();
-    let df = profiles
+    let mut df = profiles
         .join(
             members,
             datafusion::common::JoinType::LeftSemi,
@@ -540,7 +620,32 @@ async fn member_rows(
             &["member_id"],
             None,
         )
-        .and_then(|df| {
+        .map_err(Error::engine("export"))?;
+    // Identity lists (snapshots): every value of the namespace, sorted.
+    for (i, ns) in d.identity_lists().into_iter().enumerate() {
+        let key = format!("__list_pid_{i}");
+        let name = format!("identities.{ns}");
+        let lists = ctx
+            .sql(&format!(
+                "SELECT profile_id AS {key}, array_agg(arrow_cast(value, 'Utf8') ORDER BY value) AS \"{name}\" FROM __identity_map WHERE class = '{}' AND namespace = {} GROUP BY profile_id",
+                d.class.as_str(),
+                crate::merge::string_literal(ns)
+            ))
+            .await
+            .map_err(Error::engine("export"))?;
+        df = df
+            .join(
+                lists,
+                datafusion::common::JoinType::Left,
+                &["profile_id"],
+                &[key.as_str()],
+                None,
+            )
+            .map_err(Error::engine("export"))?;
+        cols.push(datafusion::logical_expr::ident(name));
+    }
+    let df = Ok(df)
+        .and_then(|df: datafusion::dataframe::DataFrame| {
             df.sort(vec![
                 datafusion::logical_expr::ident("profile_id").sort(true, false),
             ])

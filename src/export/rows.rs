@@ -272,7 +272,11 @@ fn output_column(
         Source::Constant(v) => Ok(Arc::new(StringArray::from_iter_values(
             std::iter::repeat_n(v.as_str(), b.num_rows()),
         ))),
-        Source::Column(c) | Source::IdentityList(c) => {
+        Source::IdentityList(ns) => b
+            .column_by_name(&format!("identities.{ns}"))
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("export rows lack identities.{ns}"))),
+        Source::Column(c) => {
             let col = b
                 .column_by_name(c)
                 .ok_or_else(|| Error::Internal(format!("export rows lack column `{c}`")))?;

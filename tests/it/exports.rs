@@ -772,3 +772,119 @@ fn export_config_refusals() {
     assert!(err.contains("access_key"), "{err}");
     let _ = edit_config;
 }
+
+#[test]
+fn export_profile_snapshot_with_identity_lists() {
+    let dir = project_with(
+        r#"
+[destinations.snap]
+kind = "profile_snapshot"
+url = "out/snap"
+format = "parquet"
+fields = ["profile_id", "email", "city", { target = "emails", source = "identities.email" }]
+
+[destinations.snap_hv]
+kind = "profile_snapshot"
+url = "out/snap_hv"
+format = "json"
+segments = ["high_value", "gold_lapsed"]
+fields = ["profile_id", "loyalty_tier"]
+"#,
+    );
+    let record = run(dir.path(), "snap").expect("run");
+    let (customers, _) = reference::expected(dir.path(), as_of().timestamp_micros());
+    let file =
+        std::fs::File::open(dir.path().join("out/snap/snap/profiles.parquet")).expect("snapshot");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let mut ids = Vec::new();
+    for b in reader {
+        let b = b.expect("batch");
+        let pid = b.column_by_name("profile_id").expect("id");
+        let pid = pid
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("text");
+        let emails = b.column_by_name("emails").expect("identity list");
+        let emails = emails
+            .as_any()
+            .downcast_ref::<arrow::array::ListArray>()
+            .expect("list");
+        for i in 0..b.num_rows() {
+            ids.push(pid.value(i).to_string());
+            if let Some(e) = &customers.profiles[pid.value(i)].0 {
+                let list = emails.value(i);
+                let list = list
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .expect("text");
+                let values: Vec<&str> = list.iter().flatten().collect();
+                assert!(
+                    values.contains(&e.as_str()),
+                    "{} lists its e-mails",
+                    pid.value(i)
+                );
+                assert!(values.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+            }
+        }
+    }
+    let want: Vec<String> = customers.profiles.keys().cloned().collect();
+    assert_eq!(ids, want, "every customer profile, sorted by profile_id");
+    let hv = record
+        .exports
+        .iter()
+        .find(|m| m.destination == "snap_hv")
+        .expect("hv");
+    let union: BTreeSet<&String> = customers.segments["high_value"]
+        .iter()
+        .chain(&customers.segments["gold_lapsed"])
+        .collect();
+    assert_eq!(
+        hv.files[0].rows,
+        union.len() as u64,
+        "profiles of either segment, once each"
+    );
+}
+
+/// Files above the multipart threshold go up in parts, to each emulator.
+#[test]
+fn export_multipart_upload_to_emulators() {
+    use audience::export::publish::{MULTIPART_THRESHOLD, RetryPolicy, upload};
+    let mut bases = vec![format!(
+        "file://{}",
+        tempfile::tempdir().expect("tmp").keep().display()
+    )];
+    bases.extend(emulator("AUDIENCE_TEST_S3_URL"));
+    bases.extend(emulator("AUDIENCE_TEST_AZ_URL"));
+    // 20 MiB in uneven chunks, deterministic content.
+    let mut chunks = Vec::new();
+    let mut total = 0u64;
+    let mut x: u64 = 1;
+    while total <= MULTIPART_THRESHOLD + (4 << 20) {
+        let n = 3_000_000 + (x % 1_000_000) as usize;
+        let chunk: Vec<u8> = (0..n).map(|i| (i as u64).wrapping_mul(x) as u8).collect();
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        total += n as u64;
+        chunks.push(Bytes::from(chunk));
+    }
+    let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    for base in bases {
+        let url = format!("{base}/multipart/big.bin");
+        let loc = Location::parse(&url, Path::new("/")).expect("url");
+        let store = loc.store().expect("store");
+        let mut retried = 0;
+        rt().block_on(upload(
+            store.as_ref(),
+            &loc,
+            &chunks,
+            RetryPolicy::default(),
+            &mut retried,
+        ))
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let back = fetch(&url).expect("uploaded");
+        assert_eq!(back.len(), whole.len(), "{url}");
+        assert!(back.as_ref() == whole.as_slice(), "{url}: same bytes");
+    }
+}
