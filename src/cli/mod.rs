@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, all calling the library.
 
+pub mod destinations;
 pub mod explain;
 pub mod generate;
 pub mod profile;
@@ -79,6 +80,8 @@ pub enum Command {
     Segments(segments::Args),
     /// Ad-hoc read-only SQL over the relations segments see, as a table, CSV or JSON lines.
     Query(query::Args),
+    /// The destination catalog (kinds, packs, options) and the configured destinations with their last export.
+    Destinations(destinations::Args),
 }
 
 /// Parse an RFC 3339 time or a date (midnight UTC).
@@ -107,5 +110,6 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Profile(a) => profile::run(a).await,
         Command::Segments(a) => segments::run(a).await,
         Command::Query(a) => query::run(a).await,
+        Command::Destinations(a) => destinations::run(a).await,
     }
 }

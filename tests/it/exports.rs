@@ -888,3 +888,45 @@ fn export_multipart_upload_to_emulators() {
         assert!(back.as_ref() == whole.as_slice(), "{url}: same bytes");
     }
 }
+
+#[test]
+fn export_destinations_catalog_lists_kinds_and_last_export() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    let (code, out, err) = audience(&["destinations", "--project", &project, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let kinds: Vec<&str> = doc["kinds"]
+        .as_array()
+        .expect("kinds")
+        .iter()
+        .filter_map(|k| k["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "cloud_storage",
+            "microsoft_advertising",
+            "dotdigital",
+            "profile_snapshot"
+        ]
+    );
+    assert!(
+        doc["destinations"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|d| d["last_export"].is_null())
+    );
+    run(dir.path(), "cat-run").expect("run");
+    let (_, out, _) = audience(&["destinations", "--project", &project, "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let bing = doc["destinations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["name"] == "bing_ads")
+        .expect("bing_ads");
+    assert_eq!(bing["last_export"]["run_id"], "cat-run");
+    assert_eq!(bing["last_export"]["files"], 2);
+}
