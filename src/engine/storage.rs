@@ -49,6 +49,12 @@ impl Location {
                 ));
             }
             let url = Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+            if !url.username().is_empty() || url.password().is_some() {
+                // Never echo the text: it holds a secret.
+                return Err(format!(
+                    "a `{scheme}://` URL must not carry credentials; they come from the environment or the provider chain"
+                ));
+            }
             if scheme != "file" && url.host_str().unwrap_or_default().is_empty() {
                 return Err(format!("`{text}` names no bucket or container"));
             }
@@ -258,6 +264,8 @@ mod tests {
                 .contains("unsupported")
         );
         assert!(Location::parse("s3:///nobucket", root).is_err());
+        let secret = Location::parse("s3://AKIAX:hunter2@bucket/x", root).unwrap_err();
+        assert!(secret.contains("must not carry credentials") && !secret.contains("hunter2"));
         let spaced = Location::parse("my data/x.parquet", root).unwrap();
         assert_eq!(spaced.display(), "/proj/my data/x.parquet");
     }

@@ -6,8 +6,8 @@
 //! stream (as pigz and BGZF write) that every gzip reader decompresses whole.
 
 use std::io::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{RecordBatch, StringArray};
@@ -40,28 +40,33 @@ impl Encoded {
 /// The rows of `batches` split by `rows_per_file` (always at least one file,
 /// so an empty segment still gets a file with its header).
 pub fn split(batches: &[RecordBatch], rows_per_file: Option<u64>) -> Vec<Vec<RecordBatch>> {
-    let limit = rows_per_file.map_or(usize::MAX, |n| n as usize);
-    let mut files: Vec<Vec<RecordBatch>> = vec![Vec::new()];
-    let mut in_file = 0usize;
+    groups(batches, rows_per_file.map_or(usize::MAX, |n| n as usize))
+}
+
+/// Consecutive slices of `batches` holding at most `limit` rows each, in order
+/// (one empty group when there are no rows).
+fn groups(batches: &[RecordBatch], limit: usize) -> Vec<Vec<RecordBatch>> {
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+    let mut in_group = 0usize;
     for b in batches {
         let mut off = 0;
         while off < b.num_rows() {
-            if in_file == limit {
-                files.push(Vec::new());
-                in_file = 0;
+            if in_group == limit {
+                out.push(Vec::new());
+                in_group = 0;
             }
-            let n = (b.num_rows() - off).min(limit - in_file);
-            if let Some(f) = files.last_mut() {
-                f.push(b.slice(off, n));
+            let n = (b.num_rows() - off).min(limit - in_group);
+            if let Some(g) = out.last_mut() {
+                g.push(b.slice(off, n));
             }
-            in_file += n;
+            in_group += n;
             off += n;
         }
     }
-    files
+    out
 }
 
-/// Encode one file's rows as the destination's format.
+/// Encode one file's rows as the destination's format, in memory.
 ///
 /// # Errors
 /// [`Error::Internal`] when an encoder fails.
@@ -72,60 +77,87 @@ pub fn encode(
     batches: &[RecordBatch],
     threads: usize,
 ) -> Result<Encoded> {
-    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let gzip = d.compression == Compression::Gzip;
-    let chunks = match (&d.format, d.kind) {
-        (_, DestinationKind::MicrosoftAdvertising) => {
-            let id = segment_list_id
-                .ok_or_else(|| Error::Internal("customer list id vanished".into()))?;
-            vec![microsoft_bulk(id, batches)?]
-        }
-        (Format::Csv(o), _) => chunked(batches, threads, gzip, |i, rows, out| {
-            csv_chunk(o, schema, i == 0, rows, out)
-        })?,
-        (Format::Json, _) => chunked(batches, threads, gzip, |_, rows, out| json_chunk(rows, out))?,
-        (Format::Parquet, _) => vec![parquet_file(d.compression, schema, batches)?],
-    };
+    let mut chunks = Vec::new();
+    let rows = encode_into(d, segment_list_id, schema, batches, threads, &mut |b| {
+        chunks.push(b);
+        Ok(())
+    })?;
     Ok(Encoded { chunks, rows })
 }
 
-/// Slices of at most [`CHUNK_ROWS`] rows, in order.
-fn chunks_of(batches: &[RecordBatch]) -> Vec<Vec<RecordBatch>> {
-    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new()];
-    let mut n = 0;
-    for b in batches {
-        let mut off = 0;
-        while off < b.num_rows() {
-            if n == CHUNK_ROWS {
-                out.push(Vec::new());
-                n = 0;
-            }
-            let take = (b.num_rows() - off).min(CHUNK_ROWS - n);
-            if let Some(c) = out.last_mut() {
-                c.push(b.slice(off, take));
-            }
-            n += take;
-            off += take;
+/// A consumer of a file's bytes, in order.
+pub type Sink<'a> = dyn FnMut(Bytes) -> Result<()> + Send + 'a;
+
+/// Encode one file's rows, handing its bytes to `sink` in order as they are
+/// ready (CSV/JSON chunk by chunk, Parquet every few MiB), so that uploading
+/// overlaps encoding. Returns the row count.
+///
+/// # Errors
+/// [`Error::Internal`] when an encoder fails; what `sink` returns.
+pub fn encode_into(
+    d: &Destination,
+    segment_list_id: Option<i64>,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    threads: usize,
+    sink: &mut Sink<'_>,
+) -> Result<u64> {
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let gzip = d.compression == Compression::Gzip;
+    match (&d.format, d.kind) {
+        (_, DestinationKind::MicrosoftAdvertising) => {
+            let id = segment_list_id
+                .ok_or_else(|| Error::Internal("customer list id vanished".into()))?;
+            sink(microsoft_bulk(id, batches)?)?;
         }
+        (Format::Csv(o), _) => chunked(batches, threads, gzip, sink, |i, rows, out| {
+            csv_chunk(o, schema, i == 0, rows, out)
+        })?,
+        (Format::Json, _) => chunked(batches, threads, gzip, sink, |_, rows, out| {
+            json_chunk(rows, out)
+        })?,
+        (Format::Parquet, _) => parquet_file(d.compression, schema, batches, sink)?,
     }
-    out
+    Ok(rows)
 }
 
-/// Encode chunks on `threads` threads (and gzip each when asked), keeping their order.
+/// Encoded chunks waiting for their turn, and how many were handed on.
+struct Slots {
+    done: Vec<Option<Result<Bytes>>>,
+    emitted: usize,
+}
+
+/// Encode chunks on `threads` threads (and gzip each when asked); this thread
+/// hands them to `sink` in order. Workers stay at most a few chunks ahead.
 fn chunked(
     batches: &[RecordBatch],
     threads: usize,
     gzip: bool,
+    sink: &mut Sink<'_>,
     encode: impl Fn(usize, &[RecordBatch], &mut Vec<u8>) -> Result<()> + Sync,
-) -> Result<Vec<Bytes>> {
-    let chunks = chunks_of(batches);
+) -> Result<()> {
+    let chunks = groups(batches, CHUNK_ROWS);
+    let threads = threads.clamp(1, chunks.len().max(1));
+    let window = threads * 4;
     let next = AtomicUsize::new(0);
-    let out: Mutex<Vec<Option<Result<Bytes>>>> =
-        Mutex::new((0..chunks.len()).map(|_| None).collect());
+    let state = Mutex::new(Slots {
+        done: (0..chunks.len()).map(|_| None).collect(),
+        emitted: 0,
+    });
+    let ready = Condvar::new();
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let work = || {
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(rows) = chunks.get(i) else { break };
+            // Wait until the chunk is within the window of the emitter.
+            {
+                let Ok(mut st) = state.lock() else { return };
+                while i >= st.emitted + window && !failed.load(Ordering::Relaxed) {
+                    let Ok(s) = ready.wait(st) else { return };
+                    st = s;
+                }
+            }
             let r = (|| {
                 let mut buf = Vec::new();
                 encode(i, rows, &mut buf)?;
@@ -139,22 +171,45 @@ fn chunked(
                 }
                 Ok(Bytes::from(buf))
             })();
-            if let Ok(mut o) = out.lock() {
-                o[i] = Some(r);
+            if let Ok(mut st) = state.lock() {
+                st.done[i] = Some(r);
             }
+            ready.notify_all();
         }
     };
     std::thread::scope(|s| {
-        for _ in 1..threads.clamp(1, chunks.len().max(1)) {
+        for _ in 0..threads {
             s.spawn(work);
         }
-        work();
-    });
-    out.into_inner()
-        .map_err(|_| Error::Internal("encoder thread panicked".into()))?
-        .into_iter()
-        .map(|c| c.unwrap_or_else(|| Err(Error::Internal("chunk not encoded".into()))))
-        .collect()
+        let result = (|| {
+            for i in 0..chunks.len() {
+                let chunk = {
+                    let mut st = state
+                        .lock()
+                        .map_err(|_| Error::Internal("encoder thread panicked".into()))?;
+                    loop {
+                        if let Some(c) = st.done[i].take() {
+                            st.emitted = i + 1;
+                            break c;
+                        }
+                        st = ready
+                            .wait(st)
+                            .map_err(|_| Error::Internal("encoder thread panicked".into()))?;
+                    }
+                };
+                ready.notify_all();
+                sink(chunk?)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Let waiting workers finish; nothing more is handed on.
+            failed.store(true, Ordering::Relaxed);
+            next.store(chunks.len(), Ordering::Relaxed);
+            ready.notify_all();
+        }
+        result
+    })
 }
 
 fn arrow_err(what: &'static str) -> impl Fn(datafusion::arrow::error::ArrowError) -> Error {
@@ -196,7 +251,40 @@ fn json_chunk(rows: &[RecordBatch], out: &mut Vec<u8>) -> Result<()> {
     w.finish().map_err(arrow_err("JSON"))
 }
 
-fn parquet_file(c: Compression, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Bytes> {
+/// Hands on a Parquet writer's output every [`FLUSH_BYTES`].
+struct SinkWriter<'a, 'b> {
+    buf: Vec<u8>,
+    sink: &'a mut Sink<'b>,
+}
+
+const FLUSH_BYTES: usize = 8 << 20;
+
+impl SinkWriter<'_, '_> {
+    fn hand_on(&mut self) -> std::io::Result<()> {
+        let b = Bytes::from(std::mem::take(&mut self.buf));
+        (self.sink)(b).map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+impl Write for SinkWriter<'_, '_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= FLUSH_BYTES {
+            self.hand_on()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn parquet_file(
+    c: Compression,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    sink: &mut Sink<'_>,
+) -> Result<()> {
     let codec = match c {
         Compression::None => PqCompression::UNCOMPRESSED,
         Compression::Gzip => PqCompression::GZIP(GzipLevel::default()),
@@ -206,19 +294,27 @@ fn parquet_file(c: Compression, schema: &SchemaRef, batches: &[RecordBatch]) -> 
     };
     let props = WriterProperties::builder()
         .set_compression(codec)
-        .set_max_row_group_row_count(Some(1 << 20))
+        // Row groups of 128Ki rows: bytes flow to the upload while encoding goes on.
+        .set_max_row_group_row_count(Some(1 << 17))
         .set_created_by(format!("audience {}", crate::VERSION))
         .build();
-    let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))
-        .map_err(|e| Error::Internal(format!("Parquet encoding: {e}")))?;
-    for b in batches {
-        w.write(b)
-            .map_err(|e| Error::Internal(format!("Parquet encoding: {e}")))?;
+    let pq = |e: parquet::errors::ParquetError| Error::Internal(format!("Parquet encoding: {e}"));
+    let mut out = SinkWriter {
+        buf: Vec::new(),
+        sink,
+    };
+    {
+        let mut w = ArrowWriter::try_new(&mut out, schema.clone(), Some(props)).map_err(pq)?;
+        for b in batches {
+            w.write(b).map_err(pq)?;
+        }
+        w.close().map_err(pq)?;
     }
-    w.close()
-        .map_err(|e| Error::Internal(format!("Parquet encoding: {e}")))?;
-    Ok(Bytes::from(buf))
+    if !out.buf.is_empty() {
+        out.hand_on()
+            .map_err(|e| Error::Internal(format!("Parquet output: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Microsoft Advertising bulk upload header.

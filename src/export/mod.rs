@@ -27,7 +27,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use object_store::ObjectStoreExt;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Destination, DestinationKind, NormaliserKind, Project};
 use crate::engine::Batches;
@@ -129,6 +128,15 @@ pub struct Audiences<'a> {
     pub oversized: &'a std::collections::BTreeSet<String>,
 }
 
+impl Audiences<'_> {
+    fn membership(&self, segment: &str) -> Result<&Membership> {
+        self.memberships
+            .iter()
+            .find(|m| m.segment == segment)
+            .ok_or_else(|| Error::Internal(format!("segment {segment} has no membership")))
+    }
+}
+
 /// The run an export belongs to.
 pub struct RunInfo<'a> {
     pub run_id: &'a str,
@@ -209,11 +217,7 @@ async fn prepare_destination<'a>(
         return Ok(Ready { d, segments });
     }
     for seg in &d.segments {
-        let m = audiences
-            .memberships
-            .iter()
-            .find(|m| &m.segment == seg)
-            .ok_or_else(|| Error::Internal(format!("segment {seg} has no membership")))?;
+        let m = audiences.membership(seg)?;
         let (schema, batches) = audiences
             .profiles
             .get(&m.policy)
@@ -257,11 +261,7 @@ fn snapshot_members(
     }
     let mut members = std::collections::BTreeSet::new();
     for seg in &d.segments {
-        let m = audiences
-            .memberships
-            .iter()
-            .find(|m| &m.segment == seg)
-            .ok_or_else(|| Error::Internal(format!("segment {seg} has no membership")))?;
+        let m = audiences.membership(seg)?;
         match &policy {
             Some(p) if p != &m.policy && d.segments.first() != Some(seg) => {
                 return Err(Error::Export {
@@ -382,37 +382,26 @@ async fn publish_destination(
         .and_then(|v| v.parse().ok());
     let mut files = Vec::new();
     let mut retries = 0u64;
-    let encode_job = |j: &Job<'_>| {
-        let d = d.clone();
+    for j in &jobs {
         let list_id = d.customer_list_ids.get(j.segment).copied();
-        let schema = j.schema.clone();
-        let batches = j.batches.clone();
-        tokio::task::spawn_blocking(move || {
-            let e = encode::encode(&d, list_id, &schema, &batches, threads)?;
-            let mut h = Sha256::new();
-            for c in &e.chunks {
-                h.update(c);
-            }
-            Ok::<_, Error>((e, hex::encode(h.finalize())))
-        })
-    };
-    let mut next = jobs.first().map(encode_job);
-    for (i, j) in jobs.iter().enumerate() {
-        let Some(task) = next.take() else { break };
-        let (encoded, sha) = task
-            .await
-            .map_err(|e| Error::Internal(format!("encoder task: {e}")))??;
-        next = jobs.get(i + 1).map(encode_job);
-        progress(&format!("{}: {} ({} rows)", d.name, j.rel, encoded.rows));
+        let (dest, schema, batches) = (d.clone(), j.schema.clone(), j.batches.clone());
         let loc = d.location.join(&j.rel);
-        publish::upload(store.as_ref(), &loc, &encoded.chunks, policy, &mut retries).await?;
+        let w = publish::write_file(
+            store.as_ref(),
+            &loc,
+            move |sink| encode::encode_into(&dest, list_id, &schema, &batches, threads, sink),
+            policy,
+            &mut retries,
+        )
+        .await?;
+        progress(&format!("{}: {} ({} rows)", d.name, j.rel, w.rows));
         files.push(ManifestFile {
             path: j.rel.clone(),
             segment: j.segment.to_string(),
             part: j.part,
-            rows: encoded.rows,
-            bytes: encoded.len(),
-            sha256: sha,
+            rows: w.rows,
+            bytes: w.bytes,
+            sha256: w.sha256,
         });
         if crash_after == Some(files.len()) {
             // Crash testing: die as a kill would, mid-export.

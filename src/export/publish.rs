@@ -8,8 +8,11 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
+use sha2::{Digest, Sha256};
+
 use crate::engine::storage::Location;
 use crate::error::{Error, Result};
+use crate::export::encode::Sink;
 
 /// Files at least this large go by multipart upload.
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
@@ -103,4 +106,119 @@ pub async fn upload(
         .await;
     *retried += count;
     r.map_err(Error::storage(loc.display()))
+}
+
+/// A file written by [`write_file`].
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Encode and upload one file at once: `encode` runs on a blocking thread and
+/// hands its bytes on as they are ready; the upload starts a multipart upload
+/// as soon as [`MULTIPART_THRESHOLD`] bytes are ready and sends parts while
+/// encoding goes on (smaller files go in one put at the end). When the
+/// streamed attempt fails with a transient error, the whole file is uploaded
+/// again from the bytes kept, with [`upload`]'s retries.
+///
+/// # Errors
+/// What `encode` returns (an open multipart upload is then aborted);
+/// [`Error::Storage`] naming `loc` when the upload fails for good.
+pub async fn write_file(
+    store: &dyn ObjectStore,
+    loc: &Location,
+    encode: impl FnOnce(&mut Sink<'_>) -> Result<u64> + Send + 'static,
+    policy: RetryPolicy,
+    retried: &mut u64,
+) -> Result<Written> {
+    let path = loc.path();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let encoder = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        let rows = encode(&mut |b: Bytes| {
+            hasher.update(&b);
+            bytes += b.len() as u64;
+            tx.blocking_send(b)
+                .map_err(|_| Error::Internal("the upload stopped reading".into()))
+        })?;
+        Ok::<_, Error>(Written {
+            rows,
+            bytes,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    });
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut buffered = 0u64;
+    let mut streaming: Option<WriteMultipart> = None;
+    let mut failure: Option<object_store::Error> = None;
+    while let Some(c) = rx.recv().await {
+        buffered += c.len() as u64;
+        chunks.push(c.clone());
+        if failure.is_some() {
+            continue; // keep draining: the retry needs every byte
+        }
+        match &mut streaming {
+            Some(w) => match w.wait_for_capacity(PART_CONCURRENCY).await {
+                Ok(()) => w.put(c),
+                Err(e) => failure = Some(e),
+            },
+            None if buffered >= MULTIPART_THRESHOLD => match store.put_multipart(&path).await {
+                Ok(u) => {
+                    let mut w = WriteMultipart::new_with_chunk_size(u, PART_SIZE);
+                    for c in &chunks {
+                        w.put(c.clone());
+                    }
+                    streaming = Some(w);
+                }
+                Err(e) => failure = Some(e),
+            },
+            None => {}
+        }
+    }
+    let written = match encoder.await {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            if let Some(w) = streaming {
+                let _ = w.abort().await;
+            }
+            return Err(e);
+        }
+        Err(e) => {
+            if let Some(w) = streaming {
+                let _ = w.abort().await;
+            }
+            return Err(Error::Internal(format!("encoder task: {e}")));
+        }
+    };
+    let first = match (streaming, failure) {
+        (Some(w), None) => w.finish().await.map(|_| ()),
+        (Some(w), Some(e)) => {
+            let _ = w.abort().await;
+            Err(e)
+        }
+        (None, Some(e)) => Err(e),
+        (None, None) => {
+            let payload: PutPayload = chunks.iter().cloned().collect();
+            store.put(&path, payload).await.map(|_| ())
+        }
+    };
+    match first {
+        Ok(()) => Ok(written),
+        Err(e) if is_transient(&e) && policy.retries > 0 => {
+            *retried += 1;
+            tracing::warn!(location = %loc.display(), error = %e, "storage write failed; retrying the whole file");
+            tokio::time::sleep(policy.first_delay).await;
+            let rest = RetryPolicy {
+                retries: policy.retries - 1,
+                first_delay: (policy.first_delay * 2).min(policy.max_delay),
+                ..policy
+            };
+            upload(store, loc, &chunks, rest, retried).await?;
+            Ok(written)
+        }
+        Err(e) => Err(Error::storage(loc.display())(e)),
+    }
 }
