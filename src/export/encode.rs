@@ -294,8 +294,8 @@ fn parquet_file(
     };
     let props = WriterProperties::builder()
         .set_compression(codec)
-        // Row groups of 128Ki rows: bytes flow to the upload while encoding goes on.
-        .set_max_row_group_row_count(Some(1 << 17))
+        // Row groups of 1Mi rows (as pyarrow): each is handed on when complete.
+        .set_max_row_group_row_count(Some(1 << 20))
         .set_created_by(format!("audience {}", crate::VERSION))
         .build();
     let pq = |e: parquet::errors::ParquetError| Error::Internal(format!("Parquet encoding: {e}"));
