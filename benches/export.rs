@@ -202,6 +202,7 @@ fn destination(format: &str, url: &str) -> Destination {
         consent: None,
         marketing_actions: Vec::new(),
         customer_list_ids: Default::default(),
+        deltas: false,
     }
 }
 

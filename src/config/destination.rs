@@ -221,6 +221,8 @@ struct RawDestination {
     marketing_actions: Vec<String>,
     #[serde(default)]
     customer_list_ids: BTreeMap<String, i64>,
+    #[serde(default)]
+    deltas: bool,
 }
 
 /// `[consent.<purpose>]` as written.
@@ -302,6 +304,8 @@ pub struct Destination {
     pub consent: Option<ConsentRule>,
     pub marketing_actions: Vec<String>,
     pub customer_list_ids: BTreeMap<String, i64>,
+    /// Also write entered/exited delta files beside each full file.
+    pub deltas: bool,
 }
 
 impl Destination {
@@ -896,6 +900,13 @@ fn destination(
             }
         },
     };
+    if d.deltas && kind != DestinationKind::CloudStorage {
+        problems.push(
+            FILE,
+            format!("{path}.deltas"),
+            "delta files are written for `cloud_storage` destinations only",
+        );
+    }
     if kind == DestinationKind::MicrosoftAdvertising {
         for s in &d.segments {
             if !d.customer_list_ids.contains_key(s) {
@@ -959,6 +970,7 @@ fn destination(
         consent,
         marketing_actions: d.marketing_actions,
         customer_list_ids: d.customer_list_ids,
+        deltas: d.deltas,
     })
 }
 

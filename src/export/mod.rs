@@ -34,7 +34,7 @@ use crate::engine::storage::put;
 use crate::error::{Error, Result, one_of};
 use crate::segment::Membership;
 
-pub use rows::Counts;
+pub use rows::{Counts, Delta};
 
 /// One file in a manifest.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -44,6 +44,9 @@ pub struct ManifestFile {
     pub segment: String,
     /// 1-based part number within the segment.
     pub part: u32,
+    /// `full`, or `entered`/`exited` for delta files.
+    #[serde(default)]
+    pub delta: Delta,
     pub rows: u64,
     pub bytes: u64,
     pub sha256: String,
@@ -126,6 +129,9 @@ pub struct Audiences<'a> {
     pub memberships: &'a [Membership],
     pub profiles: &'a ProfilesByPolicy,
     pub oversized: &'a std::collections::BTreeSet<String>,
+    /// Members per segment in the baseline run (the previous successful run
+    /// by as-of), for delta files; `None` when there is none.
+    pub baseline: Option<&'a crate::segment::history::Members>,
 }
 
 impl Audiences<'_> {
@@ -237,6 +243,38 @@ async fn prepare_destination<'a>(
         let p = rows::prepare(d, seg, phone, &joined, counts)?;
         check_pack(d, &p)?;
         segments.push(p);
+        if d.deltas {
+            let before = audiences.baseline.and_then(|b| b.get(seg));
+            let now: std::collections::BTreeSet<&str> = members.iter().copied().collect();
+            let entered: Vec<&str> = members
+                .iter()
+                .copied()
+                .filter(|p| before.is_none_or(|b| !b.contains(*p)))
+                .collect();
+            let exited: Vec<&str> = before
+                .map(|b| {
+                    b.iter()
+                        .map(String::as_str)
+                        .filter(|p| !now.contains(p) && !audiences.oversized.contains(*p))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Deltas follow the full file's rules, but the limit is the full file's.
+            let mut unlimited = d.clone();
+            unlimited.max_profiles = None;
+            for (delta, ids) in [(Delta::Entered, entered), (Delta::Exited, exited)] {
+                let joined = member_rows(ctx, d, &ids, schema.clone(), batches.clone()).await?;
+                let counts = Counts {
+                    members: ids.len() as u64,
+                    ..Counts::default()
+                };
+                let mut p = rows::prepare(&unlimited, seg, phone, &joined, counts)?;
+                p.delta = delta;
+                // Suppressions are reported once, for the full file.
+                p.suppressions.clear();
+                segments.push(p);
+            }
+        }
     }
     Ok(Ready { d, segments })
 }
@@ -349,6 +387,7 @@ fn check_pack(d: &Destination, p: &rows::Prepared) -> Result<()> {
 /// One file to write: where, and its rows.
 struct Job<'a> {
     segment: &'a str,
+    delta: Delta,
     part: u32,
     rel: String,
     batches: Vec<RecordBatch>,
@@ -399,6 +438,7 @@ async fn publish_destination(
             path: j.rel.clone(),
             segment: j.segment.to_string(),
             part: j.part,
+            delta: j.delta,
             rows: w.rows,
             bytes: w.bytes,
             sha256: w.sha256,
@@ -419,6 +459,7 @@ async fn publish_destination(
         segments: r
             .segments
             .iter()
+            .filter(|p| p.delta == Delta::Full)
             .map(|p| SegmentExport {
                 segment: p.segment.clone(),
                 counts: p.counts.clone(),
@@ -468,7 +509,7 @@ fn jobs<'a>(
             } else {
                 String::new()
             };
-            let rel = crate::config::destination::render(
+            let full = crate::config::destination::render(
                 &d.file_name,
                 &crate::config::destination::TemplateValues {
                     destination: &d.name,
@@ -487,6 +528,7 @@ fn jobs<'a>(
                 destination: d.name.clone(),
                 message: m,
             })?;
+            let rel = delta_name(&full, p.delta, d.extension());
             if rel.ends_with("/_SUCCESS") || rel == "_SUCCESS" || rel.ends_with("manifest.json") {
                 return Err(Error::Export {
                     destination: d.name.clone(),
@@ -506,6 +548,7 @@ fn jobs<'a>(
             }
             out.push(Job {
                 segment: &p.segment,
+                delta: p.delta,
                 part: k as u32 + 1,
                 rel,
                 batches,
@@ -514,6 +557,17 @@ fn jobs<'a>(
         }
     }
     Ok(out)
+}
+
+/// A delta file's name: `.entered`/`.exited` before the extension (or at the end).
+fn delta_name(full: &str, delta: Delta, ext: &str) -> String {
+    if delta == Delta::Full {
+        return full.to_string();
+    }
+    match full.strip_suffix(&format!(".{ext}")) {
+        Some(stem) => format!("{stem}.{}.{ext}", delta.as_str()),
+        None => format!("{full}.{}", delta.as_str()),
+    }
 }
 
 /// `runs/<run_id>/suppressions.parquet` in the state location: destination,

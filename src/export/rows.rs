@@ -39,6 +39,30 @@ pub struct Counts {
     pub rows: u64,
 }
 
+/// A full file, or a delta file beside it (`deltas = true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Delta {
+    /// Every current member.
+    #[default]
+    Full,
+    /// Members now that were not members in the baseline run.
+    Entered,
+    /// Members of the baseline run that are not members now (rows from their
+    /// current profiles; profiles that no longer exist are left out).
+    Exited,
+}
+
+impl Delta {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delta::Full => "full",
+            Delta::Entered => "entered",
+            Delta::Exited => "exited",
+        }
+    }
+}
+
 /// One suppressed profile.
 #[derive(Debug, Clone)]
 pub struct Suppression {
@@ -49,6 +73,8 @@ pub struct Suppression {
 /// The rows of one segment for one destination, ready to encode.
 pub struct Prepared {
     pub segment: String,
+    /// Which file: the full membership, or a delta beside it.
+    pub delta: Delta,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub counts: Counts,
@@ -172,6 +198,7 @@ pub fn prepare(
     }
     Ok(Prepared {
         segment: segment.to_string(),
+        delta: Delta::Full,
         schema,
         batches,
         counts,

@@ -405,6 +405,7 @@ impl Pipeline {
             baseline.as_ref().map(|(_, m)| m),
         )
         .await?;
+        let baseline_members = baseline.as_ref().map(|(_, m)| m.clone());
         c.baseline = baseline.map(|(id, _)| id);
         c.segments = SegmentCount::all(&memberships, &statuses);
         c.stage(
@@ -427,6 +428,7 @@ impl Pipeline {
             memberships: &memberships,
             profiles: &profiles,
             oversized: &oversized,
+            baseline: baseline_members.as_ref(),
         };
         let run = export::RunInfo {
             run_id: &self.run_id,

@@ -930,3 +930,80 @@ fn export_destinations_catalog_lists_kinds_and_last_export() {
     assert_eq!(bing["last_export"]["run_id"], "cat-run");
     assert_eq!(bing["last_export"]["files"], 2);
 }
+
+#[test]
+fn export_delta_files_hold_entered_and_exited_members() {
+    let dir = project_with(
+        "[destinations.dl]\nurl = \"out/dl\"\ndeltas = true\nsegments = [\"high_value\", \"gold_lapsed\", \"browsed_not_bought\"]\nfields = [\"profile_id\", \"email\"]\n\n[destinations.all]\nkind = \"profile_snapshot\"\nurl = \"out/all\"\n",
+    );
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&chrono::Utc)
+    };
+    let run_at = |id: &str, t: &str| {
+        let project = Project::load(dir.path()).expect("valid");
+        rt().block_on(
+            Pipeline::new(project)
+                .with_as_of(at(t))
+                .with_run_id(id)
+                .expect("id")
+                .run(),
+        )
+        .expect("run")
+    };
+    let ids = |path: &Path| -> BTreeSet<String> {
+        csv_rows(path)[1..].iter().map(|r| r[0].clone()).collect()
+    };
+    let first = run_at("d1", "2025-03-01T00:00:00Z");
+    // No baseline: everyone entered, nobody exited.
+    for seg in ["high_value", "gold_lapsed"] {
+        let base = dir.path().join("out/dl/d1");
+        assert_eq!(
+            ids(&base.join(format!("{seg}.entered.csv"))),
+            ids(&base.join(format!("{seg}.csv")))
+        );
+        assert!(ids(&base.join(format!("{seg}.exited.csv"))).is_empty());
+    }
+    assert!(
+        first
+            .exports
+            .iter()
+            .find(|m| m.destination == "dl")
+            .expect("dl")
+            .files
+            .iter()
+            .any(|f| f.delta == audience::export::Delta::Entered)
+    );
+    let second = run_at("d2", "2025-07-01T00:00:00Z");
+    assert_eq!(second.membership_baseline.as_deref(), Some("d1"));
+    // Profiles that merged into others since d1 no longer exist: exited rows come
+    // from current profiles.
+    let existing = ids(&dir.path().join("out/all/d2/profiles.csv"));
+    let mut changes = 0;
+    for seg in ["high_value", "gold_lapsed", "browsed_not_bought"] {
+        let (a, b) = (dir.path().join("out/dl/d1"), dir.path().join("out/dl/d2"));
+        let (before, now) = (
+            ids(&a.join(format!("{seg}.csv"))),
+            ids(&b.join(format!("{seg}.csv"))),
+        );
+        let entered = ids(&b.join(format!("{seg}.entered.csv")));
+        let exited = ids(&b.join(format!("{seg}.exited.csv")));
+        assert_eq!(
+            entered,
+            now.difference(&before).cloned().collect(),
+            "{seg} entered"
+        );
+        let gone: BTreeSet<String> = before.difference(&now).cloned().collect();
+        assert_eq!(
+            exited,
+            gone.intersection(&existing).cloned().collect(),
+            "{seg} exited"
+        );
+        changes += entered.len() + exited.len();
+    }
+    assert!(
+        changes > 0,
+        "the sample's segments change between the two as-ofs"
+    );
+}
