@@ -245,7 +245,9 @@ fn child(path: &Path, variant: &str) {
         .block_on(publish::write_file(
             store.as_ref(),
             &loc,
-            move |sink| encode::encode_into(&dest, None, &schema, &batches, threads, sink),
+            Arc::new(move |sink: &mut encode::Sink<'_>| {
+                encode::encode_into(&dest, None, &schema, &batches, threads, sink)
+            }),
             publish::RetryPolicy::default(),
             &mut retried,
         ))

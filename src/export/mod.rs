@@ -428,7 +428,9 @@ async fn publish_destination(
         let w = publish::write_file(
             store.as_ref(),
             &loc,
-            move |sink| encode::encode_into(&dest, list_id, &schema, &batches, threads, sink),
+            Arc::new(move |sink: &mut encode::Sink<'_>| {
+                encode::encode_into(&dest, list_id, &schema, &batches, threads, sink)
+            }),
             policy,
             &mut retries,
         )

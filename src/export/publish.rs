@@ -2,9 +2,10 @@
 //! multipart uploads (parts uploaded concurrently) for large ones, each retried
 //! with exponential backoff when the store reports a transient error.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
@@ -116,12 +117,24 @@ pub struct Written {
     pub sha256: String,
 }
 
+/// How one streamed attempt at a file ended badly.
+enum Failure {
+    /// The encoder failed: not retried.
+    Encode(Error),
+    /// The store failed.
+    Store(object_store::Error),
+}
+
+/// The encoder of one file: called once per attempt, handing bytes to the sink.
+pub type Encoder = dyn Fn(&mut Sink<'_>) -> Result<u64> + Send + Sync;
+
 /// Encode and upload one file at once: `encode` runs on a blocking thread and
-/// hands its bytes on as they are ready; the upload starts a multipart upload
-/// as soon as [`MULTIPART_THRESHOLD`] bytes are ready and sends parts while
-/// encoding goes on (smaller files go in one put at the end). When the
-/// streamed attempt fails with a transient error, the whole file is uploaded
-/// again from the bytes kept, with [`upload`]'s retries.
+/// hands its bytes on as they are ready; a multipart upload starts as soon as
+/// [`MULTIPART_THRESHOLD`] bytes are ready and sends parts while encoding goes
+/// on (smaller files go in one put at the end). Only a small file's bytes are
+/// held; when an attempt fails with a transient store error, the file is
+/// encoded and uploaded again, up to `policy.retries` times with exponential
+/// backoff.
 ///
 /// # Errors
 /// What `encode` returns (an open multipart upload is then aborted);
@@ -129,10 +142,38 @@ pub struct Written {
 pub async fn write_file(
     store: &dyn ObjectStore,
     loc: &Location,
-    encode: impl FnOnce(&mut Sink<'_>) -> Result<u64> + Send + 'static,
+    encode: Arc<Encoder>,
     policy: RetryPolicy,
     retried: &mut u64,
 ) -> Result<Written> {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(policy.first_delay)
+        .with_max_delay(policy.max_delay)
+        .with_max_times(policy.retries)
+        .with_jitter()
+        .build();
+    loop {
+        match attempt(store, loc, encode.clone()).await {
+            Ok(w) => return Ok(w),
+            Err(Failure::Encode(e)) => return Err(e),
+            Err(Failure::Store(e)) => match delays.next() {
+                Some(after) if is_transient(&e) => {
+                    *retried += 1;
+                    tracing::warn!(location = %loc.display(), error = %e, retry_in = ?after, "storage write failed; writing the file again");
+                    tokio::time::sleep(after).await;
+                }
+                _ => return Err(Error::storage(loc.display())(e)),
+            },
+        }
+    }
+}
+
+/// One streamed attempt at a file.
+async fn attempt(
+    store: &dyn ObjectStore,
+    loc: &Location,
+    encode: Arc<Encoder>,
+) -> std::result::Result<Written, Failure> {
     let path = loc.path();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let encoder = tokio::task::spawn_blocking(move || {
@@ -150,75 +191,63 @@ pub async fn write_file(
             sha256: hex::encode(hasher.finalize()),
         })
     });
-    let mut chunks: Vec<Bytes> = Vec::new();
+    // Bytes are held only until the multipart upload starts.
+    let mut held: Vec<Bytes> = Vec::new();
     let mut buffered = 0u64;
     let mut streaming: Option<WriteMultipart> = None;
     let mut failure: Option<object_store::Error> = None;
     while let Some(c) = rx.recv().await {
         buffered += c.len() as u64;
-        chunks.push(c.clone());
-        if failure.is_some() {
-            continue; // keep draining: the retry needs every byte
-        }
-        match &mut streaming {
-            Some(w) => match w.wait_for_capacity(PART_CONCURRENCY).await {
-                Ok(()) => w.put(c),
-                Err(e) => failure = Some(e),
-            },
-            None if buffered >= MULTIPART_THRESHOLD => match store.put_multipart(&path).await {
-                Ok(u) => {
-                    let mut w = WriteMultipart::new_with_chunk_size(u, PART_SIZE);
-                    for c in &chunks {
-                        w.put(c.clone());
-                    }
-                    streaming = Some(w);
+        let r = match &mut streaming {
+            Some(w) => w
+                .wait_for_capacity(PART_CONCURRENCY)
+                .await
+                .map(|()| w.put(c)),
+            None => {
+                held.push(c);
+                if buffered >= MULTIPART_THRESHOLD {
+                    store.put_multipart(&path).await.map(|u| {
+                        let mut w = WriteMultipart::new_with_chunk_size(u, PART_SIZE);
+                        for c in held.drain(..) {
+                            w.put(c);
+                        }
+                        streaming = Some(w);
+                    })
+                } else {
+                    Ok(())
                 }
-                Err(e) => failure = Some(e),
-            },
-            None => {}
+            }
+        };
+        if let Err(e) = r {
+            failure = Some(e);
+            break;
         }
     }
-    let written = match encoder.await {
-        Ok(Ok(w)) => w,
-        Ok(Err(e)) => {
-            if let Some(w) = streaming {
-                let _ = w.abort().await;
-            }
-            return Err(e);
+    drop(rx); // an encoder still running stops at its next chunk
+    let encoded = encoder
+        .await
+        .map_err(|e| Error::Internal(format!("encoder task: {e}")));
+    if let Some(e) = failure {
+        if let Some(w) = streaming {
+            let _ = w.abort().await;
         }
+        return Err(Failure::Store(e));
+    }
+    let written = match encoded.and_then(|r| r) {
+        Ok(w) => w,
         Err(e) => {
             if let Some(w) = streaming {
                 let _ = w.abort().await;
             }
-            return Err(Error::Internal(format!("encoder task: {e}")));
+            return Err(Failure::Encode(e));
         }
     };
-    let first = match (streaming, failure) {
-        (Some(w), None) => w.finish().await.map(|_| ()),
-        (Some(w), Some(e)) => {
-            let _ = w.abort().await;
-            Err(e)
-        }
-        (None, Some(e)) => Err(e),
-        (None, None) => {
-            let payload: PutPayload = chunks.iter().cloned().collect();
-            store.put(&path, payload).await.map(|_| ())
-        }
+    let done = match streaming {
+        Some(w) => w.finish().await.map(|_| ()),
+        None => store
+            .put(&path, held.into_iter().collect::<PutPayload>())
+            .await
+            .map(|_| ()),
     };
-    match first {
-        Ok(()) => Ok(written),
-        Err(e) if is_transient(&e) && policy.retries > 0 => {
-            *retried += 1;
-            tracing::warn!(location = %loc.display(), error = %e, "storage write failed; retrying the whole file");
-            tokio::time::sleep(policy.first_delay).await;
-            let rest = RetryPolicy {
-                retries: policy.retries - 1,
-                first_delay: (policy.first_delay * 2).min(policy.max_delay),
-                ..policy
-            };
-            upload(store, loc, &chunks, rest, retried).await?;
-            Ok(written)
-        }
-        Err(e) => Err(Error::storage(loc.display())(e)),
-    }
+    done.map(|()| written).map_err(Failure::Store)
 }
