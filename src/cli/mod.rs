@@ -6,6 +6,7 @@ pub mod generate;
 pub mod profile;
 pub mod query;
 pub mod run;
+pub mod runs;
 pub mod segments;
 pub mod validate;
 
@@ -82,6 +83,8 @@ pub enum Command {
     Query(query::Args),
     /// The destination catalog (kinds, packs, options) and the configured destinations with their last export.
     Destinations(destinations::Args),
+    /// The run ledger, newest first; `audience runs show ID` shows one run's record.
+    Runs(runs::Args),
 }
 
 /// Parse an RFC 3339 time or a date (midnight UTC).
@@ -111,5 +114,6 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Segments(a) => segments::run(a).await,
         Command::Query(a) => query::run(a).await,
         Command::Destinations(a) => destinations::run(a).await,
+        Command::Runs(a) => runs::run(a).await,
     }
 }

@@ -5,6 +5,7 @@
 //! ingest ─▶ identity ─▶ merge ─▶ segments ─▶ exports ─▶ run record
 //! ```
 
+pub mod ledger;
 pub mod progress;
 
 use std::collections::BTreeMap;

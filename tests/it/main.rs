@@ -9,6 +9,7 @@ mod ingest;
 mod merge;
 mod pipeline;
 mod reference;
+mod runs;
 mod segments;
 mod slt;
 mod support;
