@@ -203,6 +203,7 @@ fn destination(format: &str, url: &str) -> Destination {
         marketing_actions: Vec::new(),
         customer_list_ids: Default::default(),
         deltas: false,
+        schedule: None,
     }
 }
 

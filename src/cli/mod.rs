@@ -7,6 +7,7 @@ pub mod profile;
 pub mod query;
 pub mod run;
 pub mod runs;
+pub mod schedule;
 pub mod segments;
 pub mod validate;
 
@@ -85,6 +86,8 @@ pub enum Command {
     Destinations(destinations::Args),
     /// The run ledger, newest first; `audience runs show ID` shows one run's record.
     Runs(runs::Args),
+    /// A long-lived scheduler: runs destinations at their cron slots (UTC) until SIGTERM/SIGINT.
+    Schedule(schedule::Args),
 }
 
 /// Parse an RFC 3339 time or a date (midnight UTC).
@@ -115,5 +118,6 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Query(a) => query::run(a).await,
         Command::Destinations(a) => destinations::run(a).await,
         Command::Runs(a) => runs::run(a).await,
+        Command::Schedule(a) => schedule::run(a, cli.quiet).await,
     }
 }

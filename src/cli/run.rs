@@ -17,14 +17,54 @@ pub struct Args {
     /// Re-use a run id: re-running it rewrites the same files. Default: a new id.
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Export only this destination (repeatable). Default: every destination.
+    #[arg(long = "destination", value_name = "NAME")]
+    pub destinations: Vec<String>,
+    /// Run the destinations whose schedule has a slot since their last
+    /// successful export (missed slots run once); nothing when none is due.
+    /// For cron, Kubernetes CronJobs or Airflow.
+    #[arg(long, conflicts_with = "destinations")]
+    pub due: bool,
+    /// The clock for `--due` (and the default as-of): for tests and replays. Default: now.
+    #[arg(long, value_parser = super::parse_time, requires = "due")]
+    pub now: Option<DateTime<Utc>>,
 }
 
 pub async fn run(args: Args, quiet: bool) -> Result<i32> {
     let project = Project::load(&args.project.project)?;
     let state = project.state.display();
-    let mut pipeline = Pipeline::new(project).with_progress(Progress::new(quiet));
-    if let Some(t) = args.as_of {
-        pipeline = pipeline.with_as_of(t);
+    let mut destinations = args.destinations.clone();
+    let mut trigger = crate::run::Trigger::Manual;
+    let now = args.now.unwrap_or_else(Utc::now);
+    if args.due {
+        let statuses = crate::run::schedule::statuses(&project, now).await?;
+        destinations = statuses
+            .iter()
+            .filter(|s| s.due)
+            .map(|s| s.destination.clone())
+            .collect();
+        if destinations.is_empty() {
+            let next = statuses
+                .iter()
+                .filter_map(|s| s.next.map(|n| (n, &s.destination)))
+                .min();
+            match next {
+                Some((t, d)) => println!("nothing due; next: {d} at {}", t.to_rfc3339()),
+                None => println!("nothing due; no destination has a cron schedule"),
+            }
+            return Ok(0);
+        }
+        trigger = crate::run::Trigger::Due;
+    }
+    let mut pipeline = Pipeline::new(project)
+        .with_progress(Progress::new(quiet))
+        .with_trigger(trigger);
+    if !destinations.is_empty() {
+        pipeline = pipeline.with_destinations(&destinations)?;
+    }
+    match (args.as_of, args.now) {
+        (Some(t), _) | (None, Some(t)) => pipeline = pipeline.with_as_of(t),
+        (None, None) => {}
     }
     if let Some(id) = &args.run_id {
         pipeline = pipeline.with_run_id(id)?;

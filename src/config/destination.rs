@@ -223,6 +223,7 @@ struct RawDestination {
     customer_list_ids: BTreeMap<String, i64>,
     #[serde(default)]
     deltas: bool,
+    schedule: Option<String>,
 }
 
 /// `[consent.<purpose>]` as written.
@@ -306,6 +307,8 @@ pub struct Destination {
     pub customer_list_ids: BTreeMap<String, i64>,
     /// Also write entered/exited delta files beside each full file.
     pub deltas: bool,
+    /// A cron expression (UTC) or `manual`; `None` is `manual`.
+    pub schedule: Option<String>,
 }
 
 impl Destination {
@@ -900,6 +903,11 @@ fn destination(
             }
         },
     };
+    if let Some(text) = &d.schedule
+        && let Err(m) = crate::run::schedule::parse(text)
+    {
+        problems.push(FILE, format!("{path}.schedule"), m);
+    }
     if d.deltas && kind != DestinationKind::CloudStorage {
         problems.push(
             FILE,
@@ -971,6 +979,7 @@ fn destination(
         marketing_actions: d.marketing_actions,
         customer_list_ids: d.customer_list_ids,
         deltas: d.deltas,
+        schedule: d.schedule,
     })
 }
 

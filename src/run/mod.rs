@@ -7,6 +7,7 @@
 
 pub mod ledger;
 pub mod progress;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +29,12 @@ use progress::{Progress, thousands};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
+    /// `audience run`.
     Manual,
+    /// `audience schedule`, at a destination's cron slot.
+    Schedule,
+    /// `audience run --due`.
+    Due,
 }
 
 /// A run's outcome.
@@ -172,6 +178,7 @@ fn is_valid_run_id(id: &str) -> bool {
 /// The whole batch pipeline over one project.
 pub struct Pipeline {
     project: Project,
+    trigger: Trigger,
     as_of: DateTime<Utc>,
     run_id: String,
     progress: Progress,
@@ -205,6 +212,7 @@ impl Pipeline {
         let as_of = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
         Pipeline {
             project,
+            trigger: Trigger::Manual,
             as_of,
             run_id: new_run_id(now),
             progress: Progress::hidden(),
@@ -231,6 +239,42 @@ impl Pipeline {
             return Err(Error::Config(p));
         }
         self.run_id = run_id.to_string();
+        Ok(self)
+    }
+
+    pub fn with_trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// Export only these destinations (all segments are still evaluated).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming a destination that is not configured.
+    pub fn with_destinations(mut self, names: &[String]) -> Result<Self> {
+        let known: Vec<String> = self
+            .project
+            .destinations
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
+        let mut p = crate::error::Problems::default();
+        for n in names {
+            if !known.contains(n) {
+                p.push(
+                    "--destination",
+                    n.as_str(),
+                    format!(
+                        "unknown destination `{n}`: {}",
+                        crate::error::one_of(n, known.iter().map(String::as_str))
+                    ),
+                );
+            }
+        }
+        p.into_result()?;
+        self.project
+            .destinations
+            .retain(|d| names.contains(&d.name));
         Ok(self)
     }
 
@@ -277,7 +321,7 @@ impl Pipeline {
         let record = RunRecord {
             run_id: self.run_id.clone(),
             project: self.project.name.clone(),
-            trigger: Trigger::Manual,
+            trigger: self.trigger,
             status: if result.is_ok() {
                 RunStatus::Succeeded
             } else {

@@ -1,0 +1,73 @@
+//! `audience schedule`: a long-lived process that runs destinations at their
+//! cron slots (UTC). It re-reads the project before each check, so a saved
+//! config takes effect at its next slot and never runs an export by itself.
+//! SIGINT or SIGTERM while waiting stops it at once; during a run, the run
+//! finishes (and publishes, or fails cleanly) and then the process stops.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::config::Project;
+use crate::error::{Error, Result};
+use crate::run::progress::Progress;
+use crate::run::{Pipeline, Trigger, schedule};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub project: super::ProjectArg,
+    /// Longest wait between checks, in seconds (a changed config is picked up by then).
+    #[arg(long, default_value_t = 60)]
+    pub poll: u64,
+}
+
+pub async fn run(args: Args, quiet: bool) -> Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |e: std::io::Error| Error::Internal(format!("installing signal handlers: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    tracing::info!(project = %args.project.project.display(), "scheduler started");
+    loop {
+        let now = Utc::now();
+        let mut wait = Duration::from_secs(args.poll.max(1));
+        match Project::load(&args.project.project) {
+            Err(e) => {
+                tracing::error!(error = %e, "project invalid; nothing runs until it is fixed")
+            }
+            Ok(project) => {
+                let statuses = schedule::statuses(&project, now).await?;
+                let due: Vec<String> = statuses
+                    .iter()
+                    .filter(|s| s.due)
+                    .map(|s| s.destination.clone())
+                    .collect();
+                if !due.is_empty() {
+                    tracing::info!(destinations = ?due, "running due destinations");
+                    let pipeline = Pipeline::new(project)
+                        .with_progress(Progress::new(quiet))
+                        .with_trigger(Trigger::Schedule)
+                        .with_destinations(&due)?;
+                    let id = pipeline.run_id().to_string();
+                    match pipeline.run().await {
+                        Ok(_) => tracing::info!(run = %id, "scheduled run succeeded"),
+                        Err(e) => tracing::error!(run = %id, error = %e, "scheduled run failed"),
+                    }
+                    wait = Duration::ZERO; // check again at once: a slot may have passed
+                } else if let Some(next) = statuses.iter().filter_map(|s| s.next).min() {
+                    let until = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    wait = wait.min(until + Duration::from_millis(200));
+                }
+            }
+        }
+        tokio::select! {
+            biased; // a signal that came during a run wins over the next check
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!("scheduler stopped");
+    println!("scheduler stopped");
+    Ok(0)
+}
