@@ -47,3 +47,32 @@ pub async fn get(project: &Project, run_id: &str) -> Result<Option<RunRecord>> {
         }
     }
 }
+
+/// Mark runs recorded as `running` whose process is gone (no live run lock)
+/// as failed, saying so in their error; `current` is left alone. Their files
+/// were never published: a destination without `_SUCCESS` for a run is not a
+/// published export, and the next run writes its own.
+///
+/// # Errors
+/// [`Error::Storage`] when the ledger cannot be read or written.
+pub async fn mark_dead_runs(project: &Project, current: &str) -> Result<Vec<String>> {
+    let mut marked = Vec::new();
+    for mut r in list(project).await? {
+        if r.run_id == current
+            || r.status != crate::run::RunStatus::Running
+            || crate::run::lock::run_alive(project, &r.run_id).await?
+        {
+            continue;
+        }
+        tracing::warn!(run = %r.run_id, "marking a run that died as failed");
+        r.status = crate::run::RunStatus::Failed;
+        r.finished_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        r.error = Some(format!(
+            "the run died before finishing (found by run `{current}`); nothing it wrote was published"
+        ));
+        let json = serde_json::to_vec_pretty(&r).map_err(|e| Error::Internal(e.to_string()))?;
+        store::put(&store::run_dir(project, &r.run_id).join("run.json"), json).await?;
+        marked.push(r.run_id);
+    }
+    Ok(marked)
+}

@@ -6,6 +6,7 @@
 //! ```
 
 pub mod ledger;
+pub mod lock;
 pub mod progress;
 pub mod schedule;
 
@@ -41,6 +42,8 @@ pub enum Trigger {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Written at the start; a run found `running` whose process is gone is marked failed.
+    Running,
     Succeeded,
     Failed,
 }
@@ -155,6 +158,14 @@ impl SegmentCount {
     }
 }
 
+/// Crash testing: `AUDIENCE_CRASH_AT=<stage>` aborts the process as a kill
+/// would, when the stage starts (`ingest`, `identity`, `merge+segments`, `export`).
+fn crash_point(stage: &str) {
+    if std::env::var("AUDIENCE_CRASH_AT").is_ok_and(|s| s == stage) {
+        std::process::abort();
+    }
+}
+
 /// A new run id: the UTC start time and 6 hex characters.
 pub fn new_run_id(now: DateTime<Utc>) -> String {
     let mut h = Sha256::new();
@@ -184,6 +195,7 @@ pub struct Pipeline {
     progress: Progress,
 }
 
+#[derive(Default)]
 struct Collected {
     datasets: Vec<Ingested>,
     stitched: Option<Stitched>,
@@ -292,16 +304,36 @@ impl Pipeline {
     /// # Errors
     /// The first stage error; the run record then has status `failed` and the error.
     pub async fn run(self) -> Result<RunRecord> {
+        let destinations: Vec<String> = self
+            .project
+            .destinations
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
+        let mut locks = lock::acquire(&self.project, &self.run_id, &destinations).await?;
+        let result = self.run_locked().await;
+        locks.release().await;
+        result
+    }
+
+    async fn run_locked(&self) -> Result<RunRecord> {
+        ledger::mark_dead_runs(&self.project, &self.run_id).await?;
         let started = Utc::now();
-        let mut c = Collected {
-            datasets: Vec::new(),
-            stitched: None,
-            stages: Vec::new(),
-            segments: Vec::new(),
-            baseline: None,
-            exports: Vec::new(),
-        };
+        self.write_record(&self.record(
+            RunStatus::Running,
+            started,
+            Collected::default(),
+            Vec::new(),
+            None,
+        ))
+        .await?;
+        let mut c = Collected::default();
         let result = self.stages(&mut c).await;
+        let status = if result.is_ok() {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
         let rejections = c
             .stitched
             .as_ref()
@@ -318,15 +350,28 @@ impl Pipeline {
                     .collect()
             })
             .unwrap_or_default();
-        let record = RunRecord {
+        let error = result.as_ref().err().map(|e| e.to_string());
+        let record = self.record(status, started, c, rejections, error);
+        let written = self.write_record(&record).await;
+        result?;
+        written?;
+        Ok(record)
+    }
+
+    /// The run record from what the stages collected.
+    fn record(
+        &self,
+        status: RunStatus,
+        started: DateTime<Utc>,
+        c: Collected,
+        rejections: Vec<RejectionCount>,
+        error: Option<String>,
+    ) -> RunRecord {
+        RunRecord {
             run_id: self.run_id.clone(),
             project: self.project.name.clone(),
             trigger: self.trigger,
-            status: if result.is_ok() {
-                RunStatus::Succeeded
-            } else {
-                RunStatus::Failed
-            },
+            status,
             as_of: self.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
             started_at: started.to_rfc3339_opts(SecondsFormat::Millis, true),
             finished_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -346,12 +391,8 @@ impl Pipeline {
             segments: c.segments,
             membership_baseline: c.baseline,
             exports: c.exports,
-            error: result.as_ref().err().map(|e| e.to_string()),
-        };
-        let written = self.write_record(&record).await;
-        result?;
-        written?;
-        Ok(record)
+            error,
+        }
     }
 
     async fn write_record(&self, record: &RunRecord) -> Result<()> {
@@ -368,6 +409,7 @@ impl Pipeline {
         let project = &self.project;
         let ctx = engine::session(project, self.as_of)?;
 
+        crash_point("ingest");
         let st = self.progress.stage("ingest");
         c.datasets = ingest::ingest(&ctx, project).await?;
         let files: usize = c.datasets.iter().map(|d| d.files.len()).sum();
@@ -378,6 +420,7 @@ impl Pipeline {
         // Fields of every destination are checked against the profile columns before anything is read.
         self.check_destination_fields(&c.datasets)?;
 
+        crash_point("identity");
         let st = self.progress.stage("identity");
         let previous = identity::store::previous_map(project).await?;
         let out = identity::store::run_dir(project, &self.run_id);
@@ -432,6 +475,7 @@ impl Pipeline {
         .map_err(Error::engine("identity"))?;
         c.stitched = Some(stitched);
 
+        crash_point("merge+segments");
         let st = self.progress.stage("merge+segments");
         let (memberships, groups) = evaluate_segments(&ctx, project, &c.datasets).await?;
         let feature_runs: usize = groups.values().map(|g| g.feature_runs).sum();
@@ -463,6 +507,7 @@ impl Pipeline {
             ],
         );
 
+        crash_point("export");
         let st = self.progress.stage("export");
         let oversized = c
             .stitched

@@ -189,3 +189,141 @@ fn runs_scheduler_stops_on_sigterm() {
         "no schedule: nothing ran"
     );
 }
+
+/// A destination held by a live run is refused with a clear message; a lock
+/// left by a dead process is taken over.
+#[test]
+fn runs_never_overlap_on_a_destination() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    let locks = dir.path().join("state/locks");
+    std::fs::create_dir_all(&locks).expect("mkdir");
+    let holder = |pid: u32, lease_secs: i64| {
+        let now = chrono::Utc::now();
+        serde_json::json!({
+            "run_id": "other-run", "host": audience::run::lock::host(), "pid": pid,
+            "acquired_at": now.to_rfc3339(),
+            "lease_until": (now + chrono::Duration::seconds(lease_secs)).to_rfc3339(),
+        })
+        .to_string()
+    };
+    // Held by a live process (this test) with a valid lease.
+    std::fs::write(
+        locks.join("destination.crm_lists.lock"),
+        holder(std::process::id(), 600),
+    )
+    .expect("lock");
+    let (code, _, err) = audience(&[
+        "--quiet",
+        "run",
+        "--project",
+        &project,
+        "--run-id",
+        "blocked",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("destination `crm_lists`")
+            && err.contains("run `other-run`")
+            && err.contains("never overlap"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("state/runs/blocked").exists(),
+        "a refused run starts nothing"
+    );
+    assert!(
+        !locks.join("run.blocked.lock").exists(),
+        "and holds nothing"
+    );
+    // Held by a process that is gone: taken over.
+    let gone = std::process::Command::new("true").spawn().expect("spawn");
+    let pid = gone.id();
+    let _ = gone.wait_with_output();
+    std::fs::write(locks.join("destination.crm_lists.lock"), holder(pid, 600)).expect("lock");
+    let (code, _, err) = audience(&["--quiet", "run", "--project", &project, "--run-id", "after"]);
+    assert_eq!(code, 0, "{err}");
+    let left: Vec<_> = std::fs::read_dir(&locks).expect("locks").collect();
+    assert!(left.is_empty(), "locks released at the end");
+}
+
+/// A run killed at several points: the next run marks it failed, nothing of
+/// it is published, and the next run succeeds.
+#[test]
+fn runs_killed_midway_are_marked_failed_by_the_next_run() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    for stage in ["ingest", "identity", "export"] {
+        let id = format!("killed-at-{stage}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+            .args([
+                "--quiet",
+                "run",
+                "--project",
+                &project,
+                "--run-id",
+                &id,
+                "--as-of",
+                "2025-07-01T00:00:00Z",
+            ])
+            .env("AUDIENCE_CRASH_AT", stage)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{stage}: the process died");
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("state/runs/{id}/run.json"))).expect("record"),
+        )
+        .expect("json");
+        assert_eq!(rec["status"], "running", "{stage}: left as running");
+        let published: Vec<String> = crate::support::files_under(&dir.path().join("out"))
+            .into_iter()
+            .filter(|f| f.contains(&id) && f.ends_with("_SUCCESS"))
+            .collect();
+        assert!(
+            published.is_empty(),
+            "{stage}: nothing published: {published:?}"
+        );
+        let next = format!("after-{stage}");
+        let (code, _, err) = audience(&[
+            "--quiet",
+            "run",
+            "--project",
+            &project,
+            "--run-id",
+            &next,
+            "--as-of",
+            "2025-07-01T00:00:00Z",
+        ]);
+        assert_eq!(code, 0, "{stage}: {err}");
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("state/runs/{id}/run.json"))).expect("record"),
+        )
+        .expect("json");
+        assert_eq!(rec["status"], "failed", "{stage}: marked failed");
+        assert!(
+            rec["error"].as_str().is_some_and(|e| e.contains("died")),
+            "{rec}"
+        );
+    }
+    // The ledger shows all six, three failed and three succeeded.
+    let (_, out, _) = audience(&["runs", "--project", &project, "--json"]);
+    let statuses: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "failed").count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "succeeded").count(),
+        3,
+        "{statuses:?}"
+    );
+}
