@@ -25,6 +25,13 @@ pub struct Args {
     /// For cron, Kubernetes CronJobs or Airflow.
     #[arg(long, conflicts_with = "destinations")]
     pub due: bool,
+    /// Validate, evaluate and prepare every export, then print the segments and
+    /// the files a run would write with their rows; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: one JSON document instead of text.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// The clock for `--due` (and the default as-of): for tests and replays. Default: now.
     #[arg(long, value_parser = super::parse_time, requires = "due")]
     pub now: Option<DateTime<Utc>>,
@@ -66,8 +73,12 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
         (Some(t), _) | (None, Some(t)) => pipeline = pipeline.with_as_of(t),
         (None, None) => {}
     }
+
     if let Some(id) = &args.run_id {
         pipeline = pipeline.with_run_id(id)?;
+    }
+    if args.dry_run {
+        return dry_run(pipeline, args.json).await;
     }
     let record = pipeline.run().await?;
     println!("run {} succeeded (as-of {})", record.run_id, record.as_of);
@@ -90,5 +101,56 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
         );
     }
     println!("  record  {state}/runs/{}/run.json", record.run_id);
+    Ok(0)
+}
+
+async fn dry_run(pipeline: Pipeline, json: bool) -> Result<i32> {
+    let mut plan = pipeline.dry_run().await?;
+    plan.segments.sort_by(|a, b| a.segment.cmp(&b.segment));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan)
+                .map_err(|e| crate::error::Error::Internal(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    println!("dry run (as-of {}): nothing was written", plan.as_of);
+    for s in &plan.segments {
+        println!(
+            "  segment {:<28} {:>10} members ({} realized, {} exited since the baseline run)",
+            s.segment,
+            thousands(s.members),
+            thousands(s.realized),
+            thousands(s.exited)
+        );
+    }
+    for e in &plan.exports {
+        println!("  export  {} → {}", e.destination, e.url);
+        for f in &e.files {
+            println!(
+                "          would write {:<48} {:>10} rows",
+                f.path,
+                thousands(f.rows)
+            );
+        }
+        for s in &e.segments {
+            let c = &s.counts;
+            let skipped: u64 = c.skipped_mandatory.values().sum();
+            if c.suppressed_consent + skipped + c.deduplicated + c.truncated + c.excluded_oversized
+                > 0
+            {
+                println!(
+                    "          {}: {} suppressed (consent), {} missing mandatory fields, {} duplicates, {} truncated, {} oversized",
+                    s.segment,
+                    c.suppressed_consent,
+                    skipped,
+                    c.deduplicated,
+                    c.truncated,
+                    c.excluded_oversized
+                );
+            }
+        }
+    }
     Ok(0)
 }

@@ -157,6 +157,65 @@ struct Ready<'a> {
     segments: Vec<rows::Prepared>,
 }
 
+/// A file a run would write.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedFile {
+    pub path: String,
+    pub segment: String,
+    pub delta: Delta,
+    pub rows: u64,
+}
+
+/// What a run would export to one destination.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedExport {
+    pub destination: String,
+    pub url: String,
+    pub files: Vec<PlannedFile>,
+    pub segments: Vec<SegmentExport>,
+}
+
+/// Everything [`export`] would write, prepared the same way (limits and pack
+/// checks included), with nothing written.
+///
+/// # Errors
+/// As [`export`]'s preparation.
+pub async fn plan(
+    ctx: &SessionContext,
+    project: &Project,
+    run: &RunInfo<'_>,
+    audiences: &Audiences<'_>,
+) -> Result<Vec<PlannedExport>> {
+    let mut out = Vec::new();
+    for d in &project.destinations {
+        let r = prepare_destination(ctx, project, d, audiences).await?;
+        let files = jobs(project, d, &r, run)?
+            .into_iter()
+            .map(|j| PlannedFile {
+                path: j.rel,
+                segment: j.segment.to_string(),
+                delta: j.delta,
+                rows: j.batches.iter().map(|b| b.num_rows() as u64).sum(),
+            })
+            .collect();
+        out.push(PlannedExport {
+            destination: d.name.clone(),
+            url: d.location.display(),
+            files,
+            segments: r
+                .segments
+                .iter()
+                .filter(|p| p.delta == Delta::Full)
+                .map(|p| SegmentExport {
+                    segment: p.segment.clone(),
+                    counts: p.counts.clone(),
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
 /// Export every destination. Returns the manifests written.
 ///
 /// # Errors

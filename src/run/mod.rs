@@ -299,6 +299,14 @@ impl Pipeline {
         &self.run_id
     }
 
+    /// Plan this run without writing anything; see [`dry_run`].
+    ///
+    /// # Errors
+    /// As [`dry_run`].
+    pub async fn dry_run(&self) -> Result<DryRun> {
+        dry_run(&self.project, self.as_of, &self.run_id).await
+    }
+
     /// Run every stage, then write the run record (also when a stage failed).
     ///
     /// # Errors
@@ -609,6 +617,8 @@ pub struct Evaluated {
     pub datasets: Vec<Ingested>,
     pub memberships: Vec<segment::Membership>,
     pub groups: BTreeMap<String, Group>,
+    /// Profiles kept out of exports (`identity.max_identities`).
+    pub oversized: std::collections::BTreeSet<String>,
 }
 
 /// Ingest and stitch at `as_of` with the identity outputs in memory (ids carry
@@ -665,6 +675,7 @@ pub async fn evaluate(project: &Project, as_of: DateTime<Utc>) -> Result<Evaluat
         datasets,
         memberships,
         groups,
+        oversized: stitched.oversized,
     })
 }
 
@@ -690,4 +701,46 @@ async fn class_identities(
         .await
         .map_err(Error::engine("identity"))?
         .into_view())
+}
+
+/// What a dry run found: segment sizes and, per destination, the files a run
+/// would write with their rows and counts. Nothing is written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRun {
+    pub as_of: String,
+    pub segments: Vec<SegmentCount>,
+    pub exports: Vec<export::PlannedExport>,
+}
+
+/// Validate, ingest, stitch, merge, evaluate every segment and prepare every
+/// export at `as_of`, writing nothing (identity outputs stay in memory; the
+/// ledger, locks and destinations are not touched).
+///
+/// # Errors
+/// What a run would report before writing: bad input, SQL errors, limits
+/// exceeded with `on_limit = "fail"`, pack checks.
+pub async fn dry_run(project: &Project, as_of: DateTime<Utc>, run_id: &str) -> Result<DryRun> {
+    let ev = evaluate(project, as_of).await?;
+    export::check_fields(project, &ev.datasets)?;
+    let baseline = segment::history::baseline(project, as_of, run_id).await?;
+    let (_, statuses) =
+        segment::history::statuses(&ev.memberships, baseline.as_ref().map(|(_, m)| m));
+    let profiles: ProfilesByPolicy = ev
+        .groups
+        .iter()
+        .map(|(k, g)| (k.clone(), g.profiles.clone()))
+        .collect();
+    let audiences = export::Audiences {
+        memberships: &ev.memberships,
+        profiles: &profiles,
+        oversized: &ev.oversized,
+        baseline: baseline.as_ref().map(|(_, m)| m),
+    };
+    let run = export::RunInfo { run_id, as_of };
+    let exports = export::plan(&ev.ctx, project, &run, &audiences).await?;
+    Ok(DryRun {
+        as_of: as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
+        segments: SegmentCount::all(&ev.memberships, &statuses),
+        exports,
+    })
 }

@@ -327,3 +327,61 @@ fn runs_killed_midway_are_marked_failed_by_the_next_run() {
         "{statuses:?}"
     );
 }
+
+/// `run --dry-run` writes nothing, and plans exactly the files a run writes.
+#[test]
+fn runs_dry_run_writes_nothing_and_matches_the_real_run() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    let args = [
+        "--quiet",
+        "run",
+        "--project",
+        &project,
+        "--as-of",
+        "2025-07-01T00:00:00Z",
+        "--run-id",
+        "same",
+    ];
+    let mut dry: Vec<&str> = args.to_vec();
+    dry.extend(["--dry-run", "--json"]);
+    let (code, out, err) = audience(&dry);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !dir.path().join("out").exists() && !dir.path().join("state").exists(),
+        "nothing written"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let (code, _, err) = audience(&args);
+    assert_eq!(code, 0, "{err}");
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("state/runs/same/run.json")).expect("record"),
+    )
+    .expect("json");
+    let files = |v: &serde_json::Value, key: &str| -> Vec<(String, String, u64)> {
+        let mut out: Vec<(String, String, u64)> = v[key]
+            .as_array()
+            .expect("list")
+            .iter()
+            .flat_map(|e| {
+                let d = e["destination"].as_str().unwrap_or_default().to_string();
+                e["files"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |f| {
+                        (
+                            d.clone(),
+                            f["path"].as_str().unwrap_or_default().to_string(),
+                            f["rows"].as_u64().unwrap_or_default(),
+                        )
+                    })
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(files(&plan, "exports"), files(&rec, "exports"));
+    assert!(!files(&plan, "exports").is_empty());
+}
