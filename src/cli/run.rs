@@ -29,6 +29,10 @@ pub struct Args {
     /// the files a run would write with their rows; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Exit with code 1 (after a complete run) when any identity value was
+    /// rejected (invalid or blocked), so an orchestrator can flag dirty inputs.
+    #[arg(long)]
+    pub fail_on_rejected: bool,
     /// With --dry-run: one JSON document instead of text.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
@@ -101,6 +105,14 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
         );
     }
     println!("  record  {state}/runs/{}/run.json", record.run_id);
+    let rejected: u64 = record.rejections.iter().map(|r| r.count).sum();
+    if args.fail_on_rejected && rejected > 0 {
+        eprintln!(
+            "warning: {} identity values were rejected (see the run record's `rejections` and rejected_sample.jsonl beside it); exiting with 1 as --fail-on-rejected asks",
+            thousands(rejected)
+        );
+        return Ok(1);
+    }
     Ok(0)
 }
 

@@ -385,3 +385,31 @@ fn runs_dry_run_writes_nothing_and_matches_the_real_run() {
     assert_eq!(files(&plan, "exports"), files(&rec, "exports"));
     assert!(!files(&plan, "exports").is_empty());
 }
+
+/// `--fail-on-rejected`: a complete run, then exit code 1 when values were rejected.
+#[test]
+fn runs_fail_on_rejected_exits_with_one() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    let (code, _, err) = audience(&[
+        "--quiet",
+        "run",
+        "--project",
+        &project,
+        "--run-id",
+        "warn",
+        "--fail-on-rejected",
+    ]);
+    assert_eq!(code, 1, "the sample has dirty identifiers: {err}");
+    assert!(err.contains("rejected"), "{err}");
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("state/runs/warn/run.json")).expect("record"),
+    )
+    .expect("json");
+    assert_eq!(
+        rec["status"], "succeeded",
+        "the run itself completed and published"
+    );
+    let (code, _, _) = audience(&["--quiet", "run", "--project", &project, "--run-id", "plain"]);
+    assert_eq!(code, 0);
+}
