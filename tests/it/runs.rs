@@ -413,3 +413,38 @@ fn runs_fail_on_rejected_exits_with_one() {
     let (code, _, _) = audience(&["--quiet", "run", "--project", &project, "--run-id", "plain"]);
     assert_eq!(code, 0);
 }
+
+/// Two processes started at once on the same destinations: exactly one runs,
+/// the other exits with code 2 naming the run that holds the lock.
+#[test]
+fn runs_two_processes_at_once_one_runs() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    let spawn = |id: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+            .args(["--quiet", "run", "--project", &project, "--run-id", id])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (a, b) = (spawn("race-a"), spawn("race-b"));
+    let (a, b) = (
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    );
+    let codes = [a.status.code(), b.status.code()];
+    assert!(
+        codes.contains(&Some(0)) && codes.contains(&Some(2)),
+        "{codes:?}"
+    );
+    let loser = if a.status.code() == Some(2) { &a } else { &b };
+    let err = String::from_utf8_lossy(&loser.stderr);
+    assert!(err.contains("never overlap"), "{err}");
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("state/runs"))
+        .expect("runs")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(runs.len(), 1, "only the winner has a record");
+}
