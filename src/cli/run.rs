@@ -33,6 +33,10 @@ pub struct Args {
     /// rejected (invalid or blocked), so an orchestrator can flag dirty inputs.
     #[arg(long)]
     pub fail_on_rejected: bool,
+    /// With --dry-run: what the run would change against the last successful
+    /// run (profiles merged or split, segment entries and exits, export rows).
+    #[arg(long, requires = "dry_run")]
+    pub compare_to_last: bool,
     /// With --dry-run: one JSON document instead of text.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
@@ -82,7 +86,7 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
         pipeline = pipeline.with_run_id(id)?;
     }
     if args.dry_run {
-        return dry_run(pipeline, args.json).await;
+        return dry_run(pipeline, args.json, args.compare_to_last).await;
     }
     let record = pipeline.run().await?;
     println!("run {} succeeded (as-of {})", record.run_id, record.as_of);
@@ -116,9 +120,12 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
     Ok(0)
 }
 
-async fn dry_run(pipeline: Pipeline, json: bool) -> Result<i32> {
-    let mut plan = pipeline.dry_run().await?;
+async fn dry_run(pipeline: Pipeline, json: bool, compare: bool) -> Result<i32> {
+    let mut plan = pipeline.dry_run(compare).await?;
     plan.segments.sort_by(|a, b| a.segment.cmp(&b.segment));
+    if let Some(c) = &mut plan.compared {
+        c.segments.sort_by(|a, b| a.segment.cmp(&b.segment));
+    }
     if json {
         println!(
             "{}",
@@ -164,5 +171,43 @@ async fn dry_run(pipeline: Pipeline, json: bool) -> Result<i32> {
             }
         }
     }
+    match (&plan.compared, compare) {
+        (Some(c), _) => print_comparison(c),
+        (None, true) => println!("  no successful run to compare with"),
+        (None, false) => {}
+    }
     Ok(0)
+}
+
+fn print_comparison(c: &crate::run::Comparison) {
+    println!("  against the last successful run {}:", c.run_id);
+    println!(
+        "    profiles {} → {}: {} would gather identities of several, {} would split",
+        thousands(c.profiles_before),
+        thousands(c.profiles_now),
+        thousands(c.profiles_merged),
+        thousands(c.profiles_split)
+    );
+    for s in &c.segments {
+        let before = s
+            .members_before
+            .map_or_else(|| "new".to_string(), thousands);
+        println!(
+            "    segment {:<28} {:>10} → {:>10} members (+{} −{})",
+            s.segment,
+            before,
+            thousands(s.members_now),
+            thousands(s.entered),
+            thousands(s.exited)
+        );
+    }
+    for e in &c.exports {
+        let before = e.rows_before.map_or_else(|| "new".to_string(), thousands);
+        println!(
+            "    export  {:<28} {:>10} → {:>10} rows",
+            e.destination,
+            before,
+            thousands(e.rows_now)
+        );
+    }
 }

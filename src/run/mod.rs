@@ -303,8 +303,8 @@ impl Pipeline {
     ///
     /// # Errors
     /// As [`dry_run`].
-    pub async fn dry_run(&self) -> Result<DryRun> {
-        dry_run(&self.project, self.as_of, &self.run_id).await
+    pub async fn dry_run(&self, compare: bool) -> Result<DryRun> {
+        dry_run(&self.project, self.as_of, &self.run_id, compare).await
     }
 
     /// Run every stage, then write the run record (also when a stage failed).
@@ -710,6 +710,40 @@ pub struct DryRun {
     pub as_of: String,
     pub segments: Vec<SegmentCount>,
     pub exports: Vec<export::PlannedExport>,
+    /// Against the last successful run (`--compare-to-last`).
+    pub compared: Option<Comparison>,
+}
+
+/// What a dry run would change against the last successful run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Comparison {
+    pub run_id: String,
+    /// Profiles now that gather identities from more than one of the last run's profiles.
+    pub profiles_merged: u64,
+    /// Profiles of the last run whose identities now go to more than one profile.
+    pub profiles_split: u64,
+    pub profiles_before: u64,
+    pub profiles_now: u64,
+    /// Per segment: members then and now, entries and exits.
+    pub segments: Vec<SegmentChange>,
+    /// Per destination: rows exported then and now.
+    pub exports: Vec<ExportChange>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SegmentChange {
+    pub segment: String,
+    pub members_before: Option<u64>,
+    pub members_now: u64,
+    pub entered: u64,
+    pub exited: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportChange {
+    pub destination: String,
+    pub rows_before: Option<u64>,
+    pub rows_now: u64,
 }
 
 /// Validate, ingest, stitch, merge, evaluate every segment and prepare every
@@ -719,7 +753,12 @@ pub struct DryRun {
 /// # Errors
 /// What a run would report before writing: bad input, SQL errors, limits
 /// exceeded with `on_limit = "fail"`, pack checks.
-pub async fn dry_run(project: &Project, as_of: DateTime<Utc>, run_id: &str) -> Result<DryRun> {
+pub async fn dry_run(
+    project: &Project,
+    as_of: DateTime<Utc>,
+    run_id: &str,
+    compare: bool,
+) -> Result<DryRun> {
     let ev = evaluate(project, as_of).await?;
     export::check_fields(project, &ev.datasets)?;
     let baseline = segment::history::baseline(project, as_of, run_id).await?;
@@ -738,9 +777,114 @@ pub async fn dry_run(project: &Project, as_of: DateTime<Utc>, run_id: &str) -> R
     };
     let run = export::RunInfo { run_id, as_of };
     let exports = export::plan(&ev.ctx, project, &run, &audiences).await?;
+    let segments = SegmentCount::all(&ev.memberships, &statuses);
+    let compared = if compare {
+        compare_to_last(project, &ev, &segments, &exports).await?
+    } else {
+        None
+    };
     Ok(DryRun {
         as_of: as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
-        segments: SegmentCount::all(&ev.memberships, &statuses),
+        segments,
         exports,
+        compared,
     })
+}
+
+/// Compare a dry run with the last successful run: identities regrouped,
+/// segment entries and exits, export rows.
+async fn compare_to_last(
+    project: &Project,
+    ev: &Evaluated,
+    segments: &[SegmentCount],
+    exports: &[export::PlannedExport],
+) -> Result<Option<Comparison>> {
+    let Some(last_id) = identity::store::latest_run(project).await? else {
+        return Ok(None);
+    };
+    let Some(last) = ledger::get(project, &last_id).await? else {
+        return Ok(None);
+    };
+    let map = identity::store::run_dir(project, &last_id).join("identity_map.parquet");
+    ev.ctx
+        .register_parquet(
+            "__last_map",
+            map.url().as_str(),
+            datafusion::prelude::ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(Error::engine("compare"))?;
+    let count = |sql: &'static str| async move {
+        let batches = ev
+            .ctx
+            .sql(sql)
+            .await
+            .map_err(Error::engine("compare"))?
+            .collect()
+            .await
+            .map_err(Error::engine("compare"))?;
+        Ok::<u64, Error>(
+            batches
+                .first()
+                .and_then(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                        .map(|a| a.value(0))
+                })
+                .unwrap_or(0) as u64,
+        )
+    };
+    let merged = count("SELECT count(*) FROM (SELECT n.class, n.profile_id FROM __identity_map n JOIN __last_map o ON n.class = o.class AND n.namespace = o.namespace AND n.value = o.value GROUP BY n.class, n.profile_id HAVING count(DISTINCT o.profile_id) > 1)").await?;
+    let split = count("SELECT count(*) FROM (SELECT o.class, o.profile_id FROM __identity_map n JOIN __last_map o ON n.class = o.class AND n.namespace = o.namespace AND n.value = o.value GROUP BY o.class, o.profile_id HAVING count(DISTINCT n.profile_id) > 1)").await?;
+    let before = count("SELECT count(DISTINCT class || '/' || profile_id) FROM __last_map").await?;
+    let now =
+        count("SELECT count(DISTINCT class || '/' || profile_id) FROM __identity_map").await?;
+    let _ = ev.ctx.deregister_table("__last_map");
+    let seg_changes = segments
+        .iter()
+        .map(|s| SegmentChange {
+            segment: s.segment.clone(),
+            members_before: last
+                .segments
+                .iter()
+                .find(|l| l.segment == s.segment)
+                .map(|l| l.members),
+            members_now: s.members,
+            entered: s.realized,
+            exited: s.exited,
+        })
+        .collect();
+    let export_changes = exports
+        .iter()
+        .map(|e| ExportChange {
+            destination: e.destination.clone(),
+            rows_before: last
+                .exports
+                .iter()
+                .find(|m| m.destination == e.destination)
+                .map(|m| {
+                    m.files
+                        .iter()
+                        .filter(|f| f.delta == export::Delta::Full)
+                        .map(|f| f.rows)
+                        .sum()
+                }),
+            rows_now: e
+                .files
+                .iter()
+                .filter(|f| f.delta == export::Delta::Full)
+                .map(|f| f.rows)
+                .sum(),
+        })
+        .collect();
+    Ok(Some(Comparison {
+        run_id: last_id,
+        profiles_merged: merged,
+        profiles_split: split,
+        profiles_before: before,
+        profiles_now: now,
+        segments: seg_changes,
+        exports: export_changes,
+    }))
 }

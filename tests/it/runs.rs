@@ -448,3 +448,73 @@ fn runs_two_processes_at_once_one_runs() {
         .collect();
     assert_eq!(runs.len(), 1, "only the winner has a record");
 }
+
+/// `--dry-run --compare-to-last`: what a run would change, writing nothing.
+#[test]
+fn runs_dry_run_compares_with_the_last_run() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    let (code, _, err) = audience(&[
+        "--quiet",
+        "run",
+        "--project",
+        &project,
+        "--as-of",
+        "2025-05-01T00:00:00Z",
+        "--run-id",
+        "may",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let before = crate::support::files_under(dir.path());
+    let (code, out, err) = audience(&[
+        "--quiet",
+        "run",
+        "--project",
+        &project,
+        "--as-of",
+        "2025-07-01T00:00:00Z",
+        "--dry-run",
+        "--compare-to-last",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        crate::support::files_under(dir.path()),
+        before,
+        "nothing written"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let c = &plan["compared"];
+    assert_eq!(c["run_id"], "may");
+    assert!(
+        c["profiles_merged"].as_u64().is_some_and(|n| n > 0),
+        "later data merges profiles: {c}"
+    );
+    for s in c["segments"].as_array().expect("segments") {
+        let (b, n) = (
+            s["members_before"].as_u64().expect("before"),
+            s["members_now"].as_u64().expect("now"),
+        );
+        let (e, x) = (
+            s["entered"].as_u64().expect("in"),
+            s["exited"].as_u64().expect("out"),
+        );
+        assert_eq!(b + e - x, n, "{s}");
+    }
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("state/runs/may/run.json")).expect("record"),
+    )
+    .expect("json");
+    for e in c["exports"].as_array().expect("exports") {
+        let d = e["destination"].as_str().expect("name");
+        let then: u64 = rec["exports"]
+            .as_array()
+            .expect("exports")
+            .iter()
+            .filter(|m| m["destination"] == d)
+            .flat_map(|m| m["files"].as_array().cloned().unwrap_or_default())
+            .map(|f| f["rows"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(e["rows_before"].as_u64(), Some(then), "{d}");
+    }
+}
