@@ -20,6 +20,10 @@ pub struct Args {
     /// Export only this destination (repeatable). Default: every destination.
     #[arg(long = "destination", value_name = "NAME")]
     pub destinations: Vec<String>,
+    /// Evaluate only this segment (repeatable) and what it reads; export only
+    /// its files. Such a run never becomes the membership baseline of another.
+    #[arg(long = "segment", value_name = "ID")]
+    pub segments: Vec<String>,
     /// Run the destinations whose schedule has a slot since their last
     /// successful export (missed slots run once); nothing when none is due.
     /// For cron, Kubernetes CronJobs or Airflow.
@@ -76,6 +80,9 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
         .with_trigger(trigger);
     if !destinations.is_empty() {
         pipeline = pipeline.with_destinations(&destinations)?;
+    }
+    if !args.segments.is_empty() {
+        pipeline = pipeline.with_segments(&args.segments)?;
     }
     match (args.as_of, args.now) {
         (Some(t), _) | (None, Some(t)) => pipeline = pipeline.with_as_of(t),

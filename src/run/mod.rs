@@ -130,6 +130,10 @@ pub struct RunRecord {
     /// The run that segment statuses compare with: the previous successful run by as-of.
     #[serde(default)]
     pub membership_baseline: Option<String>,
+    /// The segments a `--segment` run was limited to (empty: all). Such a run
+    /// is never the membership baseline of another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segment_subset: Vec<String>,
     pub exports: Vec<ExportManifest>,
     pub error: Option<String>,
 }
@@ -190,6 +194,7 @@ fn is_valid_run_id(id: &str) -> bool {
 pub struct Pipeline {
     project: Project,
     trigger: Trigger,
+    segment_subset: Vec<String>,
     as_of: DateTime<Utc>,
     run_id: String,
     progress: Progress,
@@ -225,6 +230,7 @@ impl Pipeline {
         Pipeline {
             project,
             trigger: Trigger::Manual,
+            segment_subset: Vec::new(),
             as_of,
             run_id: new_run_id(now),
             progress: Progress::hidden(),
@@ -287,6 +293,55 @@ impl Pipeline {
         self.project
             .destinations
             .retain(|d| names.contains(&d.name));
+        Ok(self)
+    }
+
+    /// Evaluate only these segments (and the features and segments they read)
+    /// and export only their files; destinations without any of them, and
+    /// profile snapshots, are skipped.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming a segment that does not exist.
+    pub fn with_segments(mut self, names: &[String]) -> Result<Self> {
+        let known: Vec<String> = self.project.segments().map(|m| m.id.clone()).collect();
+        let mut p = crate::error::Problems::default();
+        for n in names {
+            if !known.contains(n) {
+                p.push(
+                    "--segment",
+                    n.as_str(),
+                    format!(
+                        "unknown segment `{n}`: {}",
+                        crate::error::one_of(n, known.iter().map(String::as_str))
+                    ),
+                );
+            }
+        }
+        p.into_result()?;
+        // What the chosen segments read, transitively.
+        let mut keep: std::collections::BTreeSet<String> = names.iter().cloned().collect();
+        loop {
+            let more: Vec<String> = self
+                .project
+                .models
+                .iter()
+                .filter(|m| keep.contains(&m.id))
+                .flat_map(|m| m.depends_on.iter().cloned())
+                .filter(|d| !keep.contains(d))
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            keep.extend(more);
+        }
+        self.project.models.retain(|m| keep.contains(&m.id));
+        for d in &mut self.project.destinations {
+            d.segments.retain(|s| names.contains(s));
+        }
+        self.project.destinations.retain(|d| {
+            d.kind != crate::config::DestinationKind::ProfileSnapshot && !d.segments.is_empty()
+        });
+        self.segment_subset = names.to_vec();
         Ok(self)
     }
 
@@ -398,6 +453,7 @@ impl Pipeline {
             rejections,
             segments: c.segments,
             membership_baseline: c.baseline,
+            segment_subset: self.segment_subset.clone(),
             exports: c.exports,
             error,
         }

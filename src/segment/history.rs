@@ -62,7 +62,11 @@ pub async fn baseline(
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
             continue;
         };
-        let succeeded = v["status"].as_str() == Some("succeeded");
+        // A `--segment` run holds only some segments: never a baseline.
+        let partial = v["segment_subset"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        let succeeded = v["status"].as_str() == Some("succeeded") && !partial;
         let Some(at) = v["as_of"]
             .as_str()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())

@@ -518,3 +518,62 @@ fn runs_dry_run_compares_with_the_last_run() {
         assert_eq!(e["rows_before"].as_u64(), Some(then), "{d}");
     }
 }
+
+/// `--segment`: only that segment is evaluated and exported, and the run is
+/// never the membership baseline of the next one.
+#[test]
+fn runs_segment_subset_exports_only_it() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    let run = |id: &str, as_of: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--quiet",
+            "run",
+            "--project",
+            &project,
+            "--as-of",
+            as_of,
+            "--run-id",
+            id,
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = audience(&args);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(dir.path().join(format!("state/runs/{id}/run.json"))).expect("record"),
+        )
+        .expect("json")
+    };
+    run("base", "2025-05-01T00:00:00Z", &[]);
+    let sub = run("sub", "2025-07-01T00:00:00Z", &["--segment", "high_value"]);
+    assert_eq!(sub["segment_subset"], serde_json::json!(["high_value"]));
+    let segs: Vec<&str> = sub["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .filter_map(|s| s["segment"].as_str())
+        .collect();
+    assert_eq!(segs, ["high_value"]);
+    for m in sub["exports"].as_array().expect("exports") {
+        for f in m["files"].as_array().expect("files") {
+            assert_eq!(f["segment"], "high_value", "{m}");
+        }
+        assert_ne!(m["destination"], "profile_archive");
+        assert_ne!(m["destination"], "prospect_lists");
+    }
+    let next = run("next", "2025-07-02T00:00:00Z", &[]);
+    assert_eq!(
+        next["membership_baseline"], "base",
+        "a subset run is not a baseline"
+    );
+    let (code, _, err) = audience(&[
+        "run",
+        "--project",
+        &project,
+        "--segment",
+        "hig_value",
+        "--dry-run",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("did you mean `high_value`?"), "{err}");
+}
