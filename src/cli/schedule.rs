@@ -20,6 +20,10 @@ pub struct Args {
     /// Longest wait between checks, in seconds (a changed config is picked up by then).
     #[arg(long, default_value_t = 60)]
     pub poll: u64,
+    /// A fixed clock (for tests and replays): every check happens at this time
+    /// and runs take it as their as-of. Default: the wall clock.
+    #[arg(long, value_parser = super::parse_time)]
+    pub now: Option<chrono::DateTime<Utc>>,
 }
 
 pub async fn run(args: Args, quiet: bool) -> Result<i32> {
@@ -29,7 +33,7 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
     let mut int = signal(SignalKind::interrupt()).map_err(io)?;
     tracing::info!(project = %args.project.project.display(), "scheduler started");
     loop {
-        let now = Utc::now();
+        let now = args.now.unwrap_or_else(Utc::now);
         let mut wait = Duration::from_secs(args.poll.max(1));
         match Project::load(&args.project.project) {
             Err(e) => {
@@ -44,7 +48,11 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
                     .collect();
                 if !due.is_empty() {
                     tracing::info!(destinations = ?due, "running due destinations");
-                    let pipeline = Pipeline::new(project)
+                    let mut pipeline = Pipeline::new(project);
+                    if let Some(t) = args.now {
+                        pipeline = pipeline.with_as_of(t);
+                    }
+                    let pipeline = pipeline
                         .with_progress(Progress::new(quiet))
                         .with_trigger(Trigger::Schedule)
                         .with_destinations(&due)?;
@@ -55,7 +63,7 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
                     }
                     wait = Duration::ZERO; // check again at once: a slot may have passed
                 } else if let Some(next) = statuses.iter().filter_map(|s| s.next).min() {
-                    let until = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    let until = (next - now).to_std().unwrap_or(Duration::ZERO);
                     wait = wait.min(until + Duration::from_millis(200));
                 }
             }

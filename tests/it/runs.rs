@@ -577,3 +577,76 @@ fn runs_segment_subset_exports_only_it() {
     assert_eq!(code, 2);
     assert!(err.contains("did you mean `high_value`?"), "{err}");
 }
+
+/// SIGTERM while a scheduled run is under way: the run finishes and publishes,
+/// then the scheduler stops without starting another.
+#[test]
+fn runs_scheduler_finishes_the_current_run_on_sigterm() {
+    let dir = sample_copy();
+    crate::support::edit_config(
+        dir.path(),
+        "[destinations.crm_lists]\n",
+        "[destinations.crm_lists]\nschedule = \"0 6 * * *\"\n",
+    );
+    // The schedule was seen before the 06:00 slot.
+    std::fs::create_dir_all(dir.path().join("state")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("state/schedules.json"),
+        r#"{"destinations":{"crm_lists":{"schedule":"0 6 * * *","since":"2025-07-01T00:00:00Z"}}}"#,
+    )
+    .expect("seen");
+    let project = dir.path().to_string_lossy().into_owned();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args([
+            "--quiet",
+            "schedule",
+            "--project",
+            &project,
+            "--poll",
+            "1",
+            "--now",
+            "2025-07-01T06:00:30Z",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait for the run to start, then ask the scheduler to stop.
+    let runs = dir.path().join("state/runs");
+    for _ in 0..400 {
+        if std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, listing, _) = audience(&["runs", "--project", &project, "--json"]);
+    let records: Vec<serde_json::Value> = listing
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(records.len(), 1, "one scheduled run, no other started");
+    assert_eq!(records[0]["status"], "succeeded");
+    assert_eq!(records[0]["trigger"], "schedule");
+    let id = records[0]["run_id"].as_str().expect("id");
+    assert!(
+        dir.path()
+            .join(format!("out/exports/crm_lists/{id}/_SUCCESS"))
+            .exists(),
+        "published"
+    );
+}
