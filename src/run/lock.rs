@@ -87,7 +87,8 @@ pub async fn holder(project: &Project, name: &str) -> Result<Option<Holder>> {
 pub struct Locks {
     names: Vec<String>,
     locations: Vec<Location>,
-    renewer: Option<tokio::task::JoinHandle<()>>,
+    /// `true` once released; the renewer checks it under the lock.
+    released: std::sync::Arc<std::sync::Mutex<bool>>,
 }
 
 /// Take the run's own lock and one per destination, in name order. When a
@@ -104,7 +105,7 @@ pub async fn acquire(project: &Project, run_id: &str, destinations: &[String]) -
     let mut locks = Locks {
         names: Vec::new(),
         locations: Vec::new(),
-        renewer: None,
+        released: std::sync::Arc::new(std::sync::Mutex::new(false)),
     };
     for name in &names {
         match take(project, name, run_id).await {
@@ -118,25 +119,56 @@ pub async fn acquire(project: &Project, run_id: &str, destinations: &[String]) -
             }
         }
     }
+    // Renew on a thread of its own, so that engine work keeping the runtime's
+    // threads busy can never starve the lease.
     let locations = locks.locations.clone();
     let run_id = run_id.to_string();
-    locks.renewer = Some(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(RENEW).await;
-            for loc in &locations {
-                let mut h = Holder::new(&run_id);
-                if let Ok(Some(b)) = crate::identity::store::get(loc).await
-                    && let Ok(old) = serde_json::from_slice::<Holder>(&b)
-                {
-                    h.acquired_at = old.acquired_at;
+    let released = locks.released.clone();
+    std::thread::Builder::new()
+        .name("audience-lock-renewer".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                tracing::error!("lock renewer could not start; leases will run out");
+                return;
+            };
+            loop {
+                std::thread::sleep(RENEW);
+                let Ok(done) = released.lock() else { return };
+                if *done {
+                    return;
                 }
-                if let Ok(json) = serde_json::to_vec(&h) {
-                    let _ = crate::identity::store::put(loc, json).await;
+                for loc in &locations {
+                    rt.block_on(renew(loc, &run_id));
                 }
             }
-        }
-    }));
+        })
+        .map_err(|e| Error::Internal(format!("starting the lock renewer: {e}")))?;
     Ok(locks)
+}
+
+/// Extend a held lock's lease (best effort: a failure is logged, the next renewal retries).
+async fn renew(loc: &Location, run_id: &str) {
+    let mut h = Holder::new(run_id);
+    if let Ok(Some(b)) = crate::identity::store::get(loc).await
+        && let Ok(old) = serde_json::from_slice::<Holder>(&b)
+    {
+        if old.run_id != run_id {
+            tracing::error!(lock = %loc.display(), holder = %old.run_id, "lock taken over by another run; not renewing it");
+            return;
+        }
+        h.acquired_at = old.acquired_at;
+    }
+    match serde_json::to_vec(&h) {
+        Ok(json) => {
+            if let Err(e) = crate::identity::store::put(loc, json).await {
+                tracing::warn!(lock = %loc.display(), error = %e, "lock renewal failed; retrying");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "lock renewal failed"),
+    }
 }
 
 async fn take(project: &Project, name: &str, run_id: &str) -> Result<Location> {
@@ -197,8 +229,11 @@ async fn take(project: &Project, name: &str, run_id: &str) -> Result<Location> {
 impl Locks {
     /// Stop renewing and delete the locks.
     pub async fn release(&mut self) {
-        if let Some(r) = self.renewer.take() {
-            r.abort();
+        // Stop the renewer first (it checks the flag under this lock), so it
+        // cannot write a lock back after it is deleted.
+        let flag = self.released.clone();
+        if let Ok(mut done) = flag.lock() {
+            *done = true;
         }
         for loc in self.locations.drain(..) {
             if let Ok(store) = loc.store() {
