@@ -157,6 +157,20 @@ struct Ready<'a> {
     segments: Vec<rows::Prepared>,
 }
 
+impl Ready<'_> {
+    /// The counts of each segment's full file.
+    fn segment_counts(&self) -> Vec<SegmentExport> {
+        self.segments
+            .iter()
+            .filter(|p| p.delta == Delta::Full)
+            .map(|p| SegmentExport {
+                segment: p.segment.clone(),
+                counts: p.counts.clone(),
+            })
+            .collect()
+    }
+}
+
 /// A file a run would write.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlannedFile {
@@ -202,15 +216,7 @@ pub async fn plan(
             destination: d.name.clone(),
             url: d.location.display(),
             files,
-            segments: r
-                .segments
-                .iter()
-                .filter(|p| p.delta == Delta::Full)
-                .map(|p| SegmentExport {
-                    segment: p.segment.clone(),
-                    counts: p.counts.clone(),
-                })
-                .collect(),
+            segments: r.segment_counts(),
         });
     }
     Ok(out)
@@ -517,15 +523,7 @@ async fn publish_destination(
         format: d.format_name().into(),
         compression: d.compression.as_str().into(),
         files,
-        segments: r
-            .segments
-            .iter()
-            .filter(|p| p.delta == Delta::Full)
-            .map(|p| SegmentExport {
-                segment: p.segment.clone(),
-                counts: p.counts.clone(),
-            })
-            .collect(),
+        segments: r.segment_counts(),
         config_sha256: project.config_hash.clone(),
         sql_sha256: project.sql_hash.clone(),
         engine_version: crate::VERSION.to_string(),
