@@ -80,11 +80,7 @@ fn runs_ledger_lists_history_newest_first_and_shows_one() {
 #[test]
 fn runs_due_follows_schedules_with_an_injected_clock() {
     let dir = sample_copy();
-    crate::support::edit_config(
-        dir.path(),
-        "[destinations.crm_lists]\n",
-        "[destinations.crm_lists]\nschedule = \"0 6 * * *\"\n",
-    );
+    crate::support::schedule_destination(dir.path(), "crm_lists", "0 6 * * *");
     let project = dir.path().to_string_lossy().into_owned();
     let due = |now: &str| {
         let (code, out, err) = audience(&[
@@ -155,7 +151,7 @@ fn runs_due_follows_schedules_with_an_injected_clock() {
 fn runs_scheduler_stops_on_sigterm() {
     let dir = sample_copy();
     let project = dir.path().to_string_lossy().into_owned();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
         .args(["--quiet", "schedule", "--project", &project, "--poll", "1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -270,10 +266,7 @@ fn runs_killed_midway_are_marked_failed_by_the_next_run() {
             .output()
             .expect("run");
         assert!(!out.status.success(), "{stage}: the process died");
-        let rec: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.path().join(format!("state/runs/{id}/run.json"))).expect("record"),
-        )
-        .expect("json");
+        let rec = crate::support::run_record(dir.path(), &id);
         assert_eq!(rec["status"], "running", "{stage}: left as running");
         let published: Vec<String> = crate::support::files_under(&dir.path().join("out"))
             .into_iter()
@@ -295,10 +288,7 @@ fn runs_killed_midway_are_marked_failed_by_the_next_run() {
             "2025-07-01T00:00:00Z",
         ]);
         assert_eq!(code, 0, "{stage}: {err}");
-        let rec: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.path().join(format!("state/runs/{id}/run.json"))).expect("record"),
-        )
-        .expect("json");
+        let rec = crate::support::run_record(dir.path(), &id);
         assert_eq!(rec["status"], "failed", "{stage}: marked failed");
         assert!(
             rec["error"].as_str().is_some_and(|e| e.contains("died")),
@@ -354,10 +344,7 @@ fn runs_dry_run_writes_nothing_and_matches_the_real_run() {
     let plan: serde_json::Value = serde_json::from_str(&out).expect("json");
     let (code, _, err) = audience(&args);
     assert_eq!(code, 0, "{err}");
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("state/runs/same/run.json")).expect("record"),
-    )
-    .expect("json");
+    let rec = crate::support::run_record(dir.path(), "same");
     let files = |v: &serde_json::Value, key: &str| -> Vec<(String, String, u64)> {
         let mut out: Vec<(String, String, u64)> = v[key]
             .as_array()
@@ -402,10 +389,7 @@ fn runs_fail_on_rejected_exits_with_one() {
     ]);
     assert_eq!(code, 1, "the sample has dirty identifiers: {err}");
     assert!(err.contains("rejected"), "{err}");
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("state/runs/warn/run.json")).expect("record"),
-    )
-    .expect("json");
+    let rec = crate::support::run_record(dir.path(), "warn");
     assert_eq!(
         rec["status"], "succeeded",
         "the run itself completed and published"
@@ -501,10 +485,7 @@ fn runs_dry_run_compares_with_the_last_run() {
         );
         assert_eq!(b + e - x, n, "{s}");
     }
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("state/runs/may/run.json")).expect("record"),
-    )
-    .expect("json");
+    let rec = crate::support::run_record(dir.path(), "may");
     for e in c["exports"].as_array().expect("exports") {
         let d = e["destination"].as_str().expect("name");
         let then: u64 = rec["exports"]
@@ -539,10 +520,7 @@ fn runs_segment_subset_exports_only_it() {
         args.extend_from_slice(extra);
         let (code, _, err) = audience(&args);
         assert_eq!(code, 0, "{err}");
-        serde_json::from_slice::<serde_json::Value>(
-            &std::fs::read(dir.path().join(format!("state/runs/{id}/run.json"))).expect("record"),
-        )
-        .expect("json")
+        crate::support::run_record(dir.path(), &id)
     };
     run("base", "2025-05-01T00:00:00Z", &[]);
     let sub = run("sub", "2025-07-01T00:00:00Z", &["--segment", "high_value"]);
@@ -583,11 +561,7 @@ fn runs_segment_subset_exports_only_it() {
 #[test]
 fn runs_scheduler_finishes_the_current_run_on_sigterm() {
     let dir = sample_copy();
-    crate::support::edit_config(
-        dir.path(),
-        "[destinations.crm_lists]\n",
-        "[destinations.crm_lists]\nschedule = \"0 6 * * *\"\n",
-    );
+    crate::support::schedule_destination(dir.path(), "crm_lists", "0 6 * * *");
     // The schedule was seen before the 06:00 slot.
     std::fs::create_dir_all(dir.path().join("state")).expect("mkdir");
     std::fs::write(

@@ -78,3 +78,20 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A run's record (`state/runs/<id>/run.json`) as JSON.
+pub fn run_record(project: &Path, run_id: &str) -> serde_json::Value {
+    let path = project.join(format!("state/runs/{run_id}/run.json"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).expect("run record JSON")
+}
+
+/// Give `destinations.<name>` the cron `schedule`.
+pub fn schedule_destination(project: &Path, name: &str, schedule: &str) {
+    let header = format!("[destinations.{name}]\n");
+    edit_config(
+        project,
+        &header,
+        &format!("{header}schedule = \"{schedule}\"\n"),
+    );
+}
