@@ -511,8 +511,8 @@ async fn publish_destination(
             sha256: w.sha256,
         });
         if crash_after == Some(files.len()) {
-            // Crash testing: die as a kill would, mid-export.
-            std::process::abort();
+            // Crash testing: die by SIGKILL mid-export.
+            crate::run::kill_self();
         }
     }
     let manifest = ExportManifest {

@@ -162,12 +162,23 @@ impl SegmentCount {
     }
 }
 
-/// Crash testing: `AUDIENCE_CRASH_AT=<stage>` aborts the process as a kill
-/// would, when the stage starts (`ingest`, `identity`, `merge+segments`, `export`).
+/// Crash testing: `AUDIENCE_CRASH_AT=<stage>` kills the process when the
+/// stage starts (`ingest`, `identity`, `merge+segments`, `export`).
 fn crash_point(stage: &str) {
     if std::env::var("AUDIENCE_CRASH_AT").is_ok_and(|s| s == stage) {
-        std::process::abort();
+        kill_self();
     }
+}
+
+/// Crash testing: die by SIGKILL, as an operator's `kill -9` or the OOM killer
+/// would (no unwinding, no cleanup); abort if that is not possible.
+pub fn kill_self() -> ! {
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    std::process::abort()
 }
 
 /// A new run id: the UTC start time and 6 hex characters.

@@ -265,7 +265,8 @@ fn runs_killed_midway_are_marked_failed_by_the_next_run() {
             .env("AUDIENCE_CRASH_AT", stage)
             .output()
             .expect("run");
-        assert!(!out.status.success(), "{stage}: the process died");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{stage}: killed by SIGKILL");
         let rec = crate::support::run_record(dir.path(), &id);
         assert_eq!(rec["status"], "running", "{stage}: left as running");
         let published: Vec<String> = crate::support::files_under(&dir.path().join("out"))
