@@ -35,7 +35,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// An emulator's URL from `scripts/emulators.sh`; under CI (`AUDIENCE_TEST_STRICT`)
 /// a missing emulator fails the test instead of skipping it.
-fn emulator(var: &str) -> Option<String> {
+pub fn emulator(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {

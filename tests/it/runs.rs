@@ -625,3 +625,47 @@ fn runs_scheduler_finishes_the_current_run_on_sigterm() {
         "published"
     );
 }
+
+/// Locks in a bucket: the conditional create refuses a second holder on the
+/// S3 and Azure emulators too (state shared by several machines).
+#[test]
+fn runs_locks_hold_in_buckets() {
+    for var in ["AUDIENCE_TEST_S3_URL", "AUDIENCE_TEST_AZ_URL"] {
+        let Some(base) = crate::exports::emulator(var) else {
+            continue;
+        };
+        let dir = sample_copy();
+        crate::support::edit_config(
+            dir.path(),
+            "state = \"state\"",
+            &format!("state = \"{base}/locks-{}\"", std::process::id()),
+        );
+        let project = audience::config::Project::load(dir.path()).expect("valid");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let dests = vec!["crm_lists".to_string()];
+            let mut first = audience::run::lock::acquire(&project, "one", &dests)
+                .await
+                .expect("first holder");
+            let second = audience::run::lock::acquire(&project, "two", &dests).await;
+            let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("run `one`") && err.contains("never overlap"),
+                "{var}: {err}"
+            );
+            assert!(
+                audience::run::lock::run_alive(&project, "one")
+                    .await
+                    .expect("read")
+            );
+            first.release().await;
+            let mut again = audience::run::lock::acquire(&project, "two", &dests)
+                .await
+                .expect("free again");
+            again.release().await;
+        });
+    }
+}
