@@ -70,7 +70,7 @@ struct Configured {
     class: &'static str,
     segments: Vec<String>,
     fields: Vec<String>,
-    schedule: &'static str,
+    schedule: String,
     last_export: Option<LastExport>,
 }
 
@@ -106,7 +106,7 @@ pub async fn run(args: Args) -> Result<i32> {
             class: d.class.as_str(),
             segments: d.segments.clone(),
             fields: d.fields.iter().map(|f| f.target.clone()).collect(),
-            schedule: "manual",
+            schedule: d.schedule.clone().unwrap_or_else(|| "manual".into()),
             last_export: latest.as_ref().and_then(|ms| {
                 ms.iter()
                     .find(|m| m.destination == d.name)
