@@ -114,7 +114,7 @@ pub async fn run(args: Args) -> Result<i32> {
                         run_id: m.run_id.clone(),
                         as_of: m.as_of.clone(),
                         files: m.files.len(),
-                        rows: m.files.iter().map(|f| f.rows).sum(),
+                        rows: m.rows(),
                     })
             }),
         })

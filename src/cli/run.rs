@@ -107,11 +107,10 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
         );
     }
     for e in &record.exports {
-        let rows: u64 = e.files.iter().map(|f| f.rows).sum();
         println!(
             "  export  {:<28} {:>10} rows in {} files",
             e.destination,
-            thousands(rows),
+            thousands(e.rows()),
             e.files.len()
         );
     }

@@ -2,6 +2,7 @@
 
 use crate::config::Project;
 use crate::error::{Error, Result};
+use crate::export::ExportManifest;
 use crate::run::ledger;
 use crate::run::progress::thousands;
 
@@ -58,11 +59,7 @@ async fn list(project: &Project, limit: usize, json: bool) -> Result<i32> {
     );
     for r in runs.iter().take(limit) {
         let secs: f64 = r.stages.iter().map(|s| s.seconds).sum();
-        let rows: u64 = r
-            .exports
-            .iter()
-            .flat_map(|m| m.files.iter().map(|f| f.rows))
-            .sum();
+        let rows: u64 = r.exports.iter().map(ExportManifest::rows).sum();
         println!(
             "{:<28} {:<9} {:<8} {:<20} {:<24} {:>9.1} {:>12}",
             r.run_id,
@@ -152,11 +149,10 @@ async fn show(project: &Project, id: &str, json: bool) -> Result<i32> {
         );
     }
     for e in &r.exports {
-        let rows: u64 = e.files.iter().map(|f| f.rows).sum();
         println!(
             "export   {:<28} {:>10} rows in {} files",
             e.destination,
-            thousands(rows),
+            thousands(e.rows()),
             e.files.len()
         );
     }

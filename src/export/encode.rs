@@ -25,18 +25,6 @@ use crate::error::{Error, Result};
 /// Rows per encoding chunk (one gzip member each).
 const CHUNK_ROWS: usize = 32_768;
 
-/// One encoded file: its bytes in order (concatenate them) and its row count.
-pub struct Encoded {
-    pub chunks: Vec<Bytes>,
-    pub rows: u64,
-}
-
-impl Encoded {
-    pub fn len(&self) -> u64 {
-        self.chunks.iter().map(|c| c.len() as u64).sum()
-    }
-}
-
 /// The rows of `batches` split by `rows_per_file` (always at least one file,
 /// so an empty segment still gets a file with its header).
 pub fn split(batches: &[RecordBatch], rows_per_file: Option<u64>) -> Vec<Vec<RecordBatch>> {
@@ -64,25 +52,6 @@ fn groups(batches: &[RecordBatch], limit: usize) -> Vec<Vec<RecordBatch>> {
         }
     }
     out
-}
-
-/// Encode one file's rows as the destination's format, in memory.
-///
-/// # Errors
-/// [`Error::Internal`] when an encoder fails.
-pub fn encode(
-    d: &Destination,
-    segment_list_id: Option<i64>,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    threads: usize,
-) -> Result<Encoded> {
-    let mut chunks = Vec::new();
-    let rows = encode_into(d, segment_list_id, schema, batches, threads, &mut |b| {
-        chunks.push(b);
-        Ok(())
-    })?;
-    Ok(Encoded { chunks, rows })
 }
 
 /// A consumer of a file's bytes, in order.

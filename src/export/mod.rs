@@ -79,6 +79,17 @@ pub struct ExportManifest {
     pub retries: u64,
 }
 
+impl ExportManifest {
+    /// Rows exported in full files (delta files not counted).
+    pub fn rows(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| f.delta == Delta::Full)
+            .map(|f| f.rows)
+            .sum()
+    }
+}
+
 /// Profiles of each merge policy, as the export reads them.
 pub type ProfilesByPolicy = BTreeMap<String, Batches>;
 
@@ -187,6 +198,17 @@ pub struct PlannedExport {
     pub url: String,
     pub files: Vec<PlannedFile>,
     pub segments: Vec<SegmentExport>,
+}
+
+impl PlannedExport {
+    /// Rows a run would export in full files (delta files not counted).
+    pub fn rows(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| f.delta == Delta::Full)
+            .map(|f| f.rows)
+            .sum()
+    }
 }
 
 /// Everything [`export`] would write, prepared the same way (limits and pack

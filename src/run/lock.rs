@@ -85,7 +85,6 @@ pub async fn holder(project: &Project, name: &str) -> Result<Option<Holder>> {
 
 /// Locks held by one run; renewed in the background until released.
 pub struct Locks {
-    names: Vec<String>,
     locations: Vec<Location>,
     /// `true` once released; the renewer checks it under the lock.
     released: std::sync::Arc<std::sync::Mutex<bool>>,
@@ -103,14 +102,12 @@ pub async fn acquire(project: &Project, run_id: &str, destinations: &[String]) -
     dests.sort();
     names.extend(dests.iter().map(|d| format!("destination.{d}")));
     let mut locks = Locks {
-        names: Vec::new(),
         locations: Vec::new(),
         released: std::sync::Arc::new(std::sync::Mutex::new(false)),
     };
     for name in &names {
         match take(project, name, run_id).await {
             Ok(loc) => {
-                locks.names.push(name.clone());
                 locks.locations.push(loc);
             }
             Err(e) => {
@@ -240,7 +237,6 @@ impl Locks {
                 let _ = store.delete(&loc.path()).await;
             }
         }
-        self.names.clear();
     }
 }
 

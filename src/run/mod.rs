@@ -604,11 +604,7 @@ impl Pipeline {
         })
         .await?;
         let nfiles: usize = c.exports.iter().map(|m| m.files.len()).sum();
-        let rows: u64 = c
-            .exports
-            .iter()
-            .flat_map(|m| m.files.iter().map(|f| f.rows))
-            .sum();
+        let rows: u64 = c.exports.iter().map(ExportManifest::rows).sum();
         let secs = st.finish(&format!(
             "{} destinations, {} files, {} rows",
             c.exports.len(),
@@ -930,19 +926,8 @@ async fn compare_to_last(
                 .exports
                 .iter()
                 .find(|m| m.destination == e.destination)
-                .map(|m| {
-                    m.files
-                        .iter()
-                        .filter(|f| f.delta == export::Delta::Full)
-                        .map(|f| f.rows)
-                        .sum()
-                }),
-            rows_now: e
-                .files
-                .iter()
-                .filter(|f| f.delta == export::Delta::Full)
-                .map(|f| f.rows)
-                .sum(),
+                .map(ExportManifest::rows),
+            rows_now: e.rows(),
         })
         .collect();
     Ok(Some(Comparison {
