@@ -61,7 +61,9 @@ fn child(dir: &Path, variant: &str) {
         .expect("location");
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let stitched = rt.block_on(async {
-        let ctx = audience::engine::session(&project, chrono::Utc::now()).expect("session");
+        let ctx = audience::engine::session(&project, chrono::Utc::now())
+            .await
+            .expect("session");
         let datasets = audience::ingest::ingest(&ctx, &project)
             .await
             .expect("ingest");

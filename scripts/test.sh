@@ -14,5 +14,7 @@ fi
 export AUDIENCE_TEST_STRICT="${CI:-}"
 
 # The object-storage emulators (S3: moto, Azure Blob: Azurite) run for the
-# length of the suite; scripts/emulators.sh installs them on first use.
-exec ./scripts/emulators.sh cargo nextest run --no-fail-fast "$@"
+# length of the suite; scripts/emulators.sh installs them on first use. The
+# suite is built with the distributed mode, whose tests start Ballista
+# clusters themselves (in process, and scheduler/executor processes on loopback).
+exec ./scripts/emulators.sh cargo nextest run --features distributed --no-fail-fast "$@"

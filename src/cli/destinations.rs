@@ -2,7 +2,7 @@
 //! their options) and the configured destinations with their segments,
 //! schedule and last export (in the latest run).
 
-use crate::config::{DestinationKind, Project};
+use crate::config::DestinationKind;
 use crate::error::Result;
 use crate::export::ExportManifest;
 
@@ -83,7 +83,7 @@ struct LastExport {
 }
 
 pub async fn run(args: Args) -> Result<i32> {
-    let project = Project::load(&args.project.project)?;
+    let project = args.project.load()?;
     let latest: Option<Vec<ExportManifest>> =
         match crate::identity::store::latest_run(&project).await? {
             Some(id) => crate::identity::store::get(

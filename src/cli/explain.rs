@@ -1,6 +1,5 @@
 //! `audience explain`.
 
-use crate::config::Project;
 use crate::error::Result;
 use crate::identity::explain::explain;
 
@@ -21,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<i32> {
-    let project = Project::load(&args.project.project)?;
+    let project = args.project.load()?;
     let class = args.class.class();
     let e = explain(&project, &args.identity, class, args.run.as_deref()).await?;
     if args.json {

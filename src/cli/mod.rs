@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, all calling the library.
 
+pub mod cluster;
 pub mod destinations;
 pub mod explain;
 pub mod generate;
@@ -40,12 +41,43 @@ pub enum LogFormat {
     Json,
 }
 
-/// The project folder argument shared by subcommands.
+/// The project folder argument shared by subcommands, and where its queries run.
 #[derive(Debug, clap::Args)]
 pub struct ProjectArg {
     /// Project folder holding audience.toml.
     #[arg(long, short = 'p', default_value = ".", env = "AUDIENCE_PROJECT")]
     pub project: PathBuf,
+    /// Where queries run, instead of `[engine] mode`: `embedded` or `ballista`.
+    #[arg(long, env = "AUDIENCE_ENGINE", value_name = "MODE")]
+    pub engine: Option<String>,
+    /// The Ballista scheduler, `df://host:port`, instead of `[engine] scheduler`
+    /// (with `--engine ballista`; without one, an in-process cluster is started).
+    #[arg(long, env = "AUDIENCE_SCHEDULER", value_name = "URL")]
+    pub scheduler: Option<String>,
+}
+
+impl ProjectArg {
+    /// Load and validate the project, with the engine chosen on the command line.
+    ///
+    /// # Errors
+    /// What [`crate::config::Project::load`] reports; a bad `--engine`/`--scheduler` (exit 2).
+    pub fn load(&self) -> Result<crate::config::Project> {
+        let mut project = crate::config::Project::load(&self.project)?;
+        if self.engine.is_some() || self.scheduler.is_some() {
+            let mode = match (&self.engine, &project.engine.mode) {
+                (Some(m), _) => m.as_str(),
+                (None, crate::config::EngineMode::Embedded) => "embedded",
+                (None, crate::config::EngineMode::Ballista { .. }) => "ballista",
+            };
+            project.engine.mode = crate::config::EngineMode::parse(mode, self.scheduler.as_deref())
+                .map_err(|e| {
+                    let mut p = crate::error::Problems::default();
+                    p.push("command line", "--engine", e);
+                    crate::error::Error::Config(p)
+                })?;
+        }
+        Ok(project)
+    }
 }
 
 /// `--prospect`: work on prospects instead of customers.
@@ -88,6 +120,8 @@ pub enum Command {
     Runs(runs::Args),
     /// A long-lived scheduler: runs destinations at their cron slots (UTC) until SIGTERM/SIGINT.
     Schedule(schedule::Args),
+    /// Run a process of a Ballista cluster (scheduler or executor) for `--engine ballista`.
+    Cluster(cluster::Args),
 }
 
 /// Parse an RFC 3339 time or a date (midnight UTC).
@@ -119,5 +153,6 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Destinations(a) => destinations::run(a).await,
         Command::Runs(a) => runs::run(a).await,
         Command::Schedule(a) => schedule::run(a, cli.quiet).await,
+        Command::Cluster(a) => cluster::run(a).await,
     }
 }

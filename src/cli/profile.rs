@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Project;
 use crate::error::Result;
 use crate::merge::profile::profile;
 
@@ -26,7 +25,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<i32> {
-    let project = Project::load(&args.project.project)?;
+    let project = args.project.load()?;
     let class = args.class.class();
     let report = profile(
         &project,

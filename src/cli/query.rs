@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::config::Project;
 use crate::error::{Error, Result};
 use crate::segment::adhoc;
 
@@ -35,7 +34,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<i32> {
-    let project = Project::load(&args.project.project)?;
+    let project = args.project.load()?;
     let class = args.class.class();
     let policy = adhoc::policy_name(&project, args.policy.as_deref(), class)?;
     // Cheap checks first: a bad query fails before the run is evaluated.

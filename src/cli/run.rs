@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Project;
 use crate::error::Result;
 use crate::run::Pipeline;
 use crate::run::progress::{Progress, thousands};
@@ -50,7 +49,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, quiet: bool) -> Result<i32> {
-    let project = Project::load(&args.project.project)?;
+    let project = args.project.load()?;
     let state = project.state.display();
     let mut destinations = args.destinations.clone();
     let mut trigger = crate::run::Trigger::Manual;

@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<i32> {
-    let project = Project::load(&args.project.project)?;
+    let project = args.project.load()?;
     match args.show.as_slice() {
         [] => list(&project, args.limit, args.json).await,
         [verb, id] if verb == "show" => show(&project, id, args.json).await,

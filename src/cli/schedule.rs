@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::config::Project;
 use crate::error::{Error, Result};
 use crate::run::progress::Progress;
 use crate::run::{Pipeline, Trigger, schedule};
@@ -35,7 +34,7 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
     loop {
         let now = args.now.unwrap_or_else(Utc::now);
         let mut wait = Duration::from_secs(args.poll.max(1));
-        match Project::load(&args.project.project) {
+        match args.project.load() {
             Err(e) => {
                 tracing::error!(error = %e, "project invalid; nothing runs until it is fixed")
             }

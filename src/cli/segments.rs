@@ -32,7 +32,7 @@ struct Report {
 }
 
 pub async fn run(args: Args) -> Result<i32> {
-    let project = Project::load(&args.project.project)?;
+    let project = args.project.load()?;
     let report = match args.as_of {
         None => latest(&project).await?,
         Some(as_of) => {

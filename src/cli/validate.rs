@@ -1,6 +1,5 @@
 //! `audience validate`.
 
-use crate::config::Project;
 use crate::error::Result;
 
 #[derive(Debug, clap::Args)]
@@ -10,7 +9,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let project = Project::load(&args.project.project)?;
+    let project = args.project.load()?;
     let segments = project.segments().count();
     println!(
         "{}: ok ({} namespaces, {} datasets, {} merge policies, {} features, {} segments, {} destinations)",

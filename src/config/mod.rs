@@ -35,7 +35,7 @@ pub const CONFIG_FILE: &str = "audience.toml";
 pub const BUILTIN_RELATIONS: [&str; 3] = ["profiles", "events", "identities"];
 
 /// A validated identity namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Namespace {
     pub name: String,
     pub normaliser: NormaliserKind,
@@ -174,6 +174,51 @@ pub struct EngineSettings {
     pub target_partitions: Option<usize>,
     /// Retries of a transient storage write failure.
     pub storage_retries: usize,
+    /// Where queries run.
+    pub mode: EngineMode,
+}
+
+/// Where a run's queries run (`[engine] mode`, `--engine`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EngineMode {
+    /// In this process (DataFusion).
+    #[default]
+    Embedded,
+    /// On a Ballista cluster: the scheduler at `df://host:port`, or an
+    /// in-process cluster when `None`.
+    Ballista { scheduler: Option<String> },
+}
+
+impl EngineMode {
+    /// Parse `mode` and `scheduler` as written in `[engine]` or on the command line.
+    ///
+    /// # Errors
+    /// A message naming the bad value and the choices.
+    pub fn parse(mode: &str, scheduler: Option<&str>) -> std::result::Result<Self, String> {
+        match mode {
+            "embedded" if scheduler.is_some() => {
+                Err("a scheduler is only used with mode = \"ballista\"".into())
+            }
+            "embedded" => Ok(EngineMode::Embedded),
+            "ballista" => {
+                if let Some(s) = scheduler {
+                    let url = url::Url::parse(s).map_err(|e| {
+                        format!("scheduler `{s}` is not a URL ({e}); write df://host:port")
+                    })?;
+                    if url.scheme() != "df" || url.host_str().is_none_or(str::is_empty) {
+                        return Err(format!("scheduler `{s}` must look like df://host:port"));
+                    }
+                }
+                Ok(EngineMode::Ballista {
+                    scheduler: scheduler.map(str::to_string),
+                })
+            }
+            other => Err(format!(
+                "unknown engine mode `{other}`: {}",
+                crate::error::one_of(other, ["embedded", "ballista"])
+            )),
+        }
+    }
 }
 
 impl Default for EngineSettings {
@@ -182,6 +227,7 @@ impl Default for EngineSettings {
             memory_limit: None,
             target_partitions: None,
             storage_retries: 5,
+            mode: EngineMode::Embedded,
         }
     }
 }
@@ -523,7 +569,15 @@ fn validate(root: &Path, text: &str, problems: &mut Problems) -> Option<Project>
         memory_limit: None,
         target_partitions: engine_raw.target_partitions,
         storage_retries: engine_raw.storage_retries.unwrap_or(5),
+        mode: EngineMode::Embedded,
     };
+    match EngineMode::parse(
+        engine_raw.mode.as_deref().unwrap_or("embedded"),
+        engine_raw.scheduler.as_deref(),
+    ) {
+        Ok(m) => engine.mode = m,
+        Err(e) => problems.push(FILE, "engine.mode", e),
+    }
     if let Some(limit) = &engine_raw.memory_limit {
         match parse_size(limit) {
             Some(n) if n > 0 => engine.memory_limit = Some(n),

@@ -35,10 +35,15 @@ pub struct RawEngine {
     /// Retries of a failed storage write (transient errors only), with
     /// exponential backoff from 100 ms. Default 5.
     pub storage_retries: Option<usize>,
+    /// `"embedded"` (default) or `"ballista"`: where queries run.
+    pub mode: Option<String>,
+    /// Ballista only: the scheduler, `df://host:port`. Without it, an
+    /// in-process cluster (scheduler and executor in this process) is started.
+    pub scheduler: Option<String>,
 }
 
 /// How an identity namespace normalises its values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NormaliserKind {
     /// Trim, lower-case; reject without exactly one `@`, an empty local part, or a domain without a dot.

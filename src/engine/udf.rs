@@ -19,7 +19,7 @@ use datafusion::prelude::SessionContext;
 /// A nullary function returning a fixed value.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct FixedValue {
-    name: &'static str,
+    name: String,
     aliases: Vec<String>,
     value: ScalarValue,
     signature: Signature,
@@ -27,7 +27,7 @@ struct FixedValue {
 
 impl ScalarUDFImpl for FixedValue {
     fn name(&self) -> &str {
-        self.name
+        &self.name
     }
     fn aliases(&self) -> &[String] {
         &self.aliases
@@ -45,8 +45,49 @@ impl ScalarUDFImpl for FixedValue {
 
 fn fixed(name: &'static str, aliases: &[&str], value: ScalarValue) -> ScalarUDF {
     ScalarUDF::new_from_impl(FixedValue {
-        name,
+        name: name.to_string(),
         aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        value,
+        signature: Signature::nullary(Volatility::Immutable),
+    })
+}
+
+/// What defines one of the fixed-value functions, as shipped to cluster executors.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FixedSpec {
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// Microseconds since the epoch (a UTC timestamp) or days (a date).
+    pub value: i64,
+    pub date: bool,
+}
+
+/// The spec of `f` when it is one of the fixed-value time functions.
+pub fn fixed_spec_of(f: &ScalarUDF) -> Option<FixedSpec> {
+    let v = f.inner().downcast_ref::<FixedValue>()?;
+    let (value, date) = match &v.value {
+        ScalarValue::TimestampMicrosecond(Some(t), _) => (*t, false),
+        ScalarValue::Date32(Some(d)) => (i64::from(*d), true),
+        _ => return None,
+    };
+    Some(FixedSpec {
+        name: v.name.to_string(),
+        aliases: v.aliases.clone(),
+        value,
+        date,
+    })
+}
+
+/// The function a spec defines.
+pub fn from_fixed_spec(spec: &FixedSpec) -> ScalarUDF {
+    let value = if spec.date {
+        ScalarValue::Date32(Some(spec.value as i32))
+    } else {
+        ScalarValue::TimestampMicrosecond(Some(spec.value), Some(Arc::from("UTC")))
+    };
+    ScalarUDF::new_from_impl(FixedValue {
+        name: spec.name.clone(),
+        aliases: spec.aliases.clone(),
         value,
         signature: Signature::nullary(Volatility::Immutable),
     })

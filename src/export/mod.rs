@@ -687,19 +687,12 @@ async fn write_suppressions(project: &Project, run_id: &str, ready: &[Ready<'_>]
         ],
     )
     .map_err(|e| Error::Internal(e.to_string()))?;
-    let mut buf = Vec::new();
-    {
-        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        w.write(&batch)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        w.close().map_err(|e| Error::Internal(e.to_string()))?;
-    }
+    let buf = crate::identity::store::parquet_bytes(&[batch], &schema)?;
     let loc = project
         .state
         .join(&format!("runs/{run_id}/suppressions.parquet"));
     let store = loc.store()?;
-    put(store.as_ref(), &loc, Bytes::from(buf)).await
+    put(store.as_ref(), &loc, buf).await
 }
 
 /// Profile rows of `members` with the columns `d` reads, sorted by `profile_id`.

@@ -713,6 +713,25 @@ impl IdentityGraph {
         never_pairs: &[(u32, u32)],
         allow: &dyn Fn(u32) -> bool,
     ) -> Stitching {
+        let mut st = self.mark(rules, never_values, allow);
+        self.join(&mut st, rules, never_pairs, None);
+        st
+    }
+
+    /// Whether stitching must apply links one by one in time order (a unique
+    /// namespace or a never-link pair), rather than take connected components.
+    pub fn is_constrained(rules: &[NsRules], never_pairs: &[(u32, u32)]) -> bool {
+        !never_pairs.is_empty() || rules.iter().any(|r| r.unique)
+    }
+
+    /// Step 1: degrees, quarantine, and each link marked used or quarantined.
+    /// The links move into the result; `roots` is left empty for [`Self::join`].
+    pub fn mark(
+        &mut self,
+        rules: &[NsRules],
+        never_values: &[u32],
+        allow: &dyn Fn(u32) -> bool,
+    ) -> Stitching {
         let n = self.len();
         let mut degree = vec![0u32; n];
         for l in &self.links {
@@ -741,11 +760,38 @@ impl IdentityGraph {
                 LinkStatus::Used
             };
         }
+        Stitching {
+            links,
+            degree,
+            quarantine,
+            roots: Vec::new(),
+        }
+    }
+
+    /// Step 2: the component root of every identity, from the used links.
+    ///
+    /// Unconstrained, `components` (a root per identity computed elsewhere, e.g.
+    /// on a cluster by [`super::components`]) is taken as is when given, and
+    /// union-find runs otherwise; constrained, links are applied in time order here.
+    pub fn join(
+        &mut self,
+        st: &mut Stitching,
+        rules: &[NsRules],
+        never_pairs: &[(u32, u32)],
+        components: Option<Vec<u32>>,
+    ) {
+        let n = self.len();
+        let constrained = Self::is_constrained(rules, never_pairs);
+        if !constrained && let Some(roots) = components {
+            debug_assert_eq!(roots.len(), n);
+            st.roots = roots;
+            return;
+        }
+        let links = &mut st.links;
         self.parent = (0..n as u32).collect();
         self.size = vec![1; n];
-        let constrained = !never_pairs.is_empty() || rules.iter().any(|r| r.unique);
         if !constrained {
-            for l in &links {
+            for l in links.iter() {
                 if l.status == LinkStatus::Used {
                     self.union(l.anchor, l.other);
                 }
@@ -819,15 +865,9 @@ impl IdentityGraph {
                 }
             }
         }
-        let roots: Vec<u32> = (0..n as u32).map(|i| self.find(i)).collect();
+        st.roots = (0..n as u32).map(|i| self.find(i)).collect();
         if constrained {
             links.sort_unstable_by_key(|l| (u64::from(l.anchor) << 32) | u64::from(l.other));
-        }
-        Stitching {
-            links,
-            degree,
-            quarantine,
-            roots,
         }
     }
 }

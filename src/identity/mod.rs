@@ -14,6 +14,7 @@
 //! profile ids and how they carry over between runs in [`ids`].
 
 pub mod anchor;
+pub mod components;
 pub mod explain;
 pub mod graph;
 pub mod ids;
@@ -103,6 +104,9 @@ pub struct GraphHealth {
     pub size_histogram: Vec<(String, u64)>,
     /// The largest profiles, biggest first (ties: profile id).
     pub largest: Vec<LargeProfile>,
+    /// On a cluster: the rounds of large-star/small-star that found the components.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_rounds: Option<u32>,
 }
 
 /// One of the largest profiles.

@@ -232,10 +232,26 @@ pub(super) async fn finish(
                 .contains(graph.value(id))
         })
         .collect();
-    let st = graph.stitch(&rules, &never_values, &never_pairs, &|id| {
-        allowed[id as usize]
-    });
+    let mut st = graph.mark(&rules, &never_values, &|id| allowed[id as usize]);
     drop(allowed);
+    // On a cluster, plain components are computed there (iterative SQL rounds);
+    // the constrained stitch needs every link in time order and runs here.
+    let mut rounds = None;
+    let components = match crate::engine::cluster(ctx) {
+        Some(c) if !IdentityGraph::is_constrained(&rules, &never_pairs) => {
+            let used = st
+                .links
+                .iter()
+                .filter(|l| l.status == graph::LinkStatus::Used)
+                .map(|l| (l.anchor, l.other));
+            let cc = super::components::components(ctx, n, used, &c.scratch.join("components"))
+                .await?;
+            rounds = Some(cc.rounds);
+            Some(cc.roots)
+        }
+        _ => None,
+    };
+    graph.join(&mut st, &rules, &never_pairs, components);
     let prev = match previous {
         Some(loc) => Some(previous_ids(ctx, &graph, project, loc).await?),
         None => None,
@@ -270,6 +286,7 @@ pub(super) async fn finish(
         identities: n as u64,
         links: st.links.len() as u64,
         oversized: oversized.len() as u64,
+        component_rounds: rounds,
         ..Default::default()
     };
     let mut hist = [0u64; 9];

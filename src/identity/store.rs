@@ -51,6 +51,18 @@ pub fn read_parquet(bytes: Bytes, what: &str) -> Result<Vec<RecordBatch>> {
         .map_err(|e| Error::Internal(format!("cannot read {what}: {e}")))
 }
 
+/// Batches as the bytes of one Parquet file (default properties).
+pub fn parquet_bytes(batches: &[RecordBatch], schema: &datafusion::arrow::datatypes::SchemaRef) -> Result<Bytes> {
+    let pq = |e: parquet::errors::ParquetError| Error::Internal(format!("writing Parquet: {e}"));
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), None).map_err(pq)?;
+    for b in batches {
+        w.write(b).map_err(pq)?;
+    }
+    w.close().map_err(pq)?;
+    Ok(Bytes::from(buf))
+}
+
 /// Name `run_id` as the latest successful run.
 pub async fn mark_latest(project: &Project, run_id: &str) -> Result<()> {
     let json = serde_json::json!({ "run_id": run_id });

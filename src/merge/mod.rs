@@ -59,6 +59,7 @@ pub fn register_identity_tables(
                 mode,
                 &project.namespaces,
                 stitched.lookup.clone(),
+                &stitched.outputs,
             ));
         }
     }

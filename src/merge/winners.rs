@@ -42,7 +42,7 @@ use datafusion::logical_expr::{
 use crate::engine::udf::timestamp_type;
 
 /// How a slot ranks its candidates.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Order {
     MostRecent,
     LeastRecent,
@@ -51,7 +51,7 @@ pub enum Order {
 }
 
 /// One output of the aggregate: an attribute, or a field group (a struct).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Slot {
     pub name: String,
     pub order: Order,
@@ -71,6 +71,13 @@ pub fn udaf(name: &str, slots: Vec<Slot>) -> AggregateUDF {
         slots,
         signature: Signature::variadic_any(Volatility::Immutable),
     })
+}
+
+/// `(name, slots)` of `f` when it is a winners aggregate: what a cluster
+/// executor needs to make it again ([`udaf`]).
+pub fn spec_of(f: &AggregateUDF) -> Option<(String, Vec<Slot>)> {
+    f.inner().downcast_ref::<Winners>()
+        .map(|w| (w.name.clone(), w.slots.clone()))
 }
 
 const NONE: u32 = u32::MAX;

@@ -482,7 +482,7 @@ impl Pipeline {
 
     async fn stages(&self, c: &mut Collected) -> Result<()> {
         let project = &self.project;
-        let ctx = engine::session(project, self.as_of)?;
+        let ctx = engine::session(project, self.as_of).await?;
 
         crash_point("ingest");
         let st = self.progress.stage("ingest");
@@ -693,17 +693,21 @@ pub async fn stitch_in_memory(
     project: &Project,
     as_of: DateTime<Utc>,
 ) -> Result<(datafusion::prelude::SessionContext, Vec<Ingested>, Stitched)> {
-    let ctx = engine::session(project, as_of)?;
+    let ctx = engine::session(project, as_of).await?;
     let datasets = ingest::ingest(&ctx, project).await?;
     let previous = identity::store::previous_map(project).await?;
-    let scratch = engine::storage::Location::parse(
-        &format!(
-            "memory://audience-scratch/{}",
-            Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        ),
-        &project.root,
-    )
-    .map_err(Error::Internal)?;
+    // On a cluster the outputs must be where executors read them.
+    let scratch = match engine::cluster(&ctx) {
+        Some(c) => c.scratch.join("identity"),
+        None => engine::storage::Location::parse(
+            &format!(
+                "memory://audience-scratch/{}",
+                Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            ),
+            &project.root,
+        )
+        .map_err(Error::Internal)?,
+    };
     engine::register_store(&ctx, &scratch)?;
     let stitched = identity::stitch(
         &ctx,

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, a module per stage plus the CLI.
 
 mod cli;
+#[cfg(feature = "distributed")]
+mod cluster;
 mod config;
 mod exports;
 mod graph;

@@ -1,0 +1,160 @@
+//! Distributed mode (`--features distributed`): the sample project on a
+//! Ballista cluster gives byte-identical exports to the embedded engine, on an
+//! in-process cluster and on real scheduler and executor processes on loopback.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{audience, files_under, run_record, sample_copy};
+
+const AS_OF: &str = "2025-07-01T00:00:00Z";
+
+/// Run the sample at the fixed as-of with run id `r1` and extra arguments.
+fn run_sample(dir: &Path, extra: &[&str]) {
+    let project = dir.to_str().expect("utf-8");
+    let mut args = vec!["--quiet", "run", "--project", project, "--as-of", AS_OF, "--run-id", "r1"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = audience(&args);
+    assert_eq!(code, 0, "run {extra:?} failed:\n{out}\n{err}");
+}
+
+/// Every exported file (data, manifests, `_SUCCESS`) with its bytes.
+fn exports(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let root = dir.join("out/exports");
+    let files = files_under(&root);
+    assert!(files.iter().any(|f| f.ends_with("manifest.json")), "no exports under {}", root.display());
+    files
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(root.join(&f)).expect("read export");
+            (f, bytes)
+        })
+        .collect()
+}
+
+fn assert_same_exports(embedded: &Path, cluster: &Path) {
+    let (a, b) = (exports(embedded), exports(cluster));
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&a), names(&b), "the same files");
+    for ((f, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{f} differs between the embedded and the cluster run");
+    }
+    // And the same profiles: identical identity maps.
+    let map = |d: &Path| std::fs::read(d.join("state/runs/r1/identity_map.parquet")).expect("identity map");
+    assert!(map(embedded) == map(cluster), "identity maps differ");
+}
+
+/// The components were found on the cluster, in some rounds.
+fn assert_rounds_recorded(dir: &Path) {
+    let record = run_record(dir, "r1");
+    let text = record.to_string();
+    let health: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("state/runs/r1/graph_health.json")).expect("graph health"),
+    )
+    .expect("health json");
+    let rounds = health["component_rounds"].as_u64().unwrap_or_else(|| panic!("no component_rounds in {health}\n{text}"));
+    assert!(rounds >= 1, "rounds: {rounds}");
+    eprintln!("connected components on the cluster: {rounds} rounds");
+}
+
+#[test]
+fn cluster_in_process_exports_match_embedded() {
+    let (embedded, cluster) = (sample_copy(), sample_copy());
+    run_sample(embedded.path(), &[]);
+    run_sample(cluster.path(), &["--engine", "ballista"]);
+    assert_same_exports(embedded.path(), cluster.path());
+    assert_rounds_recorded(cluster.path());
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn spawn(args: &[&str], log: &Path) -> Proc {
+    let file = std::fs::File::create(log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start cluster process");
+    Proc(child)
+}
+
+fn wait_for(addr: SocketAddr, what: &str, log: &Path) {
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not listen on {addr}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cluster_processes_on_loopback_export_like_embedded() {
+    let logs = tempfile::tempdir().expect("logs");
+    let sched: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let sched_log = logs.path().join("scheduler.log");
+    let _scheduler = spawn(
+        &["cluster", "scheduler", "--bind", &sched.to_string()],
+        &sched_log,
+    );
+    wait_for(sched, "the scheduler", &sched_log);
+    let mut executors = Vec::new();
+    for i in 0..2 {
+        let (port, grpc) = (free_port(), free_port());
+        let log = logs.path().join(format!("executor-{i}.log"));
+        let work = logs.path().join(format!("work-{i}"));
+        std::fs::create_dir_all(&work).expect("work dir");
+        executors.push(spawn(
+            &[
+                "cluster", "executor",
+                "--scheduler", &sched.to_string(),
+                "--port", &port.to_string(),
+                "--grpc-port", &grpc.to_string(),
+                "--concurrent-tasks", "2",
+                "--work-dir", work.to_str().expect("utf-8"),
+            ],
+            &log,
+        ));
+        wait_for(format!("127.0.0.1:{port}").parse().expect("addr"), "an executor", &log);
+    }
+    let (embedded, cluster) = (sample_copy(), sample_copy());
+    run_sample(embedded.path(), &[]);
+    let url = format!("df://{sched}");
+    run_sample(cluster.path(), &["--engine", "ballista", "--scheduler", &url]);
+    assert_same_exports(embedded.path(), cluster.path());
+    assert_rounds_recorded(cluster.path());
+}
+
+#[test]
+fn cluster_unreachable_scheduler_is_a_clear_error() {
+    let dir = sample_copy();
+    let project = dir.path().to_str().expect("utf-8");
+    let url = format!("df://127.0.0.1:{}", free_port());
+    let (code, _, err) = audience(&[
+        "--quiet", "run", "--project", project, "--as-of", AS_OF, "--engine", "ballista", "--scheduler", &url,
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("127.0.0.1"), "names the scheduler: {err}");
+    let (code, _, err) = audience(&["--quiet", "run", "--project", project, "--engine", "spark"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown engine mode `spark`"), "{err}");
+}
