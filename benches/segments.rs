@@ -210,7 +210,9 @@ async fn session(project: &Project, dir: &Path) -> datafusion::prelude::SessionC
     let as_of = chrono::DateTime::parse_from_rfc3339(AS_OF)
         .expect("as-of")
         .with_timezone(&chrono::Utc);
-    let ctx = audience::engine::session(project, as_of).await.expect("session");
+    let ctx = audience::engine::session(project, as_of)
+        .await
+        .expect("session");
     ctx.register_parquet(
         "events",
         dir.join("events.parquet").to_str().expect("utf-8"),

@@ -52,7 +52,9 @@ enum Payload {
         slots: Vec<crate::merge::winners::Slot>,
     },
     /// A memory table: the IPC length of each partition.
-    Table { partitions: Vec<u64> },
+    Table {
+        partitions: Vec<u64>,
+    },
 }
 
 fn write_payload(p: &Payload, buf: &mut Vec<u8>) -> DfResult<()> {
@@ -88,7 +90,9 @@ fn encode_udf(f: &ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
 
 fn decode_udf(name: &str, buf: &[u8]) -> DfResult<Option<Arc<ScalarUDF>>> {
     Ok(match read_payload(buf)? {
-        Some((Payload::Profile(spec), _)) => Some(Arc::new(crate::identity::anchor::from_spec(spec))),
+        Some((Payload::Profile(spec), _)) => {
+            Some(Arc::new(crate::identity::anchor::from_spec(spec)))
+        }
         Some((Payload::Fixed(spec), _)) => Some(Arc::new(super::udf::from_fixed_spec(&spec))),
         Some(_) => {
             return Err(DataFusionError::Internal(format!(
@@ -172,7 +176,12 @@ pub struct Codec {
 }
 
 impl LogicalExtensionCodec for Codec {
-    fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> DfResult<Extension> {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> DfResult<Extension> {
         self.logical.try_decode(buf, inputs, ctx)
     }
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> DfResult<()> {
@@ -187,7 +196,9 @@ impl LogicalExtensionCodec for Codec {
     ) -> DfResult<Arc<dyn TableProvider>> {
         match decode_table(buf, schema.clone())? {
             Some(t) => Ok(t),
-            None => self.logical.try_decode_table_provider(buf, table_ref, schema, ctx),
+            None => self
+                .logical
+                .try_decode_table_provider(buf, table_ref, schema, ctx),
         }
     }
     fn try_encode_table_provider(
@@ -311,10 +322,16 @@ pub async fn connect(
     };
     match scheduler {
         Some(url) => {
-            reachable(url).await.map_err(|e| problem(DataFusionError::Configuration(e)))?;
-            SessionContext::remote_with_state(url, state).await.map_err(problem)
+            reachable(url)
+                .await
+                .map_err(|e| problem(DataFusionError::Configuration(e)))?;
+            SessionContext::remote_with_state(url, state)
+                .await
+                .map_err(problem)
         }
-        None => SessionContext::standalone_with_state(state).await.map_err(problem),
+        None => SessionContext::standalone_with_state(state)
+            .await
+            .map_err(problem),
     }
 }
 

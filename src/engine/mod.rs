@@ -76,7 +76,9 @@ impl datafusion::execution::object_store::ObjectStoreRegistry for Stores {
 ///
 /// # Errors
 /// When DataFusion refuses the runtime settings.
-pub fn runtime(memory_limit: Option<usize>) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+pub fn runtime(
+    memory_limit: Option<usize>,
+) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
     let mut runtime = RuntimeEnvBuilder::new()
         .with_disk_manager_builder(DiskManagerBuilder::default())
         .with_object_store_registry(Arc::new(Stores::default()));

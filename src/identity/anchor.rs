@@ -111,7 +111,8 @@ fn load_blocking(spec: &Spec) -> DfResult<Arc<IdentityLookup>> {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let outputs = crate::engine::storage::Location::parse(&spec.outputs, std::path::Path::new("/"))?;
+        let outputs =
+            crate::engine::storage::Location::parse(&spec.outputs, std::path::Path::new("/"))?;
         rt.block_on(IdentityLookup::load(&outputs, &spec.namespaces))
             .map(Arc::new)
             .map_err(|e| e.to_string())
@@ -184,7 +185,11 @@ impl ScalarUDFImpl for ProfileUdf {
                 if ns.is_null(row) || value.is_null(row) {
                     out.append_null();
                 } else {
-                    out.append_value(unstitched_id(self.spec.class, ns.value(row), value.value(row)));
+                    out.append_value(unstitched_id(
+                        self.spec.class,
+                        ns.value(row),
+                        value.value(row),
+                    ));
                 }
             }
             return Ok(ColumnarValue::Array(Arc::new(out.finish())));
@@ -246,9 +251,11 @@ impl ScalarUDFImpl for ProfileUdf {
                 (Some((_, p)), Mode::Graph) => {
                     out.append_value(lookup.map(|l| l.profile_id(p)).unwrap_or_default())
                 }
-                (Some(((_, idx, v), _)), Mode::Record) => {
-                    out.append_value(unstitched_id(self.spec.class, &self.spec.namespaces[idx].name, &v))
-                }
+                (Some(((_, idx, v), _)), Mode::Record) => out.append_value(unstitched_id(
+                    self.spec.class,
+                    &self.spec.namespaces[idx].name,
+                    &v,
+                )),
                 (Some(((_, _, v), _)), _) => out.append_value(v),
                 (None, _) => out.append_null(),
             }

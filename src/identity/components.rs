@@ -72,7 +72,11 @@ pub async fn components(
     for t in tables.iter().filter(|t| t.starts_with("__cc_")) {
         let _ = ctx.deregister_table(t.as_str());
     }
-    if let Ok(found) = store.list(Some(&scratch.path())).try_collect::<Vec<_>>().await {
+    if let Ok(found) = store
+        .list(Some(&scratch.path()))
+        .try_collect::<Vec<_>>()
+        .await
+    {
         for m in found {
             let _ = store.delete(&m.location).await;
         }
@@ -82,8 +86,8 @@ pub async fn components(
 
 fn edge_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
-        Field::new("src", DataType::UInt32, false),
-        Field::new("dst", DataType::UInt32, false),
+        Field::new("src", DataType::UInt32, true),
+        Field::new("dst", DataType::UInt32, true),
     ]))
 }
 
@@ -217,7 +221,12 @@ fn small_star(t: &str) -> String {
 }
 
 /// Run `sql`, write its result as Parquet under `scratch/<name>/`, and register it as `name`.
-async fn materialise(ctx: &SessionContext, sql: &str, scratch: &Location, name: &str) -> Result<()> {
+async fn materialise(
+    ctx: &SessionContext,
+    sql: &str,
+    scratch: &Location,
+    name: &str,
+) -> Result<()> {
     let dir = scratch.join(&format!("{name}/"));
     ctx.sql(sql)
         .await
@@ -288,9 +297,17 @@ mod tests {
         let got = components(&ctx, n, edges.iter().copied(), &scratch)
             .await
             .unwrap();
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("cc"))
-            .map(|d| d.collect())
-            .unwrap_or_default();
+        fn files(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    files(&e.path(), out);
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        let mut left = Vec::new();
+        files(&dir.path().join("cc"), &mut left);
         assert!(left.is_empty(), "scratch rounds are removed: {left:?}");
         got
     }
@@ -298,7 +315,16 @@ mod tests {
     #[tokio::test]
     async fn sql_rounds_label_each_component_with_its_smallest_node() {
         // Two chains written backwards, a cycle, a self loop and an isolated node.
-        let edges = [(5, 4), (4, 3), (3, 2), (9, 8), (8, 7), (7, 9), (6, 6), (2, 1)];
+        let edges = [
+            (5, 4),
+            (4, 3),
+            (3, 2),
+            (9, 8),
+            (8, 7),
+            (7, 9),
+            (6, 6),
+            (2, 1),
+        ];
         let got = run(11, &edges).await;
         assert_eq!(got.roots, vec![0, 1, 1, 1, 1, 1, 6, 7, 7, 7, 10]);
         assert!(got.rounds >= 2, "a chain needs more than one round");

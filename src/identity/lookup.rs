@@ -79,7 +79,9 @@ impl IdentityLookup {
                 .iter()
                 .position(|n| n.name == name)
                 .map(|i| i as u16)
-                .ok_or_else(|| Error::Internal(format!("identity outputs name unknown namespace {name}")))
+                .ok_or_else(|| {
+                    Error::Internal(format!("identity outputs name unknown namespace {name}"))
+                })
         };
         let class_of = |name: &str| match name {
             "prospect" => Class::Prospect,
@@ -89,9 +91,19 @@ impl IdentityLookup {
         let mut builder = super::graph::GraphBuilder::new(1, 1);
         let mut cols = Vec::with_capacity(map.len());
         for batch in &map {
-            let c = [str_col(batch, 0)?, str_col(batch, 1)?, str_col(batch, 2)?, str_col(batch, 3)?];
+            let c = [
+                str_col(batch, 0)?,
+                str_col(batch, 1)?,
+                str_col(batch, 2)?,
+                str_col(batch, 3)?,
+            ];
             for r in 0..batch.num_rows() {
-                builder.add_row(class_of(c[0].value(r)), 0, 0, [(ns_index(c[1].value(r))?, c[2].value(r))])?;
+                builder.add_row(
+                    class_of(c[0].value(r)),
+                    0,
+                    0,
+                    [(ns_index(c[1].value(r))?, c[2].value(r))],
+                )?;
             }
             cols.push(c);
         }
@@ -106,16 +118,28 @@ impl IdentityLookup {
                     profile_ids.push(pid.to_string());
                     (profile_ids.len() - 1) as u32
                 });
-                if let Some(id) = graph.get(class_of(c[0].value(r)), ns_index(c[1].value(r))?, c[2].value(r)) {
+                if let Some(id) = graph.get(
+                    class_of(c[0].value(r)),
+                    ns_index(c[1].value(r))?,
+                    c[2].value(r),
+                ) {
                     profile_of[id as usize] = number;
                 }
             }
         }
         let mut quarantined = vec![false; graph.len()];
         for batch in read("quarantined.parquet").await? {
-            let (class, ns, value) = (str_col(&batch, 0)?, str_col(&batch, 1)?, str_col(&batch, 2)?);
+            let (class, ns, value) = (
+                str_col(&batch, 0)?,
+                str_col(&batch, 1)?,
+                str_col(&batch, 2)?,
+            );
             for r in 0..batch.num_rows() {
-                if let Some(id) = graph.get(class_of(class.value(r)), ns_index(ns.value(r))?, value.value(r)) {
+                if let Some(id) = graph.get(
+                    class_of(class.value(r)),
+                    ns_index(ns.value(r))?,
+                    value.value(r),
+                ) {
                     quarantined[id as usize] = true;
                 }
             }
@@ -123,7 +147,13 @@ impl IdentityLookup {
         let phones = namespaces.iter().map(|_| PhoneCache::default()).collect();
         let mut graph = graph;
         graph.shrink();
-        Ok(IdentityLookup::new(graph, profile_of, quarantined, profile_ids, phones))
+        Ok(IdentityLookup::new(
+            graph,
+            profile_of,
+            quarantined,
+            profile_ids,
+            phones,
+        ))
     }
 }
 

@@ -244,8 +244,8 @@ pub(super) async fn finish(
                 .iter()
                 .filter(|l| l.status == graph::LinkStatus::Used)
                 .map(|l| (l.anchor, l.other));
-            let cc = super::components::components(ctx, n, used, &c.scratch.join("components"))
-                .await?;
+            let cc =
+                super::components::components(ctx, n, used, &c.scratch.join("components")).await?;
             rounds = Some(cc.rounds);
             Some(cc.roots)
         }

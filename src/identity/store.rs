@@ -52,7 +52,10 @@ pub fn read_parquet(bytes: Bytes, what: &str) -> Result<Vec<RecordBatch>> {
 }
 
 /// Batches as the bytes of one Parquet file (default properties).
-pub fn parquet_bytes(batches: &[RecordBatch], schema: &datafusion::arrow::datatypes::SchemaRef) -> Result<Bytes> {
+pub fn parquet_bytes(
+    batches: &[RecordBatch],
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> Result<Bytes> {
     let pq = |e: parquet::errors::ParquetError| Error::Internal(format!("writing Parquet: {e}"));
     let mut buf = Vec::new();
     let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), None).map_err(pq)?;

@@ -76,7 +76,8 @@ pub fn udaf(name: &str, slots: Vec<Slot>) -> AggregateUDF {
 /// `(name, slots)` of `f` when it is a winners aggregate: what a cluster
 /// executor needs to make it again ([`udaf`]).
 pub fn spec_of(f: &AggregateUDF) -> Option<(String, Vec<Slot>)> {
-    f.inner().downcast_ref::<Winners>()
+    f.inner()
+        .downcast_ref::<Winners>()
         .map(|w| (w.name.clone(), w.slots.clone()))
 }
 

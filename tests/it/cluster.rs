@@ -7,14 +7,23 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{audience, files_under, run_record, sample_copy};
+use crate::support::{audience, edit_config, files_under, sample_copy};
 
 const AS_OF: &str = "2025-07-01T00:00:00Z";
 
 /// Run the sample at the fixed as-of with run id `r1` and extra arguments.
 fn run_sample(dir: &Path, extra: &[&str]) {
     let project = dir.to_str().expect("utf-8");
-    let mut args = vec!["--quiet", "run", "--project", project, "--as-of", AS_OF, "--run-id", "r1"];
+    let mut args = vec![
+        "--quiet",
+        "run",
+        "--project",
+        project,
+        "--as-of",
+        AS_OF,
+        "--run-id",
+        "r1",
+    ];
     args.extend_from_slice(extra);
     let (code, out, err) = audience(&args);
     assert_eq!(code, 0, "run {extra:?} failed:\n{out}\n{err}");
@@ -24,7 +33,11 @@ fn run_sample(dir: &Path, extra: &[&str]) {
 fn exports(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let root = dir.join("out/exports");
     let files = files_under(&root);
-    assert!(files.iter().any(|f| f.ends_with("manifest.json")), "no exports under {}", root.display());
+    assert!(
+        files.iter().any(|f| f.ends_with("manifest.json")),
+        "no exports under {}",
+        root.display()
+    );
     files
         .into_iter()
         .map(|f| {
@@ -39,33 +52,59 @@ fn assert_same_exports(embedded: &Path, cluster: &Path) {
     let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
     assert_eq!(names(&a), names(&b), "the same files");
     for ((f, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x == y, "{f} differs between the embedded and the cluster run");
+        assert!(
+            x == y,
+            "{f} differs between the embedded and the cluster run"
+        );
     }
     // And the same profiles: identical identity maps.
-    let map = |d: &Path| std::fs::read(d.join("state/runs/r1/identity_map.parquet")).expect("identity map");
+    let map = |d: &Path| {
+        std::fs::read(d.join("state/runs/r1/identity_map.parquet")).expect("identity map")
+    };
     assert!(map(embedded) == map(cluster), "identity maps differ");
 }
 
-/// The components were found on the cluster, in some rounds.
-fn assert_rounds_recorded(dir: &Path) {
-    let record = run_record(dir, "r1");
-    let text = record.to_string();
+/// The rounds of connected components run on the cluster, from the graph health.
+fn component_rounds(dir: &Path) -> Option<u64> {
     let health: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("state/runs/r1/graph_health.json")).expect("graph health"),
     )
     .expect("health json");
-    let rounds = health["component_rounds"].as_u64().unwrap_or_else(|| panic!("no component_rounds in {health}\n{text}"));
-    assert!(rounds >= 1, "rounds: {rounds}");
-    eprintln!("connected components on the cluster: {rounds} rounds");
+    health["component_rounds"].as_u64()
+}
+
+/// Two copies of the sample; `plain` drops its unique namespace, so that the
+/// components are computed on the cluster rather than by the constrained stitch.
+fn two_samples(plain: bool) -> (tempfile::TempDir, tempfile::TempDir) {
+    let (a, b) = (sample_copy(), sample_copy());
+    if plain {
+        for d in [&a, &b] {
+            edit_config(d.path(), "unique = true", "unique = false");
+        }
+    }
+    (a, b)
 }
 
 #[test]
 fn cluster_in_process_exports_match_embedded() {
-    let (embedded, cluster) = (sample_copy(), sample_copy());
+    // As shipped: crm_id is unique, so the stitch is constrained (done by the client).
+    let (embedded, cluster) = two_samples(false);
     run_sample(embedded.path(), &[]);
     run_sample(cluster.path(), &["--engine", "ballista"]);
     assert_same_exports(embedded.path(), cluster.path());
-    assert_rounds_recorded(cluster.path());
+    assert_eq!(
+        component_rounds(cluster.path()),
+        None,
+        "constrained: no rounds"
+    );
+    // Plain stitching: the components come from SQL rounds on the cluster.
+    let (embedded, cluster) = two_samples(true);
+    run_sample(embedded.path(), &[]);
+    run_sample(cluster.path(), &["--engine", "ballista"]);
+    assert_same_exports(embedded.path(), cluster.path());
+    let rounds = component_rounds(cluster.path()).expect("rounds recorded");
+    assert!((2..=12).contains(&rounds), "{rounds} rounds");
+    eprintln!("connected components on the in-process cluster: {rounds} rounds");
 }
 
 /// A child process killed when dropped.
@@ -125,23 +164,37 @@ fn cluster_processes_on_loopback_export_like_embedded() {
         std::fs::create_dir_all(&work).expect("work dir");
         executors.push(spawn(
             &[
-                "cluster", "executor",
-                "--scheduler", &sched.to_string(),
-                "--port", &port.to_string(),
-                "--grpc-port", &grpc.to_string(),
-                "--concurrent-tasks", "2",
-                "--work-dir", work.to_str().expect("utf-8"),
+                "cluster",
+                "executor",
+                "--scheduler",
+                &sched.to_string(),
+                "--port",
+                &port.to_string(),
+                "--grpc-port",
+                &grpc.to_string(),
+                "--concurrent-tasks",
+                "2",
+                "--work-dir",
+                work.to_str().expect("utf-8"),
             ],
             &log,
         ));
-        wait_for(format!("127.0.0.1:{port}").parse().expect("addr"), "an executor", &log);
+        wait_for(
+            format!("127.0.0.1:{port}").parse().expect("addr"),
+            "an executor",
+            &log,
+        );
     }
-    let (embedded, cluster) = (sample_copy(), sample_copy());
+    let (embedded, cluster) = two_samples(true);
     run_sample(embedded.path(), &[]);
     let url = format!("df://{sched}");
-    run_sample(cluster.path(), &["--engine", "ballista", "--scheduler", &url]);
+    run_sample(
+        cluster.path(),
+        &["--engine", "ballista", "--scheduler", &url],
+    );
     assert_same_exports(embedded.path(), cluster.path());
-    assert_rounds_recorded(cluster.path());
+    let rounds = component_rounds(cluster.path()).expect("rounds recorded");
+    eprintln!("connected components on scheduler + 2 executor processes: {rounds} rounds");
 }
 
 #[test]
@@ -150,7 +203,16 @@ fn cluster_unreachable_scheduler_is_a_clear_error() {
     let project = dir.path().to_str().expect("utf-8");
     let url = format!("df://127.0.0.1:{}", free_port());
     let (code, _, err) = audience(&[
-        "--quiet", "run", "--project", project, "--as-of", AS_OF, "--engine", "ballista", "--scheduler", &url,
+        "--quiet",
+        "run",
+        "--project",
+        project,
+        "--as-of",
+        AS_OF,
+        "--engine",
+        "ballista",
+        "--scheduler",
+        &url,
     ]);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("127.0.0.1"), "names the scheduler: {err}");
