@@ -24,29 +24,32 @@ pub enum Role {
         external_host: Option<String>,
     },
     /// An executor: runs tasks for the scheduler; needs the same storage credentials as the client.
-    Executor {
-        /// The scheduler's address.
-        #[arg(long, default_value = "127.0.0.1:50050")]
-        scheduler: SocketAddr,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        bind: IpAddr,
-        /// Port of the Arrow Flight service (shuffle data).
-        #[arg(long, default_value_t = 50051)]
-        port: u16,
-        /// Port of the gRPC service (tasks).
-        #[arg(long, default_value_t = 50052)]
-        grpc_port: u16,
-        /// Tasks run at once (default: the number of cores).
-        #[arg(long)]
-        concurrent_tasks: Option<usize>,
-        /// Folder for shuffle files (default: a temporary folder).
-        #[arg(long)]
-        work_dir: Option<String>,
-        /// Memory for query execution, e.g. `8GiB`; beyond it sorts and aggregations spill to disk.
-        #[arg(long)]
-        memory_limit: Option<String>,
-    },
+    Executor(ExecutorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecutorArgs {
+    /// The scheduler's address.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    pub scheduler: SocketAddr,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// Port of the Arrow Flight service (shuffle data).
+    #[arg(long, default_value_t = 50051)]
+    pub port: u16,
+    /// Port of the gRPC service (tasks).
+    #[arg(long, default_value_t = 50052)]
+    pub grpc_port: u16,
+    /// Tasks run at once (default: the number of cores).
+    #[arg(long)]
+    pub concurrent_tasks: Option<usize>,
+    /// Folder for shuffle files (default: a temporary folder).
+    #[arg(long)]
+    pub work_dir: Option<String>,
+    /// Memory for query execution, e.g. `8GiB`; beyond it sorts and aggregations spill to disk.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
 }
 
 #[cfg(feature = "distributed")]
@@ -57,18 +60,10 @@ pub async fn run(args: Args) -> Result<i32> {
             bind,
             external_host,
         } => cluster::scheduler(bind, external_host).await?,
-        Role::Executor {
-            scheduler,
-            bind,
-            port,
-            grpc_port,
-            concurrent_tasks,
-            work_dir,
-            memory_limit,
-        } => {
-            let memory_limit = match memory_limit {
+        Role::Executor(a) => {
+            let memory_limit = match &a.memory_limit {
                 None => None,
-                Some(m) => Some(crate::config::parse_size(&m).ok_or_else(|| {
+                Some(m) => Some(crate::config::parse_size(m).ok_or_else(|| {
                     let mut p = crate::error::Problems::default();
                     p.push(
                         "command line",
@@ -78,15 +73,16 @@ pub async fn run(args: Args) -> Result<i32> {
                     crate::error::Error::Config(p)
                 })?),
             };
-            let concurrent_tasks = concurrent_tasks
+            let concurrent_tasks = a
+                .concurrent_tasks
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             cluster::executor(cluster::ExecutorOptions {
-                scheduler,
-                bind,
-                port,
-                grpc_port,
+                scheduler: a.scheduler,
+                bind: a.bind,
+                port: a.port,
+                grpc_port: a.grpc_port,
                 concurrent_tasks,
-                work_dir,
+                work_dir: a.work_dir,
                 memory_limit,
             })
             .await?

@@ -11,8 +11,9 @@ use crate::support::{audience, edit_config, files_under, sample_copy};
 
 const AS_OF: &str = "2025-07-01T00:00:00Z";
 
-/// Run the sample at the fixed as-of with run id `r1` and extra arguments.
-fn run_sample(dir: &Path, extra: &[&str]) {
+/// Run the sample at the fixed as-of with run id `r1` and extra arguments:
+/// (exit code, stdout, stderr).
+fn try_run_sample(dir: &Path, extra: &[&str]) -> (i32, String, String) {
     let project = dir.to_str().expect("utf-8");
     let mut args = vec![
         "--quiet",
@@ -25,7 +26,11 @@ fn run_sample(dir: &Path, extra: &[&str]) {
         "r1",
     ];
     args.extend_from_slice(extra);
-    let (code, out, err) = audience(&args);
+    audience(&args)
+}
+
+fn run_sample(dir: &Path, extra: &[&str]) {
+    let (code, out, err) = try_run_sample(dir, extra);
     assert_eq!(code, 0, "run {extra:?} failed:\n{out}\n{err}");
 }
 
@@ -200,23 +205,11 @@ fn cluster_processes_on_loopback_export_like_embedded() {
 #[test]
 fn cluster_unreachable_scheduler_is_a_clear_error() {
     let dir = sample_copy();
-    let project = dir.path().to_str().expect("utf-8");
     let url = format!("df://127.0.0.1:{}", free_port());
-    let (code, _, err) = audience(&[
-        "--quiet",
-        "run",
-        "--project",
-        project,
-        "--as-of",
-        AS_OF,
-        "--engine",
-        "ballista",
-        "--scheduler",
-        &url,
-    ]);
-    assert_ne!(code, 0, "{err}");
+    let (code, _, err) = try_run_sample(dir.path(), &["--engine", "ballista", "--scheduler", &url]);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("127.0.0.1"), "names the scheduler: {err}");
-    let (code, _, err) = audience(&["--quiet", "run", "--project", project, "--engine", "spark"]);
+    let (code, _, err) = try_run_sample(dir.path(), &["--engine", "spark"]);
     assert_eq!(code, 2);
     assert!(err.contains("unknown engine mode `spark`"), "{err}");
 }

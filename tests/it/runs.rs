@@ -521,7 +521,7 @@ fn runs_segment_subset_exports_only_it() {
         args.extend_from_slice(extra);
         let (code, _, err) = audience(&args);
         assert_eq!(code, 0, "{err}");
-        crate::support::run_record(dir.path(), &id)
+        crate::support::run_record(dir.path(), id)
     };
     run("base", "2025-05-01T00:00:00Z", &[]);
     let sub = run("sub", "2025-07-01T00:00:00Z", &["--segment", "high_value"]);
