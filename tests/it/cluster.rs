@@ -213,3 +213,34 @@ fn cluster_unreachable_scheduler_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("unknown engine mode `spark`"), "{err}");
 }
+
+#[test]
+fn cluster_sessions_keep_the_memory_limit_in_both_engines() {
+    use audience::config::{EngineMode, Project};
+    use datafusion::execution::memory_pool::MemoryLimit;
+    let dir = sample_copy();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for mode in [
+        EngineMode::Embedded,
+        EngineMode::Ballista { scheduler: None },
+    ] {
+        let mut project = Project::load(dir.path()).expect("sample");
+        project.engine.memory_limit = Some(64 << 20);
+        project.engine.mode = mode.clone();
+        let ctx = rt
+            .block_on(audience::engine::session(&project, crate::support::as_of()))
+            .expect("session");
+        // The in-process cluster's executor runs tasks on this same runtime.
+        assert!(
+            matches!(ctx.runtime_env().memory_pool.memory_limit(), MemoryLimit::Finite(n) if n == 64 << 20),
+            "{mode:?}: the memory limit bounds query execution (beyond it, sorts and aggregations spill)"
+        );
+        assert_eq!(
+            audience::engine::cluster(&ctx).is_some(),
+            mode != EngineMode::Embedded
+        );
+    }
+}
