@@ -12,7 +12,9 @@
 //! * formats: `csv`, `csv_gzip` (multi-member gzip compressed in parallel),
 //!   `parquet_zstd`, `parquet_snappy`;
 //! * targets: `local` (a folder under `benches/data/out`), and `s3` when
-//!   `AUDIENCE_TEST_S3_URL` is set (run under `scripts/emulators.sh`: moto on loopback).
+//!   `AUDIENCE_TEST_S3_URL` is set (run under `scripts/emulators.sh`: moto on loopback),
+//!   with `s3-upload`: the same file encoded beforehand, only its upload timed
+//!   (what the store takes in on this machine: the ceiling of the `s3` case).
 //!
 //! `benches/compare_export.py` runs DuckDB `COPY` and pyarrow on the same file.
 //! Scales: `AUDIENCE_BENCH_ROWS=1000000,10000000` (default `1000000`).
@@ -225,7 +227,7 @@ fn child(path: &Path, variant: &str) {
             std::fs::create_dir_all(&dir).expect("mkdir");
             format!("file://{}", dir.display())
         }
-        "s3" => std::env::var("AUDIENCE_TEST_S3_URL").expect("AUDIENCE_TEST_S3_URL"),
+        "s3" | "s3-upload" => std::env::var("AUDIENCE_TEST_S3_URL").expect("AUDIENCE_TEST_S3_URL"),
         other => panic!("unknown target {other}"),
     };
     let d = destination(format, &format!("{base}/bench"));
@@ -234,6 +236,17 @@ fn child(path: &Path, variant: &str) {
         .enable_all()
         .build()
         .expect("rt");
+    // `s3-upload`: the file is encoded first (not timed) and only its upload
+    // is timed: the store's own ceiling on this machine.
+    let encoded: Option<Arc<Vec<bytes::Bytes>>> = (target == "s3-upload").then(|| {
+        let mut chunks = Vec::new();
+        encode::encode_into(&d, None, &schema, &batches, threads, &mut |b| {
+            chunks.push(b);
+            Ok(())
+        })
+        .expect("encode");
+        Arc::new(chunks)
+    });
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let loc = d
@@ -246,8 +259,14 @@ fn child(path: &Path, variant: &str) {
         .block_on(publish::write_file(
             store.as_ref(),
             &loc,
-            Arc::new(move |sink: &mut encode::Sink<'_>| {
-                encode::encode_into(&dest, None, &schema, &batches, threads, sink)
+            Arc::new(move |sink: &mut encode::Sink<'_>| match &encoded {
+                Some(chunks) => {
+                    for c in chunks.iter() {
+                        sink(c.clone())?;
+                    }
+                    Ok(rows as u64)
+                }
+                None => encode::encode_into(&dest, None, &schema, &batches, threads, sink),
             }),
             publish::RetryPolicy::default(),
             &mut retried,
@@ -282,7 +301,7 @@ fn main() {
     let filter = common::filter();
     let mut targets = vec!["local"];
     if std::env::var("AUDIENCE_TEST_S3_URL").is_ok() {
-        targets.push("s3");
+        targets.extend(["s3", "s3-upload"]);
     } else {
         eprintln!(
             "AUDIENCE_TEST_S3_URL not set: local target only (run under scripts/emulators.sh for S3)"

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
@@ -205,8 +205,7 @@ pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>> {
                 .clone()
         }
         "s3" => Arc::new(
-            AmazonS3Builder::from_env()
-                .with_url(url.as_str())
+            s3_builder(url.as_str())
                 .build()
                 .map_err(Error::storage(&base))?,
         ),
@@ -231,6 +230,27 @@ pub fn store_for(url: &Url) -> Result<Arc<dyn ObjectStore>> {
     Ok(store)
 }
 
+/// The S3 client for `url`, configured from the environment. Like the AWS CLI,
+/// bodies sent over HTTPS are not hashed a second time for the request
+/// signature (TLS protects them, and each export file's SHA-256 is in its
+/// manifest); over plain HTTP (emulators) they are. `AWS_UNSIGNED_PAYLOAD`
+/// decides when it is set.
+fn s3_builder(url: &str) -> AmazonS3Builder {
+    let b = AmazonS3Builder::from_env().with_url(url);
+    if std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_some() {
+        b
+    } else {
+        unsigned_over_https(b)
+    }
+}
+
+fn unsigned_over_https(b: AmazonS3Builder) -> AmazonS3Builder {
+    let https = b
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .is_none_or(|e| e.starts_with("https://"));
+    b.with_unsigned_payload(https)
+}
+
 /// Write `bytes` to `loc` through `store`, naming the location on failure.
 ///
 /// # Errors
@@ -247,6 +267,22 @@ pub async fn put(store: &dyn ObjectStore, loc: &Location, bytes: bytes::Bytes) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_bodies_are_signed_only_over_plain_http() {
+        let unsigned = |b: AmazonS3Builder| {
+            unsigned_over_https(b).get_config_value(&AmazonS3ConfigKey::UnsignedPayload)
+        };
+        assert_eq!(unsigned(AmazonS3Builder::new()).as_deref(), Some("true"));
+        assert_eq!(
+            unsigned(AmazonS3Builder::new().with_endpoint("https://s3.example.net")).as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            unsigned(AmazonS3Builder::new().with_endpoint("http://127.0.0.1:9000")).as_deref(),
+            Some("false")
+        );
+    }
 
     #[test]
     fn storage_locations_resolve() {

@@ -15,6 +15,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use flate2::Compression as GzLevel;
 use flate2::write::GzEncoder;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, compute_leaves};
 use parquet::basic::{Compression as PqCompression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -85,19 +86,103 @@ pub fn encode_into(
         (Format::Json, _) => chunked(batches, threads, gzip, sink, |_, rows, out| {
             json_chunk(rows, out)
         })?,
-        (Format::Parquet, _) => parquet_file(d.compression, schema, batches, sink)?,
+        (Format::Parquet, _) => {
+            parquet_file(
+                d.compression,
+                schema,
+                batches,
+                threads,
+                ROW_GROUP_ROWS,
+                sink,
+            )?;
+        }
     }
     Ok(rows)
 }
 
-/// Encoded chunks waiting for their turn, and how many were handed on.
-struct Slots {
-    done: Vec<Option<Result<Bytes>>>,
+/// Results waiting for their turn, and how many were handed on.
+struct Slots<T> {
+    done: Vec<Option<Result<T>>>,
     emitted: usize,
 }
 
-/// Encode chunks on `threads` threads (and gzip each when asked); this thread
-/// hands them to `sink` in order. Workers stay at most a few chunks ahead.
+/// Run `work(0..n)` on `threads` threads, which take the next index as they
+/// finish one and stay at most `window` ahead of the emitter; this thread hands
+/// the results to `emit` in index order as soon as each is ready. The first
+/// error (of `work` or `emit`) stops the rest and is returned.
+fn in_order<T: Send>(
+    n: usize,
+    threads: usize,
+    window: usize,
+    work: impl Fn(usize) -> Result<T> + Sync,
+    mut emit: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    let threads = threads.clamp(1, n.max(1));
+    let next = AtomicUsize::new(0);
+    let state = Mutex::new(Slots {
+        done: (0..n).map(|_| None).collect(),
+        emitted: 0,
+    });
+    let ready = Condvar::new();
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let worker = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            // Wait until the item is within the window of the emitter.
+            {
+                let Ok(mut st) = state.lock() else { return };
+                while i >= st.emitted + window && !failed.load(Ordering::Relaxed) {
+                    let Ok(s) = ready.wait(st) else { return };
+                    st = s;
+                }
+            }
+            if failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let r = work(i);
+            if let Ok(mut st) = state.lock() {
+                st.done[i] = Some(r);
+            }
+            ready.notify_all();
+        }
+    };
+    let poisoned = || Error::Internal("encoder thread panicked".into());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(worker);
+        }
+        let result = (|| {
+            for i in 0..n {
+                let item = {
+                    let mut st = state.lock().map_err(|_| poisoned())?;
+                    loop {
+                        if let Some(c) = st.done[i].take() {
+                            st.emitted = i + 1;
+                            break c;
+                        }
+                        st = ready.wait(st).map_err(|_| poisoned())?;
+                    }
+                };
+                ready.notify_all();
+                emit(item?)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Let waiting workers finish; nothing more is handed on.
+            failed.store(true, Ordering::Relaxed);
+            next.store(n, Ordering::Relaxed);
+            ready.notify_all();
+        }
+        result
+    })
+}
+
+/// Encode chunks of rows on `threads` threads (and gzip each when asked); this
+/// thread hands them to `sink` in order. Workers stay at most a few chunks ahead.
 fn chunked(
     batches: &[RecordBatch],
     threads: usize,
@@ -106,78 +191,21 @@ fn chunked(
     encode: impl Fn(usize, &[RecordBatch], &mut Vec<u8>) -> Result<()> + Sync,
 ) -> Result<()> {
     let chunks = groups(batches, CHUNK_ROWS);
-    let threads = threads.clamp(1, chunks.len().max(1));
-    let window = threads * 4;
-    let next = AtomicUsize::new(0);
-    let state = Mutex::new(Slots {
-        done: (0..chunks.len()).map(|_| None).collect(),
-        emitted: 0,
-    });
-    let ready = Condvar::new();
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let work = || {
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(rows) = chunks.get(i) else { break };
-            // Wait until the chunk is within the window of the emitter.
-            {
-                let Ok(mut st) = state.lock() else { return };
-                while i >= st.emitted + window && !failed.load(Ordering::Relaxed) {
-                    let Ok(s) = ready.wait(st) else { return };
-                    st = s;
-                }
-            }
-            let r = (|| {
-                let mut buf = Vec::new();
-                encode(i, rows, &mut buf)?;
-                if gzip {
-                    let mut gz = GzEncoder::new(Vec::with_capacity(buf.len() / 3), GzLevel::new(6));
-                    gz.write_all(&buf)
-                        .map_err(|e| Error::Internal(format!("gzip: {e}")))?;
-                    buf = gz
-                        .finish()
-                        .map_err(|e| Error::Internal(format!("gzip: {e}")))?;
-                }
-                Ok(Bytes::from(buf))
-            })();
-            if let Ok(mut st) = state.lock() {
-                st.done[i] = Some(r);
-            }
-            ready.notify_all();
+    let encode_chunk = |i: usize| {
+        let mut buf = Vec::new();
+        encode(i, &chunks[i], &mut buf)?;
+        if gzip {
+            let mut gz = GzEncoder::new(Vec::with_capacity(buf.len() / 3), GzLevel::new(6));
+            gz.write_all(&buf)
+                .map_err(|e| Error::Internal(format!("gzip: {e}")))?;
+            buf = gz
+                .finish()
+                .map_err(|e| Error::Internal(format!("gzip: {e}")))?;
         }
+        Ok(Bytes::from(buf))
     };
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(work);
-        }
-        let result = (|| {
-            for i in 0..chunks.len() {
-                let chunk = {
-                    let mut st = state
-                        .lock()
-                        .map_err(|_| Error::Internal("encoder thread panicked".into()))?;
-                    loop {
-                        if let Some(c) = st.done[i].take() {
-                            st.emitted = i + 1;
-                            break c;
-                        }
-                        st = ready
-                            .wait(st)
-                            .map_err(|_| Error::Internal("encoder thread panicked".into()))?;
-                    }
-                };
-                ready.notify_all();
-                sink(chunk?)?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            // Let waiting workers finish; nothing more is handed on.
-            failed.store(true, Ordering::Relaxed);
-            next.store(chunks.len(), Ordering::Relaxed);
-            ready.notify_all();
-        }
-        result
+    in_order(chunks.len(), threads, threads * 4, encode_chunk, |b| {
+        sink(b)
     })
 }
 
@@ -248,10 +276,19 @@ impl Write for SinkWriter<'_, '_> {
     }
 }
 
+/// Rows per Parquet row group (as pyarrow); each is handed on when complete.
+const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Encode a Parquet file row group by row group; within a row group the
+/// columns are encoded on `threads` threads (each column chunk on its own, so
+/// the bytes do not depend on the thread count) and appended in order, so
+/// that a file's bytes flow to the upload column by column.
 fn parquet_file(
     c: Compression,
     schema: &SchemaRef,
     batches: &[RecordBatch],
+    threads: usize,
+    row_group_rows: usize,
     sink: &mut Sink<'_>,
 ) -> Result<()> {
     let codec = match c {
@@ -263,8 +300,7 @@ fn parquet_file(
     };
     let props = WriterProperties::builder()
         .set_compression(codec)
-        // Row groups of 1Mi rows (as pyarrow): each is handed on when complete.
-        .set_max_row_group_row_count(Some(1 << 20))
+        .set_max_row_group_row_count(Some(row_group_rows))
         .set_created_by(format!("audience {}", crate::VERSION))
         .build();
     let pq = |e: parquet::errors::ParquetError| Error::Internal(format!("Parquet encoding: {e}"));
@@ -273,11 +309,47 @@ fn parquet_file(
         sink,
     };
     {
-        let mut w = ArrowWriter::try_new(&mut out, schema.clone(), Some(props)).map_err(pq)?;
-        for b in batches {
-            w.write(b).map_err(pq)?;
+        let (mut file, factory) = ArrowWriter::try_new(&mut out, schema.clone(), Some(props))
+            .and_then(ArrowWriter::into_serialized_writer)
+            .map_err(pq)?;
+        let row_groups = groups(batches, row_group_rows);
+        for (index, rows) in row_groups.iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let writers = factory.create_column_writers(index).map_err(pq)?;
+            // One leaf per field for the flat schemas exports write.
+            if writers.len() != schema.fields().len() {
+                return Err(Error::Internal("nested columns in a Parquet export".into()));
+            }
+            let writers: Vec<Mutex<Option<ArrowColumnWriter>>> =
+                writers.into_iter().map(|w| Mutex::new(Some(w))).collect();
+            let encode_column = |i: usize| -> Result<ArrowColumnChunk> {
+                let mut w = writers[i]
+                    .lock()
+                    .ok()
+                    .and_then(|mut w| w.take())
+                    .ok_or_else(|| Error::Internal("column writer taken twice".into()))?;
+                for b in rows {
+                    for leaf in compute_leaves(schema.field(i), b.column(i)).map_err(pq)? {
+                        w.write(&leaf).map_err(pq)?;
+                    }
+                }
+                w.close().map_err(pq)
+            };
+            // Column chunks are appended (and their bytes handed on) in order
+            // as they are ready, while later columns are still being encoded.
+            let mut group = file.next_row_group().map_err(pq)?;
+            in_order(
+                writers.len(),
+                threads,
+                writers.len(),
+                encode_column,
+                |chunk| chunk.append_to_row_group(&mut group).map_err(pq),
+            )?;
+            group.close().map_err(pq)?;
         }
-        w.close().map_err(pq)?;
+        file.close().map_err(pq)?;
     }
     if !out.buf.is_empty() {
         out.hand_on()
@@ -310,4 +382,137 @@ fn microsoft_bulk(list_id: i64, batches: &[RecordBatch]) -> Result<Bytes> {
         }
     }
     Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::sync::Arc;
+
+    fn batches() -> (SchemaRef, Vec<RecordBatch>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+            Field::new("city", DataType::Utf8, true),
+        ]));
+        let batch = |from: i64, rows: i64| {
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(
+                    (from..from + rows).map(|i| format!("p{i:06}")),
+                )),
+                Arc::new(Int64Array::from_iter(
+                    (from..from + rows).map(|i| (i % 7 != 0).then_some(i * 3)),
+                )),
+                Arc::new(StringArray::from_iter(
+                    (from..from + rows).map(|i| (i % 5 != 0).then(|| format!("city {}", i % 13))),
+                )),
+            ];
+            RecordBatch::try_new(schema.clone(), cols).expect("batch")
+        };
+        (
+            schema.clone(),
+            vec![batch(0, 700), batch(700, 1100), batch(1800, 700)],
+        )
+    }
+
+    fn encode_parquet(threads: usize) -> Vec<u8> {
+        let (schema, b) = batches();
+        let mut out = Vec::new();
+        parquet_file(
+            Compression::Zstd,
+            &schema,
+            &b,
+            threads,
+            1000,
+            &mut |c: Bytes| {
+                out.extend_from_slice(&c);
+                Ok(())
+            },
+        )
+        .expect("encode");
+        out
+    }
+
+    #[test]
+    fn parquet_columns_encoded_in_parallel_read_back_row_group_by_row_group() {
+        let one = encode_parquet(1);
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                encode_parquet(threads),
+                one,
+                "{threads} threads: same bytes"
+            );
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(one)).expect("parquet");
+        assert_eq!(reader.metadata().num_row_groups(), 3, "2,500 rows by 1,000");
+        let read: Vec<RecordBatch> = reader
+            .build()
+            .expect("reader")
+            .map(|b| b.expect("batch"))
+            .collect();
+        let (schema, expected) = batches();
+        let got = datafusion::arrow::compute::concat_batches(&schema, &read).expect("concat");
+        let want = datafusion::arrow::compute::concat_batches(&schema, &expected).expect("concat");
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn parquet_of_no_rows_is_a_valid_empty_file() {
+        let (schema, _) = batches();
+        let mut out = Vec::new();
+        parquet_file(
+            Compression::Snappy,
+            &schema,
+            &[],
+            2,
+            1000,
+            &mut |c: Bytes| {
+                out.extend_from_slice(&c);
+                Ok(())
+            },
+        )
+        .expect("encode");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(out)).expect("parquet");
+        assert_eq!(reader.metadata().num_row_groups(), 0);
+        assert_eq!(reader.schema().fields().len(), 3);
+    }
+
+    #[test]
+    fn in_order_hands_results_on_in_order_and_stops_at_the_first_error() {
+        let mut seen = Vec::new();
+        in_order(
+            50,
+            4,
+            3,
+            |i| Ok(i * 2),
+            |v| {
+                seen.push(v);
+                Ok(())
+            },
+        )
+        .expect("all");
+        assert_eq!(seen, (0..50).map(|i| i * 2).collect::<Vec<_>>());
+        let mut seen = Vec::new();
+        let r = in_order(
+            50,
+            4,
+            3,
+            |i| {
+                if i == 7 {
+                    Err(Error::Internal("seven".into()))
+                } else {
+                    Ok(i)
+                }
+            },
+            |v| {
+                seen.push(v);
+                Ok(())
+            },
+        );
+        assert!(matches!(r, Err(Error::Internal(m)) if m == "seven"));
+        assert_eq!(seen, (0..7).collect::<Vec<_>>());
+    }
 }
