@@ -206,7 +206,7 @@ where
             feats.insert(m.id.clone(), run_feature(ctx, m).await?);
             *runs.entry(policy.clone()).or_default() += 1;
         }
-        for (id, members) in run_segments(ctx, segs).await? {
+        for (id, members) in run_segments(ctx, segs, &g.profiles).await? {
             let schema = Arc::new(Schema::new(vec![Field::new(
                 "profile_id",
                 DataType::Utf8,
@@ -276,13 +276,20 @@ async fn run_feature(ctx: &SessionContext, m: &SqlModel) -> Result<Batches> {
 
 /// Members of several segments of one policy, in one query: sorted, distinct
 /// profile ids that are profiles of the active policy, by segment id.
+///
+/// The segments' rows stream through once: each member is looked up among
+/// `profiles` (sorted by `profile_id`, as the merge stage leaves them) and
+/// marked in the segment's bitmap over the profiles; reading the bitmaps in
+/// order gives each segment's members sorted and distinct, with no join,
+/// `DISTINCT` or sort of the (segment, member) rows.
 async fn run_segments(
     ctx: &SessionContext,
     segs: &[&SqlModel],
+    profiles: &Batches,
 ) -> Result<BTreeMap<String, Vec<String>>> {
-    use datafusion::logical_expr::{JoinType, cast, col, lit};
+    use datafusion::logical_expr::{cast, col, lit};
     let mut union: Option<datafusion::prelude::DataFrame> = None;
-    for seg in segs {
+    for (index, seg) in segs.iter().enumerate() {
         let df = ctx
             .sql_with_options(&seg.sql, read_only())
             .await
@@ -305,7 +312,7 @@ async fn run_segments(
         }
         let tagged = df
             .select(vec![
-                lit(seg.id.as_str()).alias("__segment"),
+                lit(index as u32).alias("__segment"),
                 cast(col("profile_id"), DataType::Utf8).alias("__member"),
             ])
             .map_err(|e| sql_error(seg, e))?;
@@ -325,47 +332,131 @@ async fn run_segments(
         line: None,
         message: e.to_string(),
     };
-    let profiles = ctx
-        .table("profiles")
-        .await
-        .and_then(|p| p.select(vec![col("profile_id").alias("__profile")]))
-        .map_err(together)?;
-    // Distinct and sorted by the engine: members arrive in order, once each.
-    let batches = union
-        .join(
-            profiles,
-            JoinType::LeftSemi,
-            &["__member"],
-            &["__profile"],
-            None,
-        )
-        .and_then(|d| d.distinct())
-        .and_then(|d| {
-            d.sort(vec![
-                col("__segment").sort(true, false),
-                col("__member").sort(true, false),
-            ])
+    let id_arrays = profiles
+        .1
+        .iter()
+        .map(|b| {
+            b.column_by_name("profile_id")
+                .ok_or_else(|| Error::Internal("profiles without profile_id".into()))
+                .and_then(crate::identity::to_strings)
         })
-        .map_err(together)?
-        .collect()
-        .await
-        .map_err(together)?;
-    for b in &batches {
-        let seg = crate::identity::to_strings(b.column(0))?;
+        .collect::<Result<Vec<_>>>()?;
+    let ids = ProfileIndex::new(&id_arrays);
+    let mut marked: Vec<Bitmap> = segs.iter().map(|_| Bitmap::new(ids.len())).collect();
+    let mut stream = union.execute_stream().await.map_err(together)?;
+    while let Some(b) = futures::StreamExt::next(&mut stream).await {
+        let b = b.map_err(together)?;
+        let seg = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::UInt32Array>()
+            .ok_or_else(|| Error::Internal("segment tag is not UInt32".into()))?;
         let member = crate::identity::to_strings(b.column(1))?;
-        let mut current: Option<(&str, &mut Vec<String>)> = None;
         for i in 0..b.num_rows() {
             if seg.is_null(i) || member.is_null(i) {
                 continue;
             }
-            let s = seg.value(i);
-            if current.as_ref().is_none_or(|(c, _)| *c != s) {
-                current = out.get_mut(s).map(|v| (s, v));
-            }
-            if let Some((_, v)) = current.as_mut() {
-                v.push(member.value(i).to_string());
+            if let (Some(bits), Some(row)) = (
+                marked.get_mut(seg.value(i) as usize),
+                ids.position(member.value(i)),
+            ) {
+                bits.set(row);
             }
         }
     }
+    for (seg, bits) in segs.iter().zip(&marked) {
+        if let Some(v) = out.get_mut(&seg.id) {
+            v.extend(bits.ones().map(|row| ids.id(row).to_string()));
+        }
+    }
     Ok(out)
+}
+
+/// The profile ids of a policy in sorted order, with each one's position.
+struct ProfileIndex<'a> {
+    sorted: Vec<&'a str>,
+    position: hashbrown::HashMap<&'a str, u32>,
+}
+
+impl<'a> ProfileIndex<'a> {
+    fn new(arrays: &'a [StringArray]) -> Self {
+        let mut sorted: Vec<&'a str> = arrays.iter().flat_map(|c| c.iter().flatten()).collect();
+        if !sorted.is_sorted_by(|a, b| a < b) {
+            sorted.sort_unstable();
+            sorted.dedup();
+        }
+        let position = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (*p, i as u32))
+            .collect();
+        ProfileIndex { sorted, position }
+    }
+    fn len(&self) -> usize {
+        self.sorted.len()
+    }
+    fn position(&self, id: &str) -> Option<usize> {
+        self.position.get(id).map(|&i| i as usize)
+    }
+    fn id(&self, row: usize) -> &'a str {
+        self.sorted[row]
+    }
+}
+
+/// One bit per profile.
+struct Bitmap(Vec<u64>);
+
+impl Bitmap {
+    fn new(bits: usize) -> Self {
+        Bitmap(vec![0; bits.div_ceil(64)])
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    /// The set bits, in increasing order.
+    fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let b = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    w * 64 + b
+                })
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_bitmap_gives_set_positions_in_order_once() {
+        let mut b = Bitmap::new(200);
+        for i in [130, 0, 63, 64, 199, 63, 5] {
+            b.set(i);
+        }
+        assert_eq!(b.ones().collect::<Vec<_>>(), vec![0, 5, 63, 64, 130, 199]);
+        assert_eq!(Bitmap::new(0).ones().count(), 0);
+    }
+
+    #[test]
+    fn segment_profile_index_sorts_what_is_not_sorted() {
+        let arrays = vec![
+            StringArray::from(vec![Some("p3"), None, Some("p1")]),
+            StringArray::from(vec!["p2", "p1"]),
+        ];
+        let ix = ProfileIndex::new(&arrays);
+        assert_eq!(ix.len(), 3);
+        assert_eq!(
+            (0..3).map(|r| ix.id(r)).collect::<Vec<_>>(),
+            vec!["p1", "p2", "p3"]
+        );
+        assert_eq!(ix.position("p2"), Some(1));
+        assert_eq!(ix.position("p9"), None);
+        let sorted = vec![StringArray::from(vec!["a", "b", "c"])];
+        assert_eq!(ProfileIndex::new(&sorted).position("c"), Some(2));
+    }
 }
