@@ -118,9 +118,10 @@ fn sql_error(m: &SqlModel, e: impl std::fmt::Display) -> Error {
 /// deepest segment it reads (0 when it reads none). The segments of one layer
 /// and merge policy run as **one query**: each is planned on its own (so a
 /// planning error names its file), then all are combined with `UNION ALL`,
-/// tagged with their id, semi-joined once with the policy's `profiles`, and
-/// executed together, so shared scans and the membership output happen in one
-/// pass instead of one query per segment. Features are evaluated once per
+/// tagged with their index, and executed together; the rows are marked in one
+/// bitmap per segment over the policy's sorted `profiles` as they stream, so
+/// shared scans and the membership output happen in one pass instead of one
+/// query per segment. Features are evaluated once per
 /// policy, before the first layer that needs them.
 ///
 /// `group` builds the relations of a (class, policy) pair on first use; the
@@ -332,36 +333,39 @@ async fn run_segments(
         line: None,
         message: e.to_string(),
     };
-    let id_arrays = profiles
-        .1
-        .iter()
-        .map(|b| {
-            b.column_by_name("profile_id")
-                .ok_or_else(|| Error::Internal("profiles without profile_id".into()))
-                .and_then(crate::identity::to_strings)
+    let ids = Arc::new(ProfileIndex::new(&profiles.1)?);
+    // Output partitions are shared out among as many workers as the session
+    // has partitions, each marking its own bitmaps; the bitmaps are then joined.
+    let streams = union.execute_stream_partitioned().await.map_err(together)?;
+    let workers = ctx
+        .copied_config()
+        .target_partitions()
+        .clamp(1, streams.len().max(1));
+    let queue = Arc::new(std::sync::Mutex::new(streams));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (ids, queue, n) = (ids.clone(), queue.clone(), segs.len());
+            tokio::spawn(async move {
+                let mut marked: Vec<Bitmap> = (0..n).map(|_| Bitmap::new(ids.len())).collect();
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop());
+                    let Some(mut stream) = next else { break };
+                    while let Some(b) = futures::StreamExt::next(&mut stream).await {
+                        mark(&b?, &ids, &mut marked)?;
+                    }
+                }
+                Ok::<_, datafusion::error::DataFusionError>(marked)
+            })
         })
-        .collect::<Result<Vec<_>>>()?;
-    let ids = ProfileIndex::new(&id_arrays);
+        .collect();
     let mut marked: Vec<Bitmap> = segs.iter().map(|_| Bitmap::new(ids.len())).collect();
-    let mut stream = union.execute_stream().await.map_err(together)?;
-    while let Some(b) = futures::StreamExt::next(&mut stream).await {
-        let b = b.map_err(together)?;
-        let seg = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::UInt32Array>()
-            .ok_or_else(|| Error::Internal("segment tag is not UInt32".into()))?;
-        let member = crate::identity::to_strings(b.column(1))?;
-        for i in 0..b.num_rows() {
-            if seg.is_null(i) || member.is_null(i) {
-                continue;
-            }
-            if let (Some(bits), Some(row)) = (
-                marked.get_mut(seg.value(i) as usize),
-                ids.position(member.value(i)),
-            ) {
-                bits.set(row);
-            }
+    for t in tasks {
+        let part = t
+            .await
+            .map_err(|e| Error::Internal(format!("segment worker: {e}")))?
+            .map_err(together)?;
+        for (all, p) in marked.iter_mut().zip(&part) {
+            all.or(p);
         }
     }
     for (seg, bits) in segs.iter().zip(&marked) {
@@ -372,34 +376,91 @@ async fn run_segments(
     Ok(out)
 }
 
-/// The profile ids of a policy in sorted order, with each one's position.
-struct ProfileIndex<'a> {
-    sorted: Vec<&'a str>,
-    position: hashbrown::HashMap<&'a str, u32>,
+/// Mark each row's member (column 1) in the bitmap of its segment (column 0),
+/// when the member is a profile.
+fn mark(
+    b: &RecordBatch,
+    ids: &ProfileIndex,
+    marked: &mut [Bitmap],
+) -> datafusion::error::Result<()> {
+    let seg = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::UInt32Array>()
+        .ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("segment tag is not UInt32".into())
+        })?;
+    let member = b
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("member is not Utf8".into()))?;
+    for i in 0..b.num_rows() {
+        if seg.is_null(i) || member.is_null(i) {
+            continue;
+        }
+        if let (Some(bits), Some(row)) = (
+            marked.get_mut(seg.value(i) as usize),
+            ids.position(member.value(i)),
+        ) {
+            bits.set(row);
+        }
+    }
+    Ok(())
 }
 
-impl<'a> ProfileIndex<'a> {
-    fn new(arrays: &'a [StringArray]) -> Self {
-        let mut sorted: Vec<&'a str> = arrays.iter().flat_map(|c| c.iter().flatten()).collect();
+/// The profile ids of a policy, sorted and distinct, with a hash table from
+/// an id to its position.
+struct ProfileIndex {
+    ids: StringArray,
+    table: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl ProfileIndex {
+    fn new(batches: &[RecordBatch]) -> Result<Self> {
+        let arrays = batches
+            .iter()
+            .map(|b| {
+                b.column_by_name("profile_id")
+                    .ok_or_else(|| Error::Internal("profiles without profile_id".into()))
+                    .and_then(crate::identity::to_strings)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::of(&arrays))
+    }
+
+    fn of(arrays: &[StringArray]) -> Self {
+        let mut sorted: Vec<&str> = arrays.iter().flat_map(|c| c.iter().flatten()).collect();
         if !sorted.is_sorted_by(|a, b| a < b) {
             sorted.sort_unstable();
             sorted.dedup();
         }
-        let position = sorted
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (*p, i as u32))
-            .collect();
-        ProfileIndex { sorted, position }
+        let ids = StringArray::from_iter_values(sorted);
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let hash = |s: &str| std::hash::BuildHasher::hash_one(&hasher, s);
+        let mut table = hashbrown::HashTable::with_capacity(ids.len());
+        for i in 0..ids.len() {
+            table.insert_unique(hash(ids.value(i)), i as u32, |&j| {
+                hash(ids.value(j as usize))
+            });
+        }
+        ProfileIndex { ids, table, hasher }
     }
+
     fn len(&self) -> usize {
-        self.sorted.len()
+        self.ids.len()
     }
+
     fn position(&self, id: &str) -> Option<usize> {
-        self.position.get(id).map(|&i| i as usize)
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, id);
+        self.table
+            .find(h, |&j| self.ids.value(j as usize) == id)
+            .map(|&j| j as usize)
     }
-    fn id(&self, row: usize) -> &'a str {
-        self.sorted[row]
+
+    fn id(&self, row: usize) -> &str {
+        self.ids.value(row)
     }
 }
 
@@ -412,6 +473,11 @@ impl Bitmap {
     }
     fn set(&mut self, i: usize) {
         self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn or(&mut self, other: &Bitmap) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
     }
     /// The set bits, in increasing order.
     fn ones(&self) -> impl Iterator<Item = usize> + '_ {
@@ -448,7 +514,7 @@ mod tests {
             StringArray::from(vec![Some("p3"), None, Some("p1")]),
             StringArray::from(vec!["p2", "p1"]),
         ];
-        let ix = ProfileIndex::new(&arrays);
+        let ix = ProfileIndex::of(&arrays);
         assert_eq!(ix.len(), 3);
         assert_eq!(
             (0..3).map(|r| ix.id(r)).collect::<Vec<_>>(),
@@ -457,6 +523,6 @@ mod tests {
         assert_eq!(ix.position("p2"), Some(1));
         assert_eq!(ix.position("p9"), None);
         let sorted = vec![StringArray::from(vec!["a", "b", "c"])];
-        assert_eq!(ProfileIndex::new(&sorted).position("c"), Some(2));
+        assert_eq!(ProfileIndex::of(&sorted).position("c"), Some(2));
     }
 }
