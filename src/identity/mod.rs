@@ -205,42 +205,88 @@ pub async fn stitch(
             .await
             .map_err(Error::engine("identity"))?;
         let mut rows = 0u64;
-        // Each batch is normalised on a second thread while the rows of the
-        // batch before it go into the graph (phone parsing, the costliest
-        // normaliser, is serialised inside libphonenumber, so one thread
-        // normalises at a time).
-        let mut pending: Option<Prepared> = None;
-        loop {
-            let next = match stream.next().await {
-                None => None,
-                Some(b) => Some(b.map_err(|e| {
-                    Error::input(&ds.name, None, None, format!("reading failed: {e}"))
-                })?),
-            };
-            if next.is_none() && pending.is_none() {
-                break;
-            }
-            let current = pending.take();
-            let prepared = std::thread::scope(|s| {
-                let ahead = next
-                    .as_ref()
-                    .map(|b| s.spawn(|| Prepared::new(b, &cols, &sql_col)));
-                if let Some(p) = &current {
-                    add_rows(p, ds, ds_index, &cols, &mut graph, &mut rejections)?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch
+                .map_err(|e| Error::input(&ds.name, None, None, format!("reading failed: {e}")))?;
+            let ids: Vec<StrCol> = (0..cols.len())
+                .map(|i| StrCol::new(batch.column(i)))
+                .collect::<Result<_>>()?;
+            let normalised: Vec<Option<StrCol>> = sql_col
+                .iter()
+                .map(|c| c.map(|c| StrCol::new(batch.column(c))).transpose())
+                .collect::<Result<_>>()?;
+            let ts_arr = cast(batch.column(cols.len()), &timestamp_type())
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let ts = ts_arr
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .ok_or_else(|| Error::Internal("timestamp cast".into()))?;
+            let row_json = |row: usize| {
+                let mut m = serde_json::Map::new();
+                for ((_, c, _), a) in cols.iter().zip(&ids) {
+                    m.insert(
+                        c.to_string(),
+                        if a.is_null(row) {
+                            serde_json::Value::Null
+                        } else {
+                            a.value(row).chars().take(200).collect::<String>().into()
+                        },
+                    );
                 }
-                ahead
-                    .map(|h| {
-                        h.join()
-                            .map_err(|_| Error::Internal("identity normaliser panicked".into()))?
-                    })
-                    .transpose()
-            })?;
-            if let Some(p) = current {
-                rows += p.rows as u64;
-                total_rows += p.rows as u64;
-                progress(total_rows);
+                let t = (!ts.is_null(row))
+                    .then(|| chrono::DateTime::from_timestamp_micros(ts.value(row)))
+                    .flatten();
+                m.insert(
+                    ds.timestamp.clone(),
+                    t.map(|t| t.to_rfc3339().into())
+                        .unwrap_or(serde_json::Value::Null),
+                );
+                serde_json::Value::Object(m)
+            };
+            let mut found: Vec<(u16, std::borrow::Cow<'_, str>)> = Vec::with_capacity(cols.len());
+            for row in 0..batch.num_rows() {
+                if ts.is_null(row) {
+                    rejections.add(&ds.name, &ds.timestamp, "null_timestamp", || row_json(row));
+                    continue;
+                }
+                let t = ts.value(row);
+                found.clear();
+                for (((ns, column, norm), arr), sql) in cols.iter().zip(&ids).zip(&normalised) {
+                    if arr.is_null(row) {
+                        continue;
+                    }
+                    let raw = match sql {
+                        None => arr.value(row),
+                        Some(n) if n.is_null(row) => {
+                            rejections
+                                .add(&ds.name, column, Reject::Invalid.as_str(), || row_json(row));
+                            continue;
+                        }
+                        Some(n) => n.value(row),
+                    };
+                    match norm.apply(raw) {
+                        Ok(v) => found.push((*ns as u16, v)),
+                        Err(r) => rejections.add(&ds.name, column, r.as_str(), || row_json(row)),
+                    }
+                }
+                if found.is_empty() {
+                    rejections.add(&ds.name, "*", "no_valid_identity", || row_json(row));
+                    continue;
+                }
+                if found.len() > 1 {
+                    found.sort();
+                    found.dedup();
+                }
+                graph.add_row(
+                    ds.class,
+                    t,
+                    ds_index,
+                    found.iter().map(|(ns, v)| (*ns, &**v)),
+                )?;
             }
-            pending = prepared;
+            rows += batch.num_rows() as u64;
+            total_rows += batch.num_rows() as u64;
+            progress(total_rows);
         }
         rows_read.insert(ds.name.clone(), rows);
     }
@@ -250,159 +296,6 @@ pub async fn stitch(
         ctx, project, graph, phones, &names, previous, rejections, rows_read, out,
     )
     .await
-}
-
-/// A normalised identity value of one row and column.
-enum Norm {
-    Null,
-    /// The normalised value is this byte range of the raw value (trimmed).
-    Slice(u32, u32),
-    Owned(Box<str>),
-    Rejected(Reject),
-}
-
-/// One batch's identity columns and timestamps, normalised ahead of its rows.
-struct Prepared {
-    rows: usize,
-    /// The identity columns as given (shown in rejected samples).
-    given: Vec<StrCol>,
-    /// The SQL normaliser's output, for namespaces that have one.
-    sql: Vec<Option<StrCol>>,
-    ts: TimestampMicrosecondArray,
-    /// Per identity column, per row.
-    norms: Vec<Vec<Norm>>,
-}
-
-impl Prepared {
-    /// Normalise `batch` (raw identity columns, the timestamp, then the
-    /// SQL-normalised columns at `sql_col`) with `cols`' normalisers.
-    fn new(
-        batch: &RecordBatch,
-        cols: &[(usize, &str, Normaliser)],
-        sql_col: &[Option<usize>],
-    ) -> Result<Self> {
-        let ts_arr = cast(batch.column(cols.len()), &timestamp_type())
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let ts = ts_arr
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| Error::Internal("timestamp cast".into()))?
-            .clone();
-        let mut given_cols = Vec::with_capacity(cols.len());
-        let mut sql_cols = Vec::with_capacity(cols.len());
-        let mut norms = Vec::with_capacity(cols.len());
-        for (i, ((_, _, norm), sql)) in cols.iter().zip(sql_col).enumerate() {
-            let given = StrCol::new(batch.column(i))?;
-            let normalised = sql.map(|c| StrCol::new(batch.column(c))).transpose()?;
-            let values = (0..batch.num_rows())
-                .map(|row| {
-                    if given.is_null(row) {
-                        return Norm::Null;
-                    }
-                    let r = match &normalised {
-                        None => given.value(row),
-                        Some(n) if n.is_null(row) => return Norm::Rejected(Reject::Invalid),
-                        Some(n) => n.value(row),
-                    };
-                    match norm.apply(r) {
-                        Ok(std::borrow::Cow::Borrowed(v)) => {
-                            let start = v.as_ptr() as usize - r.as_ptr() as usize;
-                            Norm::Slice(start as u32, (start + v.len()) as u32)
-                        }
-                        Ok(std::borrow::Cow::Owned(v)) => Norm::Owned(v.into()),
-                        Err(e) => Norm::Rejected(e),
-                    }
-                })
-                .collect();
-            norms.push(values);
-            given_cols.push(given);
-            sql_cols.push(normalised);
-        }
-        Ok(Prepared {
-            rows: batch.num_rows(),
-            given: given_cols,
-            sql: sql_cols,
-            ts,
-            norms,
-        })
-    }
-
-    fn value(&self, col: usize, row: usize) -> std::result::Result<Option<&str>, Reject> {
-        match &self.norms[col][row] {
-            Norm::Null => Ok(None),
-            Norm::Slice(a, b) => {
-                // A slice of what was normalised: the SQL column's value when there is one.
-                let from = self.sql[col].as_ref().unwrap_or(&self.given[col]);
-                Ok(Some(&from.value(row)[*a as usize..*b as usize]))
-            }
-            Norm::Owned(v) => Ok(Some(v)),
-            Norm::Rejected(r) => Err(*r),
-        }
-    }
-}
-
-/// Add a prepared batch's rows to the graph, counting what is rejected.
-fn add_rows(
-    p: &Prepared,
-    ds: &crate::config::Dataset,
-    ds_index: u16,
-    cols: &[(usize, &str, Normaliser)],
-    graph: &mut GraphBuilder,
-    rejections: &mut Rejections,
-) -> Result<()> {
-    let ts = &p.ts;
-    let row_json = |row: usize| {
-        let mut m = serde_json::Map::new();
-        for (i, (_, c, _)) in cols.iter().enumerate() {
-            m.insert(
-                c.to_string(),
-                if p.given[i].is_null(row) {
-                    serde_json::Value::Null
-                } else {
-                    p.given[i]
-                        .value(row)
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
-                        .into()
-                },
-            );
-        }
-        let t = (!ts.is_null(row))
-            .then(|| chrono::DateTime::from_timestamp_micros(ts.value(row)))
-            .flatten();
-        m.insert(
-            ds.timestamp.clone(),
-            t.map(|t| t.to_rfc3339().into())
-                .unwrap_or(serde_json::Value::Null),
-        );
-        serde_json::Value::Object(m)
-    };
-    let mut found: Vec<(u16, &str)> = Vec::with_capacity(cols.len());
-    for row in 0..p.rows {
-        if ts.is_null(row) {
-            rejections.add(&ds.name, &ds.timestamp, "null_timestamp", || row_json(row));
-            continue;
-        }
-        found.clear();
-        for (i, (ns, column, _)) in cols.iter().enumerate() {
-            match p.value(i, row) {
-                Ok(Some(v)) => found.push((*ns as u16, v)),
-                Ok(None) => {}
-                Err(r) => rejections.add(&ds.name, column, r.as_str(), || row_json(row)),
-            }
-        }
-        if found.is_empty() {
-            rejections.add(&ds.name, "*", "no_valid_identity", || row_json(row));
-            continue;
-        }
-        if found.len() > 1 {
-            found.sort_unstable();
-            found.dedup();
-        }
-        graph.add_row(ds.class, ts.value(row), ds_index, found.iter().copied())?;
-    }
-    Ok(())
 }
 
 /// Quote an identifier for SQL.
