@@ -318,7 +318,6 @@ async fn prepare_destination<'a>(
         let members: Vec<&str> = m
             .members
             .iter()
-            .map(String::as_str)
             .filter(|p| !audiences.oversized.contains(*p))
             .collect();
         let counts = Counts {
@@ -399,7 +398,7 @@ fn snapshot_members(
             }
             _ => policy = Some(m.policy.clone()),
         }
-        members.extend(m.members.iter().cloned());
+        members.extend(m.members.iter().map(str::to_string));
     }
     let policy = policy.ok_or_else(|| Error::Internal("snapshot without a policy".into()))?;
     Ok((Some(members), policy))

@@ -125,7 +125,7 @@ pub fn statuses(
     sorted.sort_by(|a, b| a.segment.cmp(&b.segment));
     for m in sorted {
         let before = baseline.and_then(|b| b.get(&m.segment)).unwrap_or(&empty);
-        let now: BTreeSet<&str> = m.members.iter().map(String::as_str).collect();
+        let now: BTreeSet<&str> = m.members.iter().collect();
         let mut c = StatusCounts::default();
         let mut rows: Vec<(&str, &'static str)> = Vec::with_capacity(now.len());
         for &p in &now {

@@ -32,7 +32,42 @@ pub struct Membership {
     /// The merge policy whose profiles the segment read.
     pub policy: String,
     /// Sorted, distinct profile ids.
-    pub members: Vec<String>,
+    pub members: MemberIds,
+}
+
+/// A segment's members: sorted, distinct profile ids, in one Arrow array.
+#[derive(Debug, Clone)]
+pub struct MemberIds(StringArray);
+
+impl Default for MemberIds {
+    fn default() -> Self {
+        MemberIds(StringArray::from(Vec::<&str>::new()))
+    }
+}
+
+impl MemberIds {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ids, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0.iter().flatten()
+    }
+
+    pub fn array(&self) -> &StringArray {
+        &self.0
+    }
+}
+
+impl serde::Serialize for MemberIds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
 }
 
 /// The relations of one policy group, registered before its models run.
@@ -172,7 +207,7 @@ where
             .or_default()
             .push(m);
     }
-    let mut members_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut members_of: BTreeMap<String, MemberIds> = BTreeMap::new();
     for ((_, policy), segs) in &batches {
         if !groups.contains_key(policy) {
             let g = group(segs[0].class, policy.clone()).await?;
@@ -213,11 +248,9 @@ where
                 DataType::Utf8,
                 false,
             )]));
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(StringArray::from_iter_values(members.iter()))],
-            )
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            let batch =
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(members.array().clone())])
+                    .map_err(|e| Error::Internal(e.to_string()))?;
             register_batches(ctx, &id, schema, vec![batch])?;
             members_of.insert(id, members);
         }
@@ -287,7 +320,7 @@ async fn run_segments(
     ctx: &SessionContext,
     segs: &[&SqlModel],
     profiles: &Batches,
-) -> Result<BTreeMap<String, Vec<String>>> {
+) -> Result<BTreeMap<String, MemberIds>> {
     use datafusion::logical_expr::{cast, col, lit};
     let mut union: Option<datafusion::prelude::DataFrame> = None;
     for (index, seg) in segs.iter().enumerate() {
@@ -322,10 +355,11 @@ async fn run_segments(
             Some(u) => u.union(tagged).map_err(|e| sql_error(seg, e))?,
         });
     }
-    let mut out: BTreeMap<String, Vec<String>> =
-        segs.iter().map(|s| (s.id.clone(), Vec::new())).collect();
     let Some(union) = union else {
-        return Ok(out);
+        return Ok(segs
+            .iter()
+            .map(|s| (s.id.clone(), MemberIds::default()))
+            .collect());
     };
     let files: Vec<&str> = segs.iter().map(|s| s.file.as_str()).collect();
     let together = |e: datafusion::error::DataFusionError| Error::Sql {
@@ -368,12 +402,10 @@ async fn run_segments(
             all.or(p);
         }
     }
-    for (seg, bits) in segs.iter().zip(&marked) {
-        if let Some(v) = out.get_mut(&seg.id) {
-            v.extend(bits.ones().map(|row| ids.id(row).to_string()));
-        }
-    }
-    Ok(out)
+    segs.iter()
+        .zip(&marked)
+        .map(|(seg, bits)| Ok((seg.id.clone(), ids.take(bits)?)))
+        .collect()
 }
 
 /// Mark each row's member (column 1) in the bitmap of its segment (column 0),
@@ -459,8 +491,18 @@ impl ProfileIndex {
             .map(|&j| j as usize)
     }
 
-    fn id(&self, row: usize) -> &str {
-        self.ids.value(row)
+    /// The ids whose positions are set in `bits`, in order.
+    fn take(&self, bits: &Bitmap) -> Result<MemberIds> {
+        let rows: datafusion::arrow::array::UInt32Array =
+            bits.ones().map(|r| r as u32).collect::<Vec<u32>>().into();
+        let taken = datafusion::arrow::compute::take(&self.ids, &rows, None)
+            .map_err(|e| Error::Internal(format!("members: {e}")))?;
+        taken
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .map(MemberIds)
+            .ok_or_else(|| Error::Internal("members are not Utf8".into()))
     }
 }
 
@@ -516,8 +558,10 @@ mod tests {
         ];
         let ix = ProfileIndex::of(&arrays);
         assert_eq!(ix.len(), 3);
+        let mut all = Bitmap::new(ix.len());
+        (0..3).for_each(|r| all.set(r));
         assert_eq!(
-            (0..3).map(|r| ix.id(r)).collect::<Vec<_>>(),
+            ix.take(&all).expect("take").iter().collect::<Vec<_>>(),
             vec!["p1", "p2", "p3"]
         );
         assert_eq!(ix.position("p2"), Some(1));
