@@ -208,6 +208,8 @@ where
             .push(m);
     }
     let mut members_of: BTreeMap<String, MemberIds> = BTreeMap::new();
+    // Each policy's profile ids, indexed once for all its layers.
+    let mut indexes: BTreeMap<String, Arc<ProfileIndex>> = BTreeMap::new();
     for ((_, policy), segs) in &batches {
         if !groups.contains_key(policy) {
             let g = group(segs[0].class, policy.clone()).await?;
@@ -242,7 +244,15 @@ where
             feats.insert(m.id.clone(), run_feature(ctx, m).await?);
             *runs.entry(policy.clone()).or_default() += 1;
         }
-        for (id, members) in run_segments(ctx, segs, &g.profiles).await? {
+        let index = match indexes.get(policy) {
+            Some(ix) => Arc::clone(ix),
+            None => {
+                let ix = Arc::new(ProfileIndex::new(&g.profiles.1)?);
+                indexes.insert(policy.clone(), Arc::clone(&ix));
+                ix
+            }
+        };
+        for (id, members) in run_segments(ctx, segs, index).await? {
             let schema = Arc::new(Schema::new(vec![Field::new(
                 "profile_id",
                 DataType::Utf8,
@@ -312,14 +322,14 @@ async fn run_feature(ctx: &SessionContext, m: &SqlModel) -> Result<Batches> {
 /// profile ids that are profiles of the active policy, by segment id.
 ///
 /// The segments' rows stream through once: each member is looked up among
-/// `profiles` (sorted by `profile_id`, as the merge stage leaves them) and
+/// the policy's profiles (`ids`, sorted by `profile_id`) and
 /// marked in the segment's bitmap over the profiles; reading the bitmaps in
 /// order gives each segment's members sorted and distinct, with no join,
 /// `DISTINCT` or sort of the (segment, member) rows.
 async fn run_segments(
     ctx: &SessionContext,
     segs: &[&SqlModel],
-    profiles: &Batches,
+    ids: Arc<ProfileIndex>,
 ) -> Result<BTreeMap<String, MemberIds>> {
     use datafusion::logical_expr::{cast, col, lit};
     let mut union: Option<datafusion::prelude::DataFrame> = None;
@@ -367,7 +377,6 @@ async fn run_segments(
         line: None,
         message: e.to_string(),
     };
-    let ids = Arc::new(ProfileIndex::new(&profiles.1)?);
     // Output partitions are shared out among as many workers as the session
     // has partitions, each marking its own bitmaps; the bitmaps are then joined.
     let streams = union.execute_stream_partitioned().await.map_err(together)?;
