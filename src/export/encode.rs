@@ -4,6 +4,8 @@
 //! CSV and JSON are encoded in chunks of rows on all cores; with gzip each
 //! chunk becomes its own gzip member, so a file is a valid multi-member gzip
 //! stream (as pigz and BGZF write) that every gzip reader decompresses whole.
+//! Parquet row groups have their columns encoded on all cores and appended in
+//! order. Either way the bytes do not depend on the number of threads.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
