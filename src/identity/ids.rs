@@ -1,20 +1,27 @@
 //! Profile ids: deterministic, not personal data, and stable across runs.
 //!
-//! A fresh id is 32 hex characters of SHA-256 over a fixed prefix, the class and
-//! the component's representative identity: its earliest-seen identity (ties:
-//! rank, i.e. namespace priority, namespace name, value). With the previous
-//! run's identity map ([`Previous`]):
+//! A fresh id is 12 characters: the first 60 bits of SHA-256 over a fixed
+//! prefix, the class and the component's representative identity (its
+//! earliest-seen identity; ties: rank, i.e. namespace priority, namespace
+//! name, value), written in lower-case Crockford base32 (`0-9a-z` without
+//! `i l o u`). Twelve bytes fit inside an Arrow string view, so grouping and
+//! joining on `profile_id` compare ids as integers; the alphabet is in ASCII
+//! order, so ids sort as their numbers do. With the previous run's identity
+//! map ([`Previous`]):
 //!
 //! * every previous id goes to the component holding most of the identities
 //!   that carried it (ties: the component whose best-ranked identity ranks
 //!   first), so when a profile splits, the larger part keeps the id;
 //! * a component given several previous ids (a merge) keeps the one carried by
 //!   most of its identities (ties: the smallest id); the others retire;
-//! * a component with no previous id gets a fresh one; a fresh id never reuses
-//!   an id of the previous map (on a clash the hash is salted with `#1`, `#2`, ...).
+//! * a component with no previous id gets a fresh one; a fresh id is never an
+//!   id of the previous map nor another component's id in this run (on a clash
+//!   the hash is salted with `#1`, `#2`, ... in component order).
 //!
 //! So a component that only grows keeps its id, and the same input with the
-//! same previous map gives byte-identical ids.
+//! same previous map gives byte-identical ids. Previous ids are carried as
+//! text, whatever their form (the 32-hex-character ids of earlier versions
+//! included).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -23,33 +30,88 @@ use sha2::{Digest, Sha256};
 use super::graph::IdentityGraph;
 use crate::config::Class;
 
-/// The previous run's ids, as 128-bit numbers (ids are 32 hex characters).
+/// The previous run's ids.
 #[derive(Debug, Default)]
 pub struct Previous {
     /// Index into `ids` of each identity of this run (`u32::MAX`: not in the previous map).
     pub by_identity: Vec<u32>,
-    /// Distinct previous ids.
-    pub ids: Vec<u128>,
-    /// Every previous id, so that a fresh id never reuses one.
-    pub all: HashSet<u128>,
+    /// Every id of the previous map, so that a fresh id never reuses one.
+    pub ids: IdSet,
 }
 
-/// A profile id as a number (`None` if it is not 32 hex characters).
-pub fn id_number(id: &str) -> Option<u128> {
-    (id.len() == 32)
-        .then(|| u128::from_str_radix(id, 16).ok())
-        .flatten()
+/// Distinct strings, each numbered in order of arrival, in one buffer.
+#[derive(Debug, Default)]
+pub struct IdSet {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    table: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
-/// A number as a profile id.
-pub fn id_text(n: u128) -> String {
-    format!("{n:032x}")
+impl IdSet {
+    /// The number of `s`, added if new.
+    pub fn intern(&mut self, s: &str) -> u32 {
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, s.as_bytes());
+        let Self {
+            bytes,
+            ends,
+            table,
+            hasher,
+        } = self;
+        let text = |k: u32| -> &[u8] { slice(bytes, ends, k) };
+        if let Some(&k) = table.find(h, |&k| text(k) == s.as_bytes()) {
+            return k;
+        }
+        let k = ends.len() as u32;
+        bytes.extend_from_slice(s.as_bytes());
+        ends.push(bytes.len());
+        table.insert_unique(h, k, |&j| {
+            std::hash::BuildHasher::hash_one(&*hasher, slice(bytes, ends, j))
+        });
+        k
+    }
+
+    /// Whether `s` is in the set.
+    pub fn contains(&self, s: &str) -> bool {
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, s.as_bytes());
+        self.table
+            .find(h, |&k| slice(&self.bytes, &self.ends, k) == s.as_bytes())
+            .is_some()
+    }
+
+    /// The string numbered `k`.
+    pub fn get(&self, k: u32) -> &str {
+        // Only whole `&str`s are appended, so every slice is UTF-8.
+        std::str::from_utf8(slice(&self.bytes, &self.ends, k)).unwrap_or_default()
+    }
+
+    /// The number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
 }
 
-/// A fresh profile id.
-pub fn fresh_id(class: Class, namespace: &str, value: &str, salt: u32) -> String {
+fn slice<'a>(bytes: &'a [u8], ends: &[usize], k: u32) -> &'a [u8] {
+    let k = k as usize;
+    let start = if k == 0 { 0 } else { ends[k - 1] };
+    &bytes[start..ends[k]]
+}
+
+/// Lower-case Crockford base32, in ASCII order.
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// The length of a fresh profile id.
+pub const ID_LEN: usize = 12;
+
+/// A fresh profile id, and its 60-bit number.
+pub fn fresh_id(class: Class, namespace: &str, value: &str, salt: u32) -> (String, u64) {
     let mut h = Sha256::new();
-    h.update(b"audience-profile-v1\x1f");
+    h.update(b"audience-profile-v2\x1f");
     h.update(class.as_str().as_bytes());
     h.update([0x1f]);
     h.update(namespace.as_bytes());
@@ -58,7 +120,14 @@ pub fn fresh_id(class: Class, namespace: &str, value: &str, salt: u32) -> String
     if salt > 0 {
         h.update(format!("#{salt}").as_bytes());
     }
-    hex::encode(&h.finalize()[..16])
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let n = u64::from_be_bytes(first) >> 4;
+    let text = (0..ID_LEN)
+        .map(|k| ALPHABET[((n >> (5 * (ID_LEN - 1 - k))) & 31) as usize] as char)
+        .collect();
+    (text, n)
 }
 
 /// Profiles: components numbered in order of their best-ranked identity.
@@ -100,8 +169,7 @@ pub fn assign(
     let of: Vec<u32> = roots.iter().map(|&r| number[r as usize]).collect();
     drop(number);
     let mut ids: Vec<Option<String>> = vec![None; rep.len()];
-    let empty = HashSet::new();
-    let old_ids: &HashSet<u128> = previous.map(|p| &p.all).unwrap_or(&empty);
+    let old_ids: Option<&IdSet> = previous.map(|p| &p.ids);
     if let Some(prev) = previous {
         // (old id, profile) → identities carrying it.
         let mut counts: HashMap<(u32, u32), u64> = HashMap::new();
@@ -120,19 +188,19 @@ pub fn assign(
         }
         // Each profile keeps the old id with most identities (ties: the smallest id).
         // Numbers compare like the fixed-width hex ids they stand for.
-        let mut survivor: BTreeMap<u32, (u64, u128)> = BTreeMap::new();
+        let mut survivor: BTreeMap<u32, (u64, &str)> = BTreeMap::new();
         for (&old, &(k, p)) in &best {
-            let id = prev.ids[old as usize];
+            let id = prev.ids.get(old);
             let e = survivor.entry(p).or_insert((k, id));
             if k > e.0 || (k == e.0 && id < e.1) {
                 *e = (k, id);
             }
         }
         for (p, (_, id)) in survivor {
-            ids[p as usize] = Some(id_text(id));
+            ids[p as usize] = Some(id.to_string());
         }
     }
-    let mut used: HashSet<u128> = HashSet::new();
+    let mut used: HashSet<u64> = HashSet::new();
     for (p, slot) in ids.iter_mut().enumerate() {
         if slot.is_some() {
             continue;
@@ -144,16 +212,97 @@ pub fn assign(
             graph.value(i as u32),
         );
         let mut salt = 0;
-        let mut id = fresh_id(class, ns, value, salt);
-        while id_number(&id).is_some_and(|k| used.contains(&k) || old_ids.contains(&k)) {
+        let (mut id, mut number) = fresh_id(class, ns, value, salt);
+        while used.contains(&number) || old_ids.is_some_and(|old| old.contains(&id)) {
             salt += 1;
-            id = fresh_id(class, ns, value, salt);
+            (id, number) = fresh_id(class, ns, value, salt);
         }
-        used.extend(id_number(&id));
+        used.insert(number);
         *slot = Some(id);
     }
     Profiles {
         of,
         ids: ids.into_iter().map(Option::unwrap_or_default).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::graph::GraphBuilder;
+
+    #[test]
+    fn identity_fresh_ids_are_12_base32_digits_sorting_as_numbers() {
+        let mut seen = Vec::new();
+        for v in 0..2000 {
+            let (id, n) = fresh_id(Class::Customer, "email", &format!("u{v}@x.io"), 0);
+            assert_eq!(id.len(), ID_LEN);
+            assert!(id.bytes().all(|c| ALPHABET.contains(&c)), "{id}");
+            assert!(n < 1 << 60);
+            // The digits are the number's, most significant first.
+            let back = id.bytes().fold(0u64, |acc, c| {
+                acc * 32 + ALPHABET.iter().position(|&a| a == c).unwrap_or(99) as u64
+            });
+            assert_eq!(back, n, "{id}");
+            seen.push((id, n));
+        }
+        let mut by_text = seen.clone();
+        by_text.sort();
+        let mut by_number = seen;
+        by_number.sort_by_key(|p| p.1);
+        assert_eq!(by_text, by_number, "text order is number order");
+        assert_ne!(
+            fresh_id(Class::Customer, "email", "a", 0),
+            fresh_id(Class::Prospect, "email", "a", 0)
+        );
+        assert_ne!(
+            fresh_id(Class::Customer, "email", "a", 0),
+            fresh_id(Class::Customer, "email", "a", 1)
+        );
+    }
+
+    #[test]
+    fn identity_id_set_numbers_distinct_strings() {
+        let mut s = IdSet::default();
+        assert!(s.is_empty());
+        let words = ["b", "", "0123456789abcdef0123456789abcdef", "a", "b", "ab"];
+        let ks: Vec<u32> = words.iter().map(|w| s.intern(w)).collect();
+        assert_eq!(ks, vec![0, 1, 2, 3, 0, 4]);
+        assert_eq!(s.len(), 5);
+        for (w, k) in words.iter().zip(&ks) {
+            assert_eq!(s.get(*k), *w);
+            assert!(s.contains(w));
+        }
+        assert!(!s.contains("ba"));
+        for i in 0..10_000 {
+            s.intern(&format!("x{i}"));
+        }
+        assert_eq!(s.get(3), "a", "numbers survive the table growing");
+        assert_eq!(s.intern("x9999"), 10_004);
+    }
+
+    #[test]
+    fn identity_fresh_id_never_reuses_a_previous_id() {
+        let mut b = GraphBuilder::new(1, 1);
+        b.add_row(Class::Customer, 0, 0, [(0, "a")]).expect("row");
+        b.add_row(Class::Customer, 0, 0, [(0, "b")]).expect("row");
+        let g = b.finish().expect("graph");
+        let roots: Vec<u32> = (0..g.len() as u32).collect();
+        let order = roots.clone();
+        let plain = assign(&g, &["email"], &roots, &order, None);
+        let (a0, _) = fresh_id(Class::Customer, "email", "a", 0);
+        assert_eq!(plain.ids[0], a0);
+        // A previous map that holds `a`'s fresh id for an identity not in this
+        // run, and a legacy 32-hex id for `b`: `a` is salted, `b` keeps its id.
+        let mut prev = Previous {
+            by_identity: vec![u32::MAX; g.len()],
+            ..Default::default()
+        };
+        prev.ids.intern(&a0);
+        let legacy = "0123456789abcdef0123456789abcdef";
+        prev.by_identity[1] = prev.ids.intern(legacy);
+        let carried = assign(&g, &["email"], &roots, &order, Some(&prev));
+        assert_eq!(carried.ids[0], fresh_id(Class::Customer, "email", "a", 1).0);
+        assert_eq!(carried.ids[1], legacy);
     }
 }

@@ -372,7 +372,6 @@ pub(crate) async fn previous_ids(
         by_identity: vec![u32::MAX; graph.len()],
         ..Default::default()
     };
-    let mut index: HashMap<u128, u32> = HashMap::new();
     while let Some(b) = stream.next().await {
         let b = b.map_err(|e| {
             Error::Internal(format!(
@@ -398,10 +397,11 @@ pub(crate) async fn previous_ids(
             } else {
                 Class::Customer
             };
-            let Some(number) = ids::id_number(pid.value(i)) else {
+            let pid = pid.value(i);
+            if pid.is_empty() {
                 continue;
-            };
-            prev.all.insert(number);
+            }
+            let k = prev.ids.intern(pid);
             let Some(ns_idx) = project
                 .namespaces
                 .iter()
@@ -412,10 +412,6 @@ pub(crate) async fn previous_ids(
             let Some(id) = graph.get(class, ns_idx as u16, value.value(i)) else {
                 continue;
             };
-            let k = *index.entry(number).or_insert_with(|| {
-                prev.ids.push(number);
-                (prev.ids.len() - 1) as u32
-            });
             prev.by_identity[id as usize] = k;
         }
     }

@@ -168,8 +168,16 @@ pub struct Expected {
 
 fn profile_id(class: &str, ns: &str, value: &str) -> String {
     let mut h = Sha256::new();
-    h.update(format!("audience-profile-v1\x1f{class}\x1f{ns}\x1f{value}").as_bytes());
-    hex::encode(&h.finalize()[..16])
+    h.update(format!("audience-profile-v2\x1f{class}\x1f{ns}\x1f{value}").as_bytes());
+    // The first 60 bits, as 12 digits of lower-case Crockford base32.
+    let d = h.finalize();
+    let mut n = d[..8].iter().fold(0u64, |n, &b| n << 8 | u64::from(b)) >> 4;
+    let mut digits = vec![0u8; 12];
+    for slot in digits.iter_mut().rev() {
+        *slot = b"0123456789abcdefghjkmnpqrstvwxyz"[(n % 32) as usize];
+        n /= 32;
+    }
+    String::from_utf8(digits).expect("ascii")
 }
 
 /// Cookies seen with more distinct identities than this are shared devices (the sample's `max_links`).
