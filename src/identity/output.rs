@@ -513,7 +513,11 @@ fn skeletons(
         let mut profs: Vec<u32> = (0..np as u32)
             .filter(|&p| profile_class[p as usize] == class)
             .collect();
-        profs.sort_by(|&a, &b| profile_ids[a as usize].cmp(&profile_ids[b as usize]).then(a.cmp(&b)));
+        profs.sort_by(|&a, &b| {
+            profile_ids[a as usize]
+                .cmp(&profile_ids[b as usize])
+                .then(a.cmp(&b))
+        });
         let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
         let mut pref: Vec<StringBuilder> = ns_names.iter().map(|_| StringBuilder::new()).collect();
         let mut all: Vec<ListBuilder<StringBuilder>> = ns_names

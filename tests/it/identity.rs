@@ -245,9 +245,9 @@ fn identity_plain_components_join_through_events() {
         .expect("segment");
     assert_eq!(everyone.members, 3, "C1+a+ck1, C2+b, ck9");
     assert!(
-        ids.values()
-            .all(|p| p.len() == 12
-                && p.bytes().all(|c| c.is_ascii_digit() || (c.is_ascii_lowercase() && !b"ilou".contains(&c)))),
+        ids.values().all(|p| p.len() == 12
+            && p.bytes()
+                .all(|c| c.is_ascii_digit() || (c.is_ascii_lowercase() && !b"ilou".contains(&c)))),
         "ids are hashes"
     );
 }
@@ -598,6 +598,81 @@ fn identity_ids_carry_forward_as_input_grows() {
     // The same input again gives the same ids.
     run(dir.path(), "r4");
     assert_eq!(profile_ids(dir.path(), "r4"), split);
+}
+
+/// Ids of earlier versions (32 hex characters) in the previous identity map
+/// are carried forward as they are; new profiles get 12-character ids.
+#[test]
+fn identity_ids_of_earlier_versions_carry_forward() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("a@x.com"), Some("A")], 5),
+            (vec![Some("C2"), Some("b@x.com"), Some("B")], 5),
+        ],
+    );
+    project(dir.path(), "", "", &crm, &no_web(), &no_prospects());
+    run(dir.path(), "r1");
+    // Rewrite r1's identity map as an earlier version wrote it.
+    let path = dir.path().join("state/runs/r1/identity_map.parquet");
+    let file = std::fs::File::open(&path).expect("map");
+    let batches: Vec<RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
+            .expect("reader")
+            .collect::<Result<_, _>>()
+            .expect("batches");
+    let legacy = |id: &str| format!("{:0>32}", hex::encode(id));
+    let mut w = None;
+    for b in &batches {
+        let at = b.schema().index_of("profile_id").expect("column");
+        let old = b
+            .column(at)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8");
+        let mut cols = b.columns().to_vec();
+        cols[at] = Arc::new(StringArray::from_iter(old.iter().map(|v| v.map(legacy)))) as ArrayRef;
+        let nb = RecordBatch::try_new(b.schema(), cols).expect("batch");
+        w.get_or_insert_with(|| {
+            parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(dir.path().join("map.tmp")).expect("tmp"),
+                b.schema(),
+                None,
+            )
+            .expect("writer")
+        })
+        .write(&nb)
+        .expect("write");
+    }
+    w.expect("rows").close().expect("close");
+    std::fs::rename(dir.path().join("map.tmp"), &path).expect("rename");
+    let before = profile_ids(dir.path(), "r1");
+    assert!(before.values().all(|id| id.len() == 32));
+    // Run 2: C1's profile grows, C3 is new.
+    let crm2 = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("a@x.com"), Some("A")], 5),
+            (vec![Some("C2"), Some("b@x.com"), Some("B")], 5),
+            (vec![Some("C3"), Some("c@x.com"), Some("C")], 5),
+        ],
+    );
+    let web = rows(
+        &["cookie", "email"],
+        vec![(vec![Some("ck1"), Some("a@x.com")], 6)],
+    );
+    project(dir.path(), "", "", &crm2, &web, &no_prospects());
+    run(dir.path(), "r2");
+    let after = profile_ids(dir.path(), "r2");
+    assert_eq!(after["customer/crm_id:C1"], before["customer/crm_id:C1"]);
+    assert_eq!(after["customer/cookie:ck1"], before["customer/crm_id:C1"]);
+    assert_eq!(after["customer/crm_id:C2"], before["customer/crm_id:C2"]);
+    assert_eq!(
+        after["customer/crm_id:C3"].len(),
+        12,
+        "a new profile gets a new id"
+    );
 }
 
 #[test]
