@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 use super::Membership;
@@ -119,33 +119,51 @@ pub fn statuses(
     baseline: Option<&Members>,
 ) -> (RecordBatch, BTreeMap<String, StatusCounts>) {
     let empty = BTreeSet::new();
-    let (mut seg, mut pid, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut seg, mut pid, mut status) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut counts = BTreeMap::new();
     let mut sorted: Vec<&Membership> = current.iter().collect();
     sorted.sort_by(|a, b| a.segment.cmp(&b.segment));
     for m in sorted {
         let before = baseline.and_then(|b| b.get(&m.segment)).unwrap_or(&empty);
-        let now: BTreeSet<&str> = m.members.iter().collect();
+        // Members come sorted and distinct from evaluation; sort if not.
+        let mut now: Vec<&str> = m.members.iter().collect();
+        if !now.is_sorted_by(|a, b| a < b) {
+            now.sort_unstable();
+            now.dedup();
+        }
         let mut c = StatusCounts::default();
-        let mut rows: Vec<(&str, &'static str)> = Vec::with_capacity(now.len());
-        for &p in &now {
-            if before.contains(p) {
-                c.existing += 1;
-                rows.push((p, "existing"));
-            } else {
-                c.realized += 1;
-                rows.push((p, "realized"));
-            }
-        }
-        for p in before.iter().filter(|p| !now.contains(p.as_str())) {
-            c.exited += 1;
-            rows.push((p.as_str(), "exited"));
-        }
-        rows.sort_unstable();
-        for (p, s) in rows {
-            seg.push(m.segment.clone());
-            pid.push(p.to_string());
-            status.push(s);
+        // One merge of two sorted lists, in profile id order.
+        let (mut a, mut b) = (now.into_iter().peekable(), before.iter().peekable());
+        loop {
+            let (p, s) = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(&x), Some(y)) if x == y.as_str() => {
+                    b.next();
+                    a.next();
+                    c.existing += 1;
+                    (x, "existing")
+                }
+                (Some(&x), Some(y)) if x > y.as_str() => {
+                    c.exited += 1;
+                    (b.next().map_or("", String::as_str), "exited")
+                }
+                (None, Some(_)) => {
+                    c.exited += 1;
+                    (b.next().map_or("", String::as_str), "exited")
+                }
+                (Some(&x), _) => {
+                    a.next();
+                    c.realized += 1;
+                    (x, "realized")
+                }
+            };
+            seg.append_value(&m.segment);
+            pid.append_value(p);
+            status.append_value(s);
         }
         counts.insert(m.segment.clone(), c);
     }
@@ -157,9 +175,9 @@ pub fn statuses(
     let batch = RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(StringArray::from(seg)),
-            Arc::new(StringArray::from(pid)),
-            Arc::new(StringArray::from(status)),
+            Arc::new(seg.finish()),
+            Arc::new(pid.finish()),
+            Arc::new(status.finish()),
         ],
     )
     .unwrap_or_else(|_| RecordBatch::new_empty(Arc::new(Schema::empty())));
@@ -195,4 +213,71 @@ pub async fn write(
     )
     .await?;
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Class;
+
+    #[test]
+    fn segments_statuses_match_set_differences() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for round in 0..50 {
+            let pick = |next: &mut dyn FnMut() -> usize| -> BTreeSet<String> {
+                (0..next() % 40)
+                    .map(|_| format!("p{:02}", next() % 60))
+                    .collect()
+            };
+            let (now, before) = (pick(&mut next), pick(&mut next));
+            let current = vec![Membership {
+                segment: "s".into(),
+                class: Class::Customer,
+                policy: "default".into(),
+                members: super::super::MemberIds(
+                    datafusion::arrow::array::StringArray::from_iter_values(now.iter()),
+                ),
+            }];
+            let baseline: Members = if round % 5 == 0 {
+                Members::new()
+            } else {
+                BTreeMap::from([("s".to_string(), before.clone())])
+            };
+            let before = baseline.get("s").cloned().unwrap_or_default();
+            let (batch, counts) = statuses(&current, Some(&baseline));
+            let mut expected: Vec<(String, &str)> = now
+                .iter()
+                .map(|p| {
+                    (
+                        p.clone(),
+                        if before.contains(p) {
+                            "existing"
+                        } else {
+                            "realized"
+                        },
+                    )
+                })
+                .chain(before.difference(&now).map(|p| (p.clone(), "exited")))
+                .collect();
+            expected.sort();
+            let (pid, status) = (
+                batch.column(1).as_string::<i32>(),
+                batch.column(2).as_string::<i32>(),
+            );
+            let got: Vec<(String, &str)> = (0..batch.num_rows())
+                .map(|i| (pid.value(i).to_string(), status.value(i)))
+                .collect();
+            assert_eq!(got, expected, "round {round}");
+            let c = counts["s"];
+            assert_eq!(c.existing, now.intersection(&before).count() as u64);
+            assert_eq!(c.realized, now.difference(&before).count() as u64);
+            assert_eq!(c.exited, before.difference(&now).count() as u64);
+        }
+    }
 }
