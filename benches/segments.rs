@@ -274,6 +274,18 @@ async fn evaluate(project: &Project, dir: &Path) -> std::collections::BTreeMap<S
 /// The feature alone (windowed event aggregates per profile), materialised.
 async fn event_aggregates(project: &Project, dir: &Path) -> usize {
     let ctx = session(project, dir).await;
+    let profiles = ctx
+        .read_parquet(
+            dir.join("profiles.parquet").to_str().expect("utf-8"),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("profiles")
+        .count()
+        .await
+        .expect("count");
+    // The session the engine's segment stage runs features on.
+    let ctx = segment::stage_session(&ctx, project, profiles);
     let feature = project
         .models
         .iter()

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod storage;
 pub mod udf;
+pub mod wide;
 
 use std::sync::Arc;
 

@@ -91,6 +91,41 @@ pub fn read_only() -> SQLOptions {
         .with_allow_statements(false)
 }
 
+/// Groups each partition of a per-profile aggregate should hold: DataFusion
+/// keeps 32 bytes a group in its table, so 16Ki groups are about the 512 KiB
+/// of one core's L2 cache here. Measured on the segment bench (1M profiles,
+/// 12M events): 16Ki groups a partition was fastest of 4Ki to 64Ki.
+const GROUPS_PER_PARTITION: usize = 16 * 1024;
+
+/// At most this many partitions after the shuffle: beyond it each batch is
+/// cut into pieces so small that the shuffle costs more than the cache saves
+/// (at 10M profiles 64 and 128 partitions were equal, 256 and 512 slower).
+const MAX_PARTITIONS: usize = 64;
+
+/// The session the segment stage plans features and segments on, for a
+/// policy of `profiles` profiles: `ctx` itself, or (embedded, with
+/// `[engine] target_partitions` unset) a session over the same relations whose
+/// final aggregates shuffle into enough partitions that a feature's
+/// `GROUP BY profile_id` over events works on cache-sized hash tables
+/// ([`crate::engine::wide`]; `benches/README.md` has the measurements).
+pub fn stage_session(ctx: &SessionContext, project: &Project, profiles: usize) -> SessionContext {
+    let cores = ctx.copied_config().target_partitions();
+    let partitions = profiles
+        .div_ceil(GROUPS_PER_PARTITION)
+        .next_power_of_two()
+        .min(MAX_PARTITIONS);
+    if partitions <= cores
+        || project.engine.target_partitions.is_some()
+        || crate::engine::cluster(ctx).is_some()
+    {
+        return ctx.clone();
+    }
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+        .with_physical_optimizer_rule(Arc::new(crate::engine::wide::WideAggregates { partitions }))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
 /// The policy a model uses: its header's, or its class default.
 pub fn policy_of(project: &Project, m: &SqlModel) -> Result<String> {
     match &m.policy {
@@ -240,8 +275,10 @@ where
             .iter()
             .filter(|m| needed.contains(m.id.as_str()) && !feats.contains_key(&m.id))
             .collect();
+        let rows = g.profiles.1.iter().map(RecordBatch::num_rows).sum();
+        let stage = stage_session(ctx, project, rows);
         for m in todo {
-            feats.insert(m.id.clone(), run_feature(ctx, m).await?);
+            feats.insert(m.id.clone(), run_feature(&stage, m).await?);
             *runs.entry(policy.clone()).or_default() += 1;
         }
         let index = match indexes.get(policy) {
@@ -252,7 +289,8 @@ where
                 ix
             }
         };
-        for (id, members) in run_segments(ctx, segs, index).await? {
+        let workers = ctx.copied_config().target_partitions();
+        for (id, members) in run_segments(&stage, segs, index, workers).await? {
             let schema = Arc::new(Schema::new(vec![Field::new(
                 "profile_id",
                 DataType::Utf8,
@@ -299,8 +337,14 @@ pub async fn activate_all(ctx: &SessionContext, project: &Project, g: &mut Group
         .iter()
         .filter(|m| m.kind == ModelKind::Feature && !g.features.contains_key(&m.id))
         .collect();
+    let stage = stage_session(
+        ctx,
+        project,
+        g.profiles.1.iter().map(RecordBatch::num_rows).sum(),
+    );
     for m in todo {
-        g.features.insert(m.id.clone(), run_feature(ctx, m).await?);
+        g.features
+            .insert(m.id.clone(), run_feature(&stage, m).await?);
         g.feature_runs += 1;
     }
     Ok(())
@@ -330,6 +374,7 @@ async fn run_segments(
     ctx: &SessionContext,
     segs: &[&SqlModel],
     ids: Arc<ProfileIndex>,
+    workers: usize,
 ) -> Result<BTreeMap<String, MemberIds>> {
     use datafusion::logical_expr::{cast, col, lit};
     let mut union: Option<datafusion::prelude::DataFrame> = None;
@@ -377,13 +422,10 @@ async fn run_segments(
         line: None,
         message: e.to_string(),
     };
-    // Output partitions are shared out among as many workers as the session
-    // has partitions, each marking its own bitmaps; the bitmaps are then joined.
+    // Output partitions are shared out among `workers` tasks, each marking
+    // its own bitmaps; the bitmaps are then joined.
     let streams = union.execute_stream_partitioned().await.map_err(together)?;
-    let workers = ctx
-        .copied_config()
-        .target_partitions()
-        .clamp(1, streams.len().max(1));
+    let workers = workers.clamp(1, streams.len().max(1));
     let queue = Arc::new(std::sync::Mutex::new(streams));
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
