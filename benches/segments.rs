@@ -285,7 +285,7 @@ async fn event_aggregates(project: &Project, dir: &Path) -> usize {
         .await
         .expect("count");
     // The session the engine's segment stage runs features on.
-    let ctx = segment::stage_session(&ctx, project, profiles);
+    let ctx = segment::stage_session(&ctx, &project.engine, profiles);
     let feature = project
         .models
         .iter()

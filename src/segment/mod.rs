@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 
-use crate::config::{Class, ModelKind, Project, SqlModel};
+use crate::config::{Class, EngineSettings, ModelKind, Project, SqlModel};
 use crate::engine::Batches;
 use crate::error::{Error, Result};
 use crate::merge::register_batches;
@@ -102,25 +102,46 @@ const GROUPS_PER_PARTITION: usize = 16 * 1024;
 /// (at 10M profiles 64 and 128 partitions were equal, 256 and 512 slower).
 const MAX_PARTITIONS: usize = 64;
 
+/// Rows of a batch for each partition after the shuffle, at least: a shuffle
+/// into 64 partitions with 32Ki-row batches was 8-10% faster than with 8Ki
+/// rows at 1M and 10M profiles (the pieces' per-batch costs), for about 200 MB
+/// more at 10M.
+const SHUFFLE_PIECE: usize = 512;
+
+/// Rows of a batch in the segment stage, at most.
+const MAX_BATCH: usize = 32 * 1024;
+
 /// The session the segment stage plans features and segments on, for a
 /// policy of `profiles` profiles: `ctx` itself, or (embedded, with
 /// `[engine] target_partitions` unset) a session over the same relations whose
 /// final aggregates shuffle into enough partitions that a feature's
 /// `GROUP BY profile_id` over events works on cache-sized hash tables
-/// ([`crate::engine::wide`]; `benches/README.md` has the measurements).
-pub fn stage_session(ctx: &SessionContext, project: &Project, profiles: usize) -> SessionContext {
+/// ([`crate::engine::wide`]), with batches large enough for that shuffle
+/// (`benches/README.md` has the measurements).
+pub fn stage_session(
+    ctx: &SessionContext,
+    engine: &EngineSettings,
+    profiles: usize,
+) -> SessionContext {
     let cores = ctx.copied_config().target_partitions();
     let partitions = profiles
         .div_ceil(GROUPS_PER_PARTITION)
         .next_power_of_two()
         .min(MAX_PARTITIONS);
     if partitions <= cores
-        || project.engine.target_partitions.is_some()
+        || engine.target_partitions.is_some()
         || crate::engine::cluster(ctx).is_some()
     {
         return ctx.clone();
     }
-    let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+    let mut state = ctx.state();
+    // The shuffle cuts every batch into `partitions` pieces: larger batches
+    // keep the pieces at SHUFFLE_PIECE rows or more.
+    let batch = (partitions * SHUFFLE_PIECE)
+        .min(MAX_BATCH)
+        .max(state.config().batch_size());
+    *state.config_mut() = state.config().clone().with_batch_size(batch);
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
         .with_physical_optimizer_rule(Arc::new(crate::engine::wide::WideAggregates { partitions }))
         .build();
     SessionContext::new_with_state(state)
@@ -276,7 +297,7 @@ where
             .filter(|m| needed.contains(m.id.as_str()) && !feats.contains_key(&m.id))
             .collect();
         let rows = g.profiles.1.iter().map(RecordBatch::num_rows).sum();
-        let stage = stage_session(ctx, project, rows);
+        let stage = stage_session(ctx, &project.engine, rows);
         for m in todo {
             feats.insert(m.id.clone(), run_feature(&stage, m).await?);
             *runs.entry(policy.clone()).or_default() += 1;
@@ -339,7 +360,7 @@ pub async fn activate_all(ctx: &SessionContext, project: &Project, g: &mut Group
         .collect();
     let stage = stage_session(
         ctx,
-        project,
+        &project.engine,
         g.profiles.1.iter().map(RecordBatch::num_rows).sum(),
     );
     for m in todo {
@@ -590,6 +611,85 @@ impl Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shuffle a `GROUP BY profile_id` gets on `ctx`, and its batch size.
+    async fn shuffle_of(ctx: &SessionContext) -> (String, usize) {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "profile_id",
+            DataType::Utf8,
+            true,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["a", "b", "a"]))],
+        )
+        .expect("batch");
+        let table = datafusion::datasource::MemTable::try_new(
+            schema,
+            vec![vec![batch.clone()], vec![batch]],
+        )
+        .expect("table");
+        ctx.register_table("ev", Arc::new(table)).ok();
+        let plan = ctx
+            .sql("SELECT profile_id, count(*) AS n FROM ev GROUP BY profile_id")
+            .await
+            .expect("sql")
+            .create_physical_plan()
+            .await
+            .expect("plan");
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        let hash = text
+            .lines()
+            .find_map(|l| l.split("partitioning=").nth(1))
+            .map(|p| p.split(", input").next().unwrap_or(p).to_string())
+            .unwrap_or_default();
+        (hash, ctx.copied_config().batch_size())
+    }
+
+    #[tokio::test]
+    async fn segment_stage_widens_per_profile_aggregates_only_when_it_may() {
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new()
+                .with_target_partitions(2)
+                .with_batch_size(8192),
+        );
+        let auto = EngineSettings::default();
+        // Small: as many partitions as the session has.
+        let small = stage_session(&ctx, &auto, 20_000);
+        assert_eq!(
+            shuffle_of(&small).await,
+            ("Hash([profile_id@0], 2)".to_string(), 8192)
+        );
+        // 100k profiles: 8 partitions (16Ki groups each), batches unchanged.
+        let mid = stage_session(&ctx, &auto, 100_000);
+        assert_eq!(
+            shuffle_of(&mid).await,
+            ("Hash([profile_id@0], 8)".to_string(), 8192)
+        );
+        // 10M profiles: at most 64 partitions, 32Ki-row batches.
+        let big = stage_session(&ctx, &auto, 10_000_000);
+        assert_eq!(
+            shuffle_of(&big).await,
+            ("Hash([profile_id@0], 64)".to_string(), 32768)
+        );
+        // The original session is untouched, and sees what the stage registers.
+        assert_eq!(shuffle_of(&ctx).await.0, "Hash([profile_id@0], 2)");
+        big.register_table("seen", big.table_provider("ev").await.expect("ev"))
+            .expect("register");
+        assert!(ctx.table_exist("seen").expect("lookup"));
+        // `[engine] target_partitions` set: used as is.
+        let fixed = EngineSettings {
+            target_partitions: Some(2),
+            ..EngineSettings::default()
+        };
+        let kept = stage_session(&ctx, &fixed, 10_000_000);
+        assert_eq!(
+            shuffle_of(&kept).await,
+            ("Hash([profile_id@0], 2)".to_string(), 8192)
+        );
+    }
 
     #[test]
     fn segment_bitmap_gives_set_positions_in_order_once() {
