@@ -7,9 +7,6 @@ use tracing_subscriber::EnvFilter;
 
 use audience::cli::{Cli, LogFormat, dispatch};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = if cli.quiet {

@@ -5,10 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-/// The binary's allocator, so the benches measure what `audience` runs.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A `/proc/self/status` value in kB (e.g. `VmHWM:`, the peak RSS).
 pub fn proc_status(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
