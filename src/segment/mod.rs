@@ -142,6 +142,12 @@ pub fn stage_session(
         .min(MAX_BATCH)
         .max(state.config().batch_size());
     *state.config_mut() = state.config().clone().with_batch_size(batch);
+    tracing::debug!(
+        profiles,
+        partitions,
+        batch,
+        "segments: per-profile aggregates shuffled into more partitions than cores"
+    );
     let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
         .with_physical_optimizer_rule(Arc::new(crate::engine::wide::WideAggregates { partitions }))
         .build();
