@@ -83,6 +83,13 @@ pub struct Group {
     pub feature_runs: usize,
 }
 
+impl Group {
+    /// How many profiles the group's policy has.
+    pub fn profile_count(&self) -> usize {
+        self.profiles.1.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
 /// Options that make segment SQL read-only.
 pub fn read_only() -> SQLOptions {
     SQLOptions::new()
@@ -303,8 +310,7 @@ where
             .iter()
             .filter(|m| needed.contains(m.id.as_str()) && !feats.contains_key(&m.id))
             .collect();
-        let rows = g.profiles.1.iter().map(RecordBatch::num_rows).sum();
-        let stage = stage_session(ctx, &project.engine, rows);
+        let stage = stage_session(ctx, &project.engine, g.profile_count());
         for m in todo {
             feats.insert(m.id.clone(), run_feature(&stage, m).await?);
             *runs.entry(policy.clone()).or_default() += 1;
@@ -365,11 +371,7 @@ pub async fn activate_all(ctx: &SessionContext, project: &Project, g: &mut Group
         .iter()
         .filter(|m| m.kind == ModelKind::Feature && !g.features.contains_key(&m.id))
         .collect();
-    let stage = stage_session(
-        ctx,
-        &project.engine,
-        g.profiles.1.iter().map(RecordBatch::num_rows).sum(),
-    );
+    let stage = stage_session(ctx, &project.engine, g.profile_count());
     for m in todo {
         g.features
             .insert(m.id.clone(), run_feature(&stage, m).await?);
