@@ -82,7 +82,7 @@ fn part_of(hash: u64) -> usize {
 }
 
 /// An identity occurrence waiting to be interned.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Entry {
     hash: u64,
     ts: i64,
@@ -129,6 +129,40 @@ struct Part {
 }
 
 impl Part {
+    /// Put this partition's identities in rank order (class, namespace,
+    /// value), sorting in cache: values, attributes and dataset sets are
+    /// rewritten in that order. The table still maps to the old local indexes
+    /// (see [`Run::order`]).
+    fn sort_by_rank(&mut self, words: usize) -> Run {
+        let n = self.meta.len();
+        let mut keyed: Vec<(u128, u32)> = (0..n)
+            .map(|l| (rank_key(&head(&self.meta[l]), self.value(l)), l as u32))
+            .collect();
+        keyed.sort_unstable_by_key(|e| e.0);
+        refine_ties(&mut keyed, 12, 12, &|l| self.value(l as usize));
+        let mut run = Run {
+            keys: Vec::with_capacity(n),
+            order: Vec::with_capacity(n),
+        };
+        let mut arena = Vec::with_capacity(self.arena.len());
+        let mut meta = Vec::with_capacity(n);
+        let mut datasets = Vec::with_capacity(self.datasets.len());
+        for &(_, old) in &keyed {
+            let (m, v) = (self.meta[old as usize], self.value(old as usize));
+            run.keys.push(rank_key(&head(&m), v));
+            run.order.push(old);
+            meta.push(Meta {
+                start: arena.len() as u32,
+                ..m
+            });
+            arena.extend_from_slice(v);
+            let o = old as usize * words;
+            datasets.extend_from_slice(&self.datasets[o..o + words]);
+        }
+        (self.arena, self.meta, self.datasets) = (arena, meta, datasets);
+        run
+    }
+
     fn value(&self, local: usize) -> &[u8] {
         let m = &self.meta[local];
         &self.arena[m.start as usize..(m.start + m.len) as usize]
@@ -182,7 +216,7 @@ impl Part {
     }
 }
 
-/// Identities `ranked[..]` gathered from the partitions, in that order.
+/// Identities gathered from the partitions in rank order.
 #[derive(Debug, Default)]
 struct Gathered {
     arena: Vec<u8>,
@@ -195,32 +229,150 @@ struct Gathered {
     datasets: Vec<u64>,
 }
 
-fn gather(parts: &[Part], ranked: &[(u128, u32)], words: usize) -> Gathered {
-    let n = ranked.len();
+/// A partition's identities in rank order (see [`Part::sort_by_rank`]).
+#[derive(Debug, Default)]
+struct Run {
+    /// Top-level rank key of each identity, in rank order.
+    keys: Vec<u128>,
+    /// `order[new] = old`: the local index each identity had while interning.
+    order: Vec<u32>,
+}
+
+fn head(m: &Meta) -> [u8; 3] {
+    let mut h = [0u8; 3];
+    h[0] = m.class as u8;
+    h[1..].copy_from_slice(&m.ns.to_be_bytes());
+    h
+}
+
+/// The head of a run during the merge; the heap is a max-heap, so the order is reversed.
+struct Head<'a> {
+    key: u128,
+    value: &'a [u8],
+    part: usize,
+    pos: usize,
+}
+
+impl Ord for Head<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Equal keys share class, namespace and the first bytes: the values decide.
+        (other.key, other.value).cmp(&(self.key, self.value))
+    }
+}
+
+impl PartialOrd for Head<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Head<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Head<'_> {}
+
+/// Merge the rank-ordered runs of every partition, `ranges[p]` of partition
+/// `p`, numbering identities from `base` into `ranks[p]` (which covers
+/// `ranges[p]`) and gathering their attributes in that order. Each partition is
+/// read front to back, so the merge streams through memory.
+fn merge_runs(
+    parts: &[Part],
+    runs: &[&[u128]],
+    ranges: &[(usize, usize)],
+    mut ranks: Vec<&mut [u32]>,
+    base: u32,
+    words: usize,
+) -> Gathered {
+    let n: usize = ranges.iter().map(|(a, b)| b - a).sum();
+    let bytes: usize = ranges
+        .iter()
+        .zip(parts)
+        .map(|(&(a, b), p)| {
+            let end = |i: usize| p.meta.get(i).map_or(p.arena.len(), |m| m.start as usize);
+            end(b) - end(a)
+        })
+        .sum();
     let mut g = Gathered {
+        arena: Vec::with_capacity(bytes),
         ends: Vec::with_capacity(n),
         class: Vec::with_capacity(n),
         ns: Vec::with_capacity(n),
         first_seen: Vec::with_capacity(n),
         last_seen: Vec::with_capacity(n),
         datasets: Vec::with_capacity(n * words),
-        ..Gathered::default()
     };
-    for &(_, enc) in ranked {
-        let part = &parts[(enc >> LOCAL_BITS) as usize];
-        let l = (enc & ((1 << LOCAL_BITS) - 1)) as usize;
-        let m = &part.meta[l];
-        g.arena
-            .extend_from_slice(&part.arena[m.start as usize..(m.start + m.len) as usize]);
+    let head_at = |part: usize, pos: usize| Head {
+        key: runs[part][pos],
+        value: parts[part].value(pos),
+        part,
+        pos,
+    };
+    let mut heap: std::collections::BinaryHeap<Head> = ranges
+        .iter()
+        .enumerate()
+        .filter(|(_, (a, b))| a < b)
+        .map(|(p, &(a, _))| head_at(p, a))
+        .collect();
+    let mut rank = base;
+    while let Some(mut top) = heap.peek_mut() {
+        let (p, pos) = (top.part, top.pos);
+        let part = &parts[p];
+        let m = &part.meta[pos];
+        g.arena.extend_from_slice(top.value);
         g.ends.push(g.arena.len());
         g.class.push(m.class);
         g.ns.push(m.ns);
         g.first_seen.push(m.first_seen);
         g.last_seen.push(m.last_seen);
         g.datasets
-            .extend_from_slice(&part.datasets[l * words..(l + 1) * words]);
+            .extend_from_slice(&part.datasets[pos * words..(pos + 1) * words]);
+        ranks[p][pos - ranges[p].0] = rank;
+        rank += 1;
+        if pos + 1 < ranges[p].1 {
+            *top = head_at(p, pos + 1);
+        } else {
+            std::collections::binary_heap::PeekMut::pop(top);
+        }
     }
     g
+}
+
+/// `f` on every partition, the partitions split into `threads` contiguous ranges.
+fn par_parts<T: Send>(
+    parts: &mut [Part],
+    threads: usize,
+    f: &(impl Fn(usize, &mut Part) -> T + Sync),
+) -> Vec<T> {
+    let per = parts.len().div_ceil(threads.max(1)).max(1);
+    if threads < 2 {
+        return parts
+            .iter_mut()
+            .enumerate()
+            .map(|(p, part)| f(p, part))
+            .collect();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(c, chunk)| {
+                s.spawn(move || {
+                    chunk
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(k, part)| f(c * per + k, part))
+                        .collect::<Vec<T>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// Builds an [`IdentityGraph`] from rows of identities.
@@ -242,6 +394,11 @@ pub struct GraphBuilder {
     rows: Vec<u32>,
     links: Vec<RawLink>,
     compact_at: usize,
+    /// Scratch of [`Self::flush`], kept between chunks: the occurrences and
+    /// their bytes in partition order, and where each came from.
+    sorted: Vec<Entry>,
+    sorted_bytes: Vec<u8>,
+    order: Vec<u32>,
 }
 
 impl GraphBuilder {
@@ -257,6 +414,9 @@ impl GraphBuilder {
             rows: Vec::new(),
             links: Vec::new(),
             compact_at: MIN_COMPACT,
+            sorted: Vec::new(),
+            sorted_bytes: Vec::new(),
+            order: Vec::new(),
         }
     }
 
@@ -302,30 +462,50 @@ impl GraphBuilder {
         if n == 0 {
             return Ok(());
         }
-        // Counting sort of the occurrences by partition.
+        // Counting sort of the occurrences by partition, moving them (and
+        // their value bytes) so that interning reads them front to back.
         let mut bounds = vec![0usize; PARTS + 1];
+        let mut byte_at = vec![0usize; PARTS + 1];
         for e in &self.entries {
             bounds[part_of(e.hash) + 1] += 1;
+            byte_at[part_of(e.hash) + 1] += e.len as usize;
         }
         for p in 0..PARTS {
             bounds[p + 1] += bounds[p];
+            byte_at[p + 1] += byte_at[p];
         }
         let mut next = bounds.clone();
-        let mut order = vec![0u32; n];
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.resize(n, 0);
+        let mut sorted = std::mem::take(&mut self.sorted);
+        sorted.clear();
+        sorted.resize(n, Entry::default());
+        let mut sorted_bytes = std::mem::take(&mut self.sorted_bytes);
+        sorted_bytes.clear();
+        sorted_bytes.resize(self.bytes.len(), 0);
         for (i, e) in self.entries.iter().enumerate() {
             let p = part_of(e.hash);
-            order[next[p]] = i as u32;
+            let (pos, at) = (next[p], byte_at[p]);
+            let (start, len) = (e.start as usize, e.len as usize);
+            sorted_bytes[at..at + len].copy_from_slice(&self.bytes[start..start + len]);
+            sorted[pos] = Entry {
+                start: at as u32,
+                ..*e
+            };
+            order[pos] = i as u32;
             next[p] += 1;
+            byte_at[p] += len;
         }
         let mut local_ids = vec![0u32; n];
         let threads = if n >= 1 << 16 { self.threads } else { 1 };
         {
-            let (entries, bytes, words) = (&self.entries, &self.bytes, self.words);
+            let (entries, bytes, words) = (&sorted, &sorted_bytes, self.words);
             let work = |parts: &mut [Part], first: usize, ids: &mut [u32], base: usize| {
                 for (k, part) in parts.iter_mut().enumerate() {
                     let p = first + k;
                     for pos in bounds[p]..bounds[p + 1] {
-                        let e = &entries[order[pos] as usize];
+                        let e = &entries[pos];
                         let v = &bytes[e.start as usize..(e.start + e.len) as usize];
                         ids[pos - base] = part.intern(e, v, words).unwrap_or(u32::MAX);
                     }
@@ -374,7 +554,7 @@ impl GraphBuilder {
                 ids[order[pos] as usize] = ((p as u32) << LOCAL_BITS) | local;
             }
         }
-        drop(order);
+        (self.order, self.sorted, self.sorted_bytes) = (order, sorted, sorted_bytes);
         self.rows.push(n as u32);
         for w in self.rows.windows(2) {
             let (a, b) = (w[0] as usize, w[1] as usize);
@@ -404,42 +584,73 @@ impl GraphBuilder {
     /// [`Error::Input`] when the graph outgrows 32-bit identity ids.
     pub fn finish(mut self) -> Result<IdentityGraph> {
         self.flush()?;
+        (self.sorted, self.sorted_bytes, self.order) = (Vec::new(), Vec::new(), Vec::new());
+        (self.entries, self.bytes) = (Vec::new(), Vec::new());
+        let (words, threads) = (self.words, self.threads);
         let mut parts = self.parts;
         let n: usize = parts.iter().map(|p| p.meta.len()).sum();
-        // Rank: class, namespace index (priority, then name), value.
-        let mut keyed: Vec<(u128, u32)> = Vec::with_capacity(n);
-        for (p, part) in parts.iter().enumerate() {
-            for (l, m) in part.meta.iter().enumerate() {
-                let mut head = [0u8; 3];
-                head[0] = m.class as u8;
-                head[1..].copy_from_slice(&m.ns.to_be_bytes());
-                let key = rank_key(&head, part.value(l));
-                keyed.push((key, ((p as u32) << LOCAL_BITS) | l as u32));
+        let threads = if n >= 1 << 16 { threads } else { 1 };
+        // Each partition sorted in cache, then the sorted runs merged.
+        let runs = par_parts(&mut parts, threads, &|_, p| p.sort_by_rank(words));
+        // Dense id of each identity, by partition, in rank order (filled by the merge).
+        let mut ranks: Vec<Vec<u32>> = runs.iter().map(|r| vec![0; r.keys.len()]).collect();
+        let halves = {
+            let keys: Vec<&[u128]> = runs.iter().map(|r| r.keys.as_slice()).collect();
+            // The middle of the largest run splits every run in two (hash
+            // partitions are samples of the same distribution).
+            let (sp, spos) = parts
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, p)| p.meta.len())
+                .map_or((0, 0), |(p, part)| (p, part.meta.len() / 2));
+            let splitter =
+                (threads > 1 && spos > 0).then(|| (keys[sp][spos], parts[sp].value(spos)));
+            let split: Vec<usize> = parts
+                .iter()
+                .zip(&keys)
+                .map(|(part, k)| match splitter {
+                    None => k.len(),
+                    Some(s) => {
+                        let (mut a, mut b) = (0, k.len());
+                        while a < b {
+                            let m = (a + b) / 2;
+                            if (k[m], part.value(m)) < s {
+                                a = m + 1;
+                            } else {
+                                b = m;
+                            }
+                        }
+                        a
+                    }
+                })
+                .collect();
+            let lo: Vec<(usize, usize)> = split.iter().map(|&s| (0, s)).collect();
+            let hi: Vec<(usize, usize)> = split
+                .iter()
+                .zip(&keys)
+                .map(|(&s, k)| (s, k.len()))
+                .collect();
+            let (mut ranks_lo, mut ranks_hi) = (Vec::new(), Vec::new());
+            for (r, &s) in ranks.iter_mut().zip(&split) {
+                let (a, b) = r.split_at_mut(s);
+                ranks_lo.push(a);
+                ranks_hi.push(b);
             }
-        }
-        sort_parallel(&mut keyed, self.threads, &|a, b| a.0.cmp(&b.0));
-        {
-            let value_of = |enc: u32| {
-                parts[(enc >> LOCAL_BITS) as usize].value((enc & ((1 << LOCAL_BITS) - 1)) as usize)
-            };
-            refine_ties(&mut keyed, 12, 12, &value_of);
-        }
-        // Attributes in rank order: halves gathered side by side, then joined.
-        let words = self.words;
-        let halves: Vec<Gathered> = if self.threads > 1 && n >= 1 << 16 {
-            let (lo, hi) = keyed.split_at(n / 2);
-            let parts = &parts;
-            std::thread::scope(|s| {
-                let first = s.spawn(move || gather(parts, lo, words));
-                let second = gather(parts, hi, words);
-                vec![first.join().unwrap_or_default(), second]
-            })
-        } else {
-            vec![gather(&parts, &keyed, words)]
+            let base = split.iter().sum::<usize>() as u32;
+            if splitter.is_some() {
+                let (parts, keys) = (&parts, &keys);
+                std::thread::scope(|s| {
+                    let first = s.spawn(|| merge_runs(parts, keys, &lo, ranks_lo, 0, words));
+                    let second = merge_runs(parts, keys, &hi, ranks_hi, base, words);
+                    first
+                        .join()
+                        .map(|first| vec![first, second])
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+                })
+            } else {
+                vec![merge_runs(&parts, &keys, &lo, ranks_lo, 0, words)]
+            }
         };
-        if halves.iter().map(|h| h.class.len()).sum::<usize>() != n {
-            return Err(Error::Internal("identity gather thread failed".into()));
-        }
         let mut g = IdentityGraph {
             hasher: self.hasher,
             words,
@@ -466,20 +677,18 @@ impl GraphBuilder {
                 g.datasets.extend_from_slice(&h.datasets);
             }
         }
-        for p in &mut parts {
-            p.dense = vec![0; p.meta.len()];
-        }
-        for (rank, &(_, enc)) in keyed.iter().enumerate() {
-            parts[(enc >> LOCAL_BITS) as usize].dense[(enc & ((1 << LOCAL_BITS) - 1)) as usize] =
-                rank as u32;
-        }
-        drop(keyed);
-        for p in &mut parts {
-            // Only lookups remain: the table, the stored hashes and the dense ids.
-            p.arena = Vec::new();
-            p.meta = Vec::new();
-            p.datasets = Vec::new();
-        }
+        par_parts(&mut parts, threads, &|p, part| {
+            // Only lookups remain: the table, the stored hashes and the dense
+            // ids (by the local index the table holds).
+            part.dense = vec![0; ranks[p].len()];
+            for (&old, &rank) in runs[p].order.iter().zip(&ranks[p]) {
+                part.dense[old as usize] = rank;
+            }
+            part.arena = Vec::new();
+            part.meta = Vec::new();
+            part.datasets = Vec::new();
+        });
+        drop((runs, ranks));
         let dense = |enc: u32| {
             parts[(enc >> LOCAL_BITS) as usize].dense[(enc & ((1 << LOCAL_BITS) - 1)) as usize]
         };
@@ -555,40 +764,6 @@ fn refine_ties<'a>(
         }
         i = j;
     }
-}
-
-/// Sort on up to `threads` threads: halves sorted side by side, then merged.
-fn sort_parallel<T: Copy + Send + Sync>(
-    v: &mut Vec<T>,
-    threads: usize,
-    cmp: &(impl Fn(&T, &T) -> std::cmp::Ordering + Sync),
-) {
-    if threads < 2 || v.len() < 1 << 16 {
-        v.sort_unstable_by(cmp);
-        return;
-    }
-    let mid = v.len() / 2;
-    {
-        let (a, b) = v.split_at_mut(mid);
-        std::thread::scope(|s| {
-            s.spawn(|| a.sort_unstable_by(cmp));
-            b.sort_unstable_by(cmp);
-        });
-    }
-    let mut out = Vec::with_capacity(v.len());
-    let (mut i, mut j) = (0, mid);
-    while i < mid && j < v.len() {
-        if cmp(&v[j], &v[i]).is_lt() {
-            out.push(v[j]);
-            j += 1;
-        } else {
-            out.push(v[i]);
-            i += 1;
-        }
-    }
-    out.extend_from_slice(&v[i..mid]);
-    out.extend_from_slice(&v[j..]);
-    *v = out;
 }
 
 /// Interned identities, numbered in rank order (class, namespace index, value),
@@ -921,7 +1096,11 @@ mod tests {
         let build = |threads| {
             let mut b = GraphBuilder::new(1, threads);
             for i in 0..300_000u32 {
-                let (x, y) = (format!("x{}", i % 70_001), format!("y{}", i % 90_007));
+                // x values share 20 bytes, so the merge and its split compare whole values.
+                let (x, y) = (
+                    format!("x-long-shared-prefix{}", i % 70_001),
+                    format!("y{}", i % 90_007),
+                );
                 b.add_row(
                     Class::Customer,
                     i64::from(i),
@@ -937,14 +1116,47 @@ mod tests {
         assert_eq!(one.arena, two.arena);
         assert_eq!(one.last_seen, two.last_seen);
         assert_eq!(one.links, two.links);
-        assert!(one.value(0) < one.value(1), "values in rank order");
+        for i in 1..one.len() as u32 {
+            let key = |i: u32| (one.class[i as usize], one.ns[i as usize], one.value(i));
+            assert!(key(i - 1) < key(i), "ids in rank order at {i}");
+        }
         assert_eq!(
-            one.get(Class::Customer, 1, "y5"),
-            two.get(Class::Customer, 1, "y5")
+            one.get(Class::Customer, 1, "y5").map(|i| one.value(i)),
+            two.get(Class::Customer, 1, "y5").map(|i| two.value(i))
         );
     }
 
     proptest::proptest! {
+        /// Ids are ranks, whatever the partitions: values sharing long
+        /// prefixes land in different partitions and meet in the merge.
+        #[test]
+        fn graph_ids_are_ranks_across_partitions(
+            values in proptest::collection::btree_set(
+                (0u16..3, proptest::collection::vec(proptest::sample::select(vec!['a', 'b', '\0']), 0..30)),
+                1..400,
+            ),
+            prospect in proptest::collection::vec(proptest::bool::ANY, 400),
+        ) {
+            let mut b = GraphBuilder::new(1, 2);
+            let mut want: Vec<(Class, u16, String)> = Vec::new();
+            for ((ns, tail), &p) in values.iter().zip(&prospect) {
+                let class = if p { Class::Prospect } else { Class::Customer };
+                let v: String = format!("shared-prefix-{}", tail.iter().collect::<String>());
+                b.add_row(class, 0, 0, [(*ns, v.as_str())]).unwrap();
+                want.push((class, *ns, v));
+            }
+            want.sort();
+            want.dedup();
+            let g = b.finish().unwrap();
+            let got: Vec<(Class, u16, String)> = (0..g.len() as u32)
+                .map(|i| (g.class[i as usize], g.ns[i as usize], g.value(i).to_owned()))
+                .collect();
+            proptest::prop_assert_eq!(&got, &want);
+            for (i, (c, ns, v)) in want.iter().enumerate() {
+                proptest::prop_assert_eq!(g.get(*c, *ns, v), Some(i as u32));
+            }
+        }
+
         #[test]
         fn rank_keys_sort_like_whole_values(
             values in proptest::collection::btree_set(
@@ -963,7 +1175,7 @@ mod tests {
                     (rank_key(&head, v), i as u32)
                 })
                 .collect();
-            sort_parallel(&mut keyed, 2, &|a, b| a.0.cmp(&b.0));
+            keyed.sort_unstable_by_key(|e| e.0);
             refine_ties(&mut keyed, 12, 12, &|i| items[i as usize].1.as_slice());
             let got: Vec<u32> = keyed.iter().map(|e| e.1).collect();
             let mut want: Vec<u32> = (0..items.len() as u32).collect();
