@@ -245,38 +245,59 @@ fn head(m: &Meta) -> [u8; 3] {
     h
 }
 
-/// The head of a run during the merge; the heap is a max-heap, so the order is reversed.
-struct Head<'a> {
+/// Where the merge stands in one run: its next identity's rank key, the
+/// value's next 16 bytes after the key's (zero-padded, big-endian) and the value.
+#[derive(Clone, Copy)]
+struct Cursor<'a> {
     key: u128,
+    key2: u128,
     value: &'a [u8],
-    part: usize,
     pos: usize,
+    end: usize,
 }
 
-impl Ord for Head<'_> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // Equal keys share class, namespace and the first bytes: the values decide.
-        (other.key, other.value).cmp(&(self.key, self.value))
+impl<'a> Cursor<'a> {
+    fn at(part: &'a Part, keys: &[u128], pos: usize, end: usize) -> Self {
+        if pos >= end {
+            return Cursor {
+                key: 0,
+                key2: 0,
+                value: &[],
+                pos,
+                end,
+            };
+        }
+        let value = part.value(pos);
+        let mut k2 = [0u8; 16];
+        let rest = value.get(12..).unwrap_or_default();
+        let take = rest.len().min(16);
+        k2[..take].copy_from_slice(&rest[..take]);
+        Cursor {
+            key: keys[pos],
+            key2: u128::from_be_bytes(k2),
+            value,
+            pos,
+            end,
+        }
+    }
+
+    /// Rank order; a finished run comes after everything. Equal keys share
+    /// class, namespace and the first 12 bytes: then the next bytes decide.
+    fn before(&self, other: &Self) -> bool {
+        if self.pos >= self.end {
+            return false;
+        }
+        if other.pos >= other.end {
+            return true;
+        }
+        (self.key, self.key2, self.value) < (other.key, other.key2, other.value)
     }
 }
-
-impl PartialOrd for Head<'_> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Head<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-
-impl Eq for Head<'_> {}
 
 /// Merge the rank-ordered runs of every partition, `ranges[p]` of partition
 /// `p`, numbering identities from `base` into `ranks[p]` (which covers
-/// `ranges[p]`) and gathering their attributes in that order. Each partition is
+/// `ranges[p]`) and gathering their attributes in that order. A tournament
+/// tree picks the next identity in one comparison a level; each partition is
 /// read front to back, so the merge streams through memory.
 fn merge_runs(
     parts: &[Part],
@@ -304,24 +325,32 @@ fn merge_runs(
         last_seen: Vec::with_capacity(n),
         datasets: Vec::with_capacity(n * words),
     };
-    let head_at = |part: usize, pos: usize| Head {
-        key: runs[part][pos],
-        value: parts[part].value(pos),
-        part,
-        pos,
-    };
-    let mut heap: std::collections::BinaryHeap<Head> = ranges
-        .iter()
-        .enumerate()
-        .filter(|(_, (a, b))| a < b)
-        .map(|(p, &(a, _))| head_at(p, a))
+    let k = ranges.len().next_power_of_two();
+    let mut cur: Vec<Cursor> = (0..k)
+        .map(|p| match ranges.get(p) {
+            Some(&(a, b)) => Cursor::at(&parts[p], runs[p], a, b),
+            None => Cursor::at(&parts[0], &[], 0, 0),
+        })
         .collect();
+    // tree[node] holds the loser of the match at that node; leaves are k + run.
+    let mut tree = vec![0usize; k];
+    let mut winner_of = vec![0usize; 2 * k];
+    for (p, w) in winner_of[k..].iter_mut().enumerate() {
+        *w = p;
+    }
+    for node in (1..k).rev() {
+        let (l, r) = (winner_of[2 * node], winner_of[2 * node + 1]);
+        let (w, lose) = if cur[r].before(&cur[l]) { (r, l) } else { (l, r) };
+        winner_of[node] = w;
+        tree[node] = lose;
+    }
+    let mut winner = winner_of[1.min(2 * k - 1)];
     let mut rank = base;
-    while let Some(mut top) = heap.peek_mut() {
-        let (p, pos) = (top.part, top.pos);
+    while cur[winner].pos < cur[winner].end {
+        let (p, pos) = (winner, cur[winner].pos);
         let part = &parts[p];
         let m = &part.meta[pos];
-        g.arena.extend_from_slice(top.value);
+        g.arena.extend_from_slice(cur[p].value);
         g.ends.push(g.arena.len());
         g.class.push(m.class);
         g.ns.push(m.ns);
@@ -331,11 +360,18 @@ fn merge_runs(
             .extend_from_slice(&part.datasets[pos * words..(pos + 1) * words]);
         ranks[p][pos - ranges[p].0] = rank;
         rank += 1;
-        if pos + 1 < ranges[p].1 {
-            *top = head_at(p, pos + 1);
-        } else {
-            std::collections::binary_heap::PeekMut::pop(top);
+        cur[p] = Cursor::at(part, runs[p], pos + 1, ranges[p].1);
+        let mut node = (p + k) / 2;
+        let mut cand = p;
+        while node >= 1 {
+            let other = tree[node];
+            if cur[other].before(&cur[cand]) {
+                tree[node] = cand;
+                cand = other;
+            }
+            node /= 2;
         }
+        winner = cand;
     }
     g
 }
