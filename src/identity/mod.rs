@@ -151,7 +151,8 @@ pub async fn stitch(
     out: &Location,
     mut progress: impl FnMut(u64),
 ) -> Result<Stitched> {
-    let mut graph = GraphBuilder::new(datasets.len(), project.engine.threads());
+    let threads = project.engine.threads();
+    let mut graph = GraphBuilder::new(datasets.len(), threads);
     let phones: Vec<normalise::PhoneCache> = project
         .namespaces
         .iter()
@@ -243,6 +244,13 @@ pub async fn stitch(
                 );
                 serde_json::Value::Object(m)
             };
+            // Phone numbers new to this run are parsed side by side first.
+            for ((_, _, norm), (arr, sql)) in cols.iter().zip(ids.iter().zip(&sql_col)) {
+                if sql.is_none() {
+                    let raws = (0..batch.num_rows()).filter(|&r| !arr.is_null(r));
+                    norm.warm(raws.map(|r| arr.value(r)), threads);
+                }
+            }
             let mut found: Vec<(u16, std::borrow::Cow<'_, str>)> = Vec::with_capacity(cols.len());
             for row in 0..batch.num_rows() {
                 if ts.is_null(row) {
