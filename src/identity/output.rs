@@ -290,29 +290,42 @@ pub(super) async fn finish(
         ..Default::default()
     };
     let mut hist = [0u64; 9];
+    let mut per_class: BTreeMap<Class, u64> = BTreeMap::new();
     for p in 0..np {
         hist[size_bucket(sizes[p])] += 1;
-        *health
-            .profiles
-            .entry(profile_class[p].as_str().to_string())
-            .or_default() += 1;
+        *per_class.entry(profile_class[p]).or_default() += 1;
     }
+    health.profiles = per_class
+        .into_iter()
+        .map(|(c, k)| (c.as_str().to_string(), k))
+        .collect();
     health.size_histogram = BUCKETS
         .iter()
         .zip(hist)
         .map(|(b, c)| (b.to_string(), c))
         .collect();
+    // The ten largest profiles (ties: smallest id).
     let mut big: Vec<u32> = (0..np as u32).collect();
-    big.sort_unstable_by(|&a, &b| {
-        sizes[b as usize]
-            .cmp(&sizes[a as usize])
-            .then_with(|| profile_ids[a as usize].cmp(&profile_ids[b as usize]))
-    });
-    big.truncate(10);
+    let larger = |a: &u32, b: &u32| {
+        sizes[*b as usize]
+            .cmp(&sizes[*a as usize])
+            .then_with(|| profile_ids[*a as usize].cmp(&profile_ids[*b as usize]))
+    };
+    if big.len() > 10 {
+        big.select_nth_unstable_by(10, larger);
+        big.truncate(10);
+    }
+    big.sort_unstable_by(larger);
     let mut by_ns: HashMap<u32, BTreeMap<String, u64>> =
         big.iter().map(|&p| (p, BTreeMap::new())).collect();
+    let mut in_big = vec![false; np];
+    for &p in &big {
+        in_big[p as usize] = true;
+    }
     for (i, p) in profile_of.iter().enumerate() {
-        if let Some(m) = by_ns.get_mut(p) {
+        if in_big[*p as usize]
+            && let Some(m) = by_ns.get_mut(p)
+        {
             *m.entry(ns_names[graph.ns[i] as usize].to_string())
                 .or_default() += 1;
         }
@@ -510,54 +523,87 @@ fn skeletons(
     by_ns_name.sort_by_key(|&i| ns_names[i]);
     let mut out = BTreeMap::new();
     for class in project.classes() {
-        let mut profs: Vec<u32> = (0..np as u32)
+        // Sorted by id: the first 16 bytes as an integer key, whole ids
+        // (then the index) only where keys are equal.
+        let key = |p: u32| {
+            let id = profile_ids[p as usize].as_bytes();
+            let mut k = [0u8; 16];
+            k[..id.len().min(16)].copy_from_slice(&id[..id.len().min(16)]);
+            u128::from_be_bytes(k)
+        };
+        let mut profs: Vec<(u128, u32)> = (0..np as u32)
             .filter(|&p| profile_class[p as usize] == class)
+            .map(|p| (key(p), p))
             .collect();
-        profs.sort_by(|&a, &b| {
-            profile_ids[a as usize]
-                .cmp(&profile_ids[b as usize])
-                .then(a.cmp(&b))
-        });
-        let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
-        let mut pref: Vec<StringBuilder> = ns_names.iter().map(|_| StringBuilder::new()).collect();
-        let mut all: Vec<ListBuilder<StringBuilder>> = ns_names
-            .iter()
-            .map(|_| ListBuilder::new(StringBuilder::new()))
-            .collect();
-        for &p in &profs {
-            let idents = &members[start[p as usize]..start[p as usize + 1]];
-            for &k in &by_ns_name {
-                let mut best: Option<u32> = None;
-                for &i in idents
-                    .iter()
-                    .filter(|&&i| graph.ns[i as usize] as usize == k)
-                {
-                    all[k].values().append_value(graph.value(i));
-                    let better = best.is_none_or(|b| {
-                        let (li, lb) = (graph.last_seen[i as usize], graph.last_seen[b as usize]);
-                        li > lb || (li == lb && graph.value(i) < graph.value(b))
-                    });
-                    if better {
-                        best = Some(i);
-                    }
-                }
-                all[k].append(true);
-                pref[k].append_option(best.map(|b| graph.value(b)));
-            }
+        profs.sort_unstable();
+        for run in profs.chunk_by_mut(|a, b| a.0 == b.0) {
+            run.sort_by(|a, b| {
+                profile_ids[a.1 as usize]
+                    .cmp(&profile_ids[b.1 as usize])
+                    .then(a.1.cmp(&b.1))
+            });
         }
-        let mut arrays: Vec<ArrayRef> = vec![strings(
-            profs.iter().map(|&p| profile_ids[p as usize].as_str()),
-        )];
-        for &k in &by_ns_name {
+        let profs: Vec<u32> = profs.into_iter().map(|(_, p)| p).collect();
+        // Columns built for each half of the profiles side by side, then joined.
+        let build = |profs: &[u32]| -> Vec<ArrayRef> {
+            let mut pref: Vec<StringBuilder> =
+                ns_names.iter().map(|_| StringBuilder::new()).collect();
+            let mut all: Vec<ListBuilder<StringBuilder>> = ns_names
+                .iter()
+                .map(|_| ListBuilder::new(StringBuilder::new()))
+                .collect();
+            for &p in profs {
+                let idents = &members[start[p as usize]..start[p as usize + 1]];
+                for &k in &by_ns_name {
+                    let mut best: Option<u32> = None;
+                    for &i in idents
+                        .iter()
+                        .filter(|&&i| graph.ns[i as usize] as usize == k)
+                    {
+                        all[k].values().append_value(graph.value(i));
+                        let better = best.is_none_or(|b| {
+                            let (li, lb) =
+                                (graph.last_seen[i as usize], graph.last_seen[b as usize]);
+                            li > lb || (li == lb && graph.value(i) < graph.value(b))
+                        });
+                        if better {
+                            best = Some(i);
+                        }
+                    }
+                    all[k].append(true);
+                    pref[k].append_option(best.map(|b| graph.value(b)));
+                }
+            }
+            let mut arrays: Vec<ArrayRef> = vec![strings(
+                profs.iter().map(|&p| profile_ids[p as usize].as_str()),
+            )];
+            for &k in &by_ns_name {
+                arrays.push(Arc::new(pref[k].finish()));
+                arrays.push(Arc::new(all[k].finish()));
+            }
+            arrays
+        };
+        let (lo, hi) = profs.split_at(profs.len() / 2);
+        let (a, b) = std::thread::scope(|s| {
+            let first = s.spawn(|| build(lo));
+            let second = build(hi);
+            (first.join(), second)
+        });
+        let a = a.map_err(|_| Error::Internal("profile skeleton thread failed".into()))?;
+        let arrays: Vec<ArrayRef> = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| datafusion::arrow::compute::concat(&[x.as_ref(), y.as_ref()]))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
+        for (j, &k) in by_ns_name.iter().enumerate() {
             fields.push(Field::new(ns_names[k], DataType::Utf8, true));
-            arrays.push(Arc::new(pref[k].finish()));
-            let list: ArrayRef = Arc::new(all[k].finish());
             fields.push(Field::new(
                 format!("{}_all", ns_names[k]),
-                list.data_type().clone(),
+                arrays[2 + 2 * j].data_type().clone(),
                 true,
             ));
-            arrays.push(list);
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
             .map_err(|e| Error::Internal(e.to_string()))?;
