@@ -126,7 +126,7 @@ pub struct Stitched {
     /// Identity → profile lookup used to attribute records and events.
     pub lookup: Arc<lookup::IdentityLookup>,
     /// Per class: `profile_id`, then per namespace (by name) `<ns>` (preferred value) and `<ns>_all` (sorted list).
-    pub profiles: BTreeMap<Class, RecordBatch>,
+    pub profiles: BTreeMap<Class, Vec<RecordBatch>>,
     /// Profiles with more identities than `identity.max_identities`: excluded from exports.
     pub oversized: BTreeSet<String>,
     pub health: GraphHealth,

@@ -490,7 +490,7 @@ pub(super) async fn finish(
     })
 }
 
-/// Per class, one row per profile sorted by id: `profile_id`, then per namespace
+/// Per class, one row per profile sorted by id (in two batches): `profile_id`, then per namespace
 /// (by name) the preferred value (last seen most recently; ties: the smallest)
 /// and the sorted list of values.
 fn skeletons(
@@ -501,7 +501,7 @@ fn skeletons(
     profile_of: &[u32],
     profile_ids: &[String],
     profile_class: &[Class],
-) -> Result<BTreeMap<Class, RecordBatch>> {
+) -> Result<BTreeMap<Class, Vec<RecordBatch>>> {
     let np = profile_ids.len();
     // Identities per profile, in rank order (CSR).
     let mut start = vec![0usize; np + 1];
@@ -590,24 +590,23 @@ fn skeletons(
             (first.join(), second)
         });
         let a = a.map_err(|_| Error::Internal("profile skeleton thread failed".into()))?;
-        let arrays: Vec<ArrayRef> = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| datafusion::arrow::compute::concat(&[x.as_ref(), y.as_ref()]))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Internal(e.to_string()))?;
         let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
         for (j, &k) in by_ns_name.iter().enumerate() {
             fields.push(Field::new(ns_names[k], DataType::Utf8, true));
             fields.push(Field::new(
                 format!("{}_all", ns_names[k]),
-                arrays[2 + 2 * j].data_type().clone(),
+                a[2 + 2 * j].data_type().clone(),
                 true,
             ));
         }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        // The halves stay two batches (in id order), not copied into one.
+        let schema = Arc::new(Schema::new(fields));
+        let batches = [a, b]
+            .into_iter()
+            .map(|arrays| RecordBatch::try_new(schema.clone(), arrays))
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        out.insert(class, batch);
+        out.insert(class, batches);
     }
     Ok(out)
 }

@@ -63,8 +63,17 @@ pub fn register_identity_tables(
             ));
         }
     }
-    for (class, batch) in &stitched.profiles {
-        register_batch(ctx, &format!("__base_{}", class.as_str()), batch.clone())?;
+    for (class, batches) in &stitched.profiles {
+        let schema = batches
+            .first()
+            .map(RecordBatch::schema)
+            .ok_or_else(|| Error::Internal("no profile skeleton batch".into()))?;
+        register_batches(
+            ctx,
+            &format!("__base_{}", class.as_str()),
+            schema,
+            batches.clone(),
+        )?;
     }
     Ok(())
 }

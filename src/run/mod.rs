@@ -512,7 +512,7 @@ impl Pipeline {
         let profiles_by_class: BTreeMap<Class, usize> = stitched
             .profiles
             .iter()
-            .map(|(k, b)| (*k, b.num_rows()))
+            .map(|(k, b)| (*k, b.iter().map(|b| b.num_rows()).sum::<usize>()))
             .collect();
         let n_profiles: usize = profiles_by_class.values().sum();
         let secs = st.finish(&format!(
