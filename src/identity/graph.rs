@@ -340,7 +340,11 @@ fn merge_runs(
     }
     for node in (1..k).rev() {
         let (l, r) = (winner_of[2 * node], winner_of[2 * node + 1]);
-        let (w, lose) = if cur[r].before(&cur[l]) { (r, l) } else { (l, r) };
+        let (w, lose) = if cur[r].before(&cur[l]) {
+            (r, l)
+        } else {
+            (l, r)
+        };
         winner_of[node] = w;
         tree[node] = lose;
     }

@@ -371,7 +371,9 @@ mod tests {
         let answer = parse_phone;
         let (mut regions, mut examples) = (0, 0);
         for m in theirs.iter() {
-            let o = ours.by_id(m.id()).unwrap_or_else(|| panic!("region {}", m.id()));
+            let o = ours
+                .by_id(m.id())
+                .unwrap_or_else(|| panic!("region {}", m.id()));
             assert_eq!(o.country_code(), m.country_code(), "{}", m.id());
             assert_eq!(o.national_prefix(), m.national_prefix(), "{}", m.id());
             assert_eq!(o.formats().len(), m.formats().len(), "{}", m.id());
@@ -390,13 +392,24 @@ mod tests {
                 assert_eq!(d(o), d(m), "{} {t:?}", m.id());
                 if let Some(ex) = m.descriptors().get(t).and_then(|d| d.example()) {
                     let intl = format!("+{}{ex}", m.country_code());
-                    assert_eq!(answer(&ours, region, ex), answer(theirs, region, ex), "{ex}");
-                    assert_eq!(answer(&ours, None, &intl), answer(theirs, None, &intl), "{intl}");
+                    assert_eq!(
+                        answer(&ours, region, ex),
+                        answer(theirs, region, ex),
+                        "{ex}"
+                    );
+                    assert_eq!(
+                        answer(&ours, None, &intl),
+                        answer(theirs, None, &intl),
+                        "{intl}"
+                    );
                     examples += 1;
                 }
             }
         }
-        assert!(regions > 200 && examples > 1000, "{regions} regions, {examples} examples");
+        assert!(
+            regions > 200 && examples > 1000,
+            "{regions} regions, {examples} examples"
+        );
     }
 
     #[test]
@@ -413,7 +426,10 @@ mod tests {
             })
             .collect();
         cached.warm(raws.iter().map(String::as_str), 2);
-        assert!(cache.get("+44 7900 100000").is_some(), "parsed ahead, by the trimmed value");
+        assert!(
+            cache.get("+44 7900 100000").is_some(),
+            "parsed ahead, by the trimmed value"
+        );
         assert!(cache.get("(0)7900-100001").is_some());
         for r in &raws {
             assert_eq!(cached.apply(r), plain.apply(r), "{r}");

@@ -132,6 +132,54 @@ fn status_of(l: &Link, ns_names: &[&str]) -> (&'static str, Option<String>) {
     }
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The identity map, in rank order, chunk by chunk.
+async fn write_identity_map(
+    graph: &IdentityGraph,
+    (profile_of, profile_ids): (&[u32], &[String]),
+    ns_names: &[&str],
+    dataset_names: &[&str],
+    loc: Location,
+) -> Result<()> {
+    let schema = identity_map_schema();
+    let mut sink = Sink::open(loc, schema.clone())?;
+    let order: Vec<u32> = (0..graph.len() as u32).collect();
+    for chunk in order.chunks(CHUNK) {
+        let mut ds = ListBuilder::new(StringBuilder::new());
+        for &i in chunk {
+            for d in graph.datasets_of(i) {
+                ds.values().append_value(dataset_names[d as usize]);
+            }
+            ds.append(true);
+        }
+        sink.write(
+            &schema,
+            vec![
+                strings(chunk.iter().map(|&i| graph.class[i as usize].as_str())),
+                strings(
+                    chunk
+                        .iter()
+                        .map(|&i| ns_names[graph.ns[i as usize] as usize]),
+                ),
+                strings(chunk.iter().map(|&i| graph.value(i))),
+                strings(
+                    chunk
+                        .iter()
+                        .map(|&i| profile_ids[profile_of[i as usize] as usize].as_str()),
+                ),
+                ts_array(chunk.iter().map(|&i| graph.first_seen[i as usize])),
+                ts_array(chunk.iter().map(|&i| graph.last_seen[i as usize])),
+                Arc::new(ds.finish()),
+            ],
+        )
+        .await?;
+    }
+    sink.close().await
+}
+
 async fn write_links(
     g: &IdentityGraph,
     links: &[Link],
@@ -349,49 +397,40 @@ pub(super) async fn finish(
     }
     health.quarantined = st.quarantine.iter().filter(|q| q.is_some()).count() as u64;
 
-    // Identity map, in rank order, chunk by chunk.
-    let pid = |i: u32| profile_ids[profile_of[i as usize] as usize].as_str();
-    let schema = identity_map_schema();
-    let mut sink = Sink::open(out.join("identity_map.parquet"), schema.clone())?;
-    for chunk in order.chunks(CHUNK) {
-        let mut ds = ListBuilder::new(StringBuilder::new());
-        for &i in chunk {
-            for d in graph.datasets_of(i) {
-                ds.values().append_value(dataset_names[d as usize]);
-            }
-            ds.append(true);
-        }
-        sink.write(
-            &schema,
-            vec![
-                strings(chunk.iter().map(|&i| graph.class[i as usize].as_str())),
-                strings(
-                    chunk
-                        .iter()
-                        .map(|&i| ns_names[graph.ns[i as usize] as usize]),
-                ),
-                strings(chunk.iter().map(|&i| graph.value(i))),
-                strings(chunk.iter().map(|&i| pid(i))),
-                ts_array(chunk.iter().map(|&i| graph.first_seen[i as usize])),
-                ts_array(chunk.iter().map(|&i| graph.last_seen[i as usize])),
-                Arc::new(ds.finish()),
-            ],
+    // The identity map and the links are encoded side by side (each on a
+    // task of its own), then the small cut-links file here.
+    let graph = Arc::new(graph);
+    let links = Arc::new(std::mem::take(&mut st.links));
+    let names: Arc<(Vec<String>, Vec<String>)> = Arc::new((
+        ns_names.iter().map(|n| n.to_string()).collect(),
+        dataset_names.iter().map(|n| n.to_string()).collect(),
+    ));
+    let pids = Arc::new((profile_of, profile_ids));
+    let map_task = {
+        let (g, n, p, loc) = (
+            graph.clone(),
+            names.clone(),
+            pids.clone(),
+            out.join("identity_map.parquet"),
+        );
+        tokio::spawn(async move {
+            write_identity_map(&g, (&p.0, &p.1), &strs(&n.0), &strs(&n.1), loc).await
+        })
+    };
+    let links_task = {
+        let (g, l, n, loc) = (
+            graph.clone(),
+            links.clone(),
+            names.clone(),
+            out.join("links.parquet"),
+        );
+        tokio::spawn(
+            async move { write_links(&g, &l, &strs(&n.0), &strs(&n.1), loc, |_| true).await },
         )
-        .await?;
-    }
-    sink.close().await?;
+    };
     write_links(
         &graph,
-        &st.links,
-        &ns_names,
-        dataset_names,
-        out.join("links.parquet"),
-        |_| true,
-    )
-    .await?;
-    write_links(
-        &graph,
-        &st.links,
+        &links,
         &ns_names,
         dataset_names,
         out.join("cut_links.parquet"),
@@ -403,6 +442,19 @@ pub(super) async fn finish(
         },
     )
     .await?;
+    for task in [map_task, links_task] {
+        task.await
+            .map_err(|e| Error::Internal(format!("writing identity outputs: {e}")))??;
+    }
+    let (Ok(mut graph), Ok(links), Ok((profile_of, profile_ids))) = (
+        Arc::try_unwrap(graph),
+        Arc::try_unwrap(links),
+        Arc::try_unwrap(pids),
+    ) else {
+        return Err(Error::Internal("identity outputs still in use".into()));
+    };
+    st.links = links;
+    let pid = |i: u32| profile_ids[profile_of[i as usize] as usize].as_str();
 
     // Quarantined identities.
     let q: Vec<u32> = order
