@@ -21,8 +21,9 @@ use crate::engine::storage::Location;
 use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
 
-/// Rows per written batch.
-const CHUNK: usize = 1 << 20;
+/// Rows per written batch and per Parquet row group (what a writer holds
+/// encoded before it flushes; two outputs are written at once).
+const CHUNK: usize = 1 << 18;
 
 const BUCKETS: [&str; 9] = [
     "1", "2", "3", "4", "5-9", "10-49", "50-99", "100-999", "1000+",
@@ -60,8 +61,12 @@ struct Sink {
 impl Sink {
     fn open(loc: Location, schema: SchemaRef) -> Result<Sink> {
         let store = loc.store()?;
-        let writer = AsyncArrowWriter::try_new(BufWriter::new(store, loc.path()), schema, None)
-            .map_err(|e| Error::Internal(format!("{}: {e}", loc.display())))?;
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(CHUNK))
+            .build();
+        let writer =
+            AsyncArrowWriter::try_new(BufWriter::new(store, loc.path()), schema, Some(props))
+                .map_err(|e| Error::Internal(format!("{}: {e}", loc.display())))?;
         Ok(Sink { writer, loc })
     }
     async fn write(&mut self, schema: &SchemaRef, arrays: Vec<ArrayRef>) -> Result<()> {
