@@ -197,6 +197,7 @@ fn child_links(dir: &Path) {
 
 fn main() {
     if let Some((dir, variant)) = common::child() {
+        common::phases();
         if variant == "links-only" {
             child_links(&dir);
         } else {

@@ -74,3 +74,27 @@ pub fn child() -> Option<(PathBuf, String)> {
         _ => None,
     }
 }
+
+/// With `AUDIENCE_BENCH_PHASES` set: the library's debug logs on stderr, and a
+/// thread that prints the RSS every 100 ms, to see which phase holds the peak.
+pub fn phases() {
+    if std::env::var_os("AUDIENCE_BENCH_PHASES").is_none() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("audience=debug"))
+        .with_writer(std::io::stderr)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .try_init();
+    let t0 = std::time::Instant::now();
+    std::thread::spawn(move || {
+        loop {
+            eprintln!(
+                "rss {:>7.2}s {:>6} MB",
+                t0.elapsed().as_secs_f64(),
+                proc_status("VmRSS:") / 1024
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+}

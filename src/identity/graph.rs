@@ -72,6 +72,7 @@ pub struct NsRules {
 const PART_BITS: u32 = 8;
 const PARTS: usize = 1 << PART_BITS;
 const LOCAL_BITS: u32 = 32 - PART_BITS;
+const LOCAL_MASK: u32 = (1 << LOCAL_BITS) - 1;
 /// Identity occurrences buffered before they are interned partition by partition.
 const CHUNK: usize = 1 << 20;
 /// Raw links buffered before the first sort-and-deduplicate.
@@ -101,8 +102,8 @@ struct RawLink {
     dataset: u16,
 }
 
-/// One interned identity of a partition, packed so that a probe or a gather
-/// touches one cache line besides the value bytes.
+/// One interned identity of a partition while interning, packed so that a
+/// probe touches one cache line besides the value bytes.
 #[derive(Debug, Clone, Copy)]
 struct Meta {
     first_seen: i64,
@@ -118,51 +119,25 @@ struct Meta {
 /// enough to stay in cache while a chunk's occurrences for it are interned.
 #[derive(Debug, Default)]
 struct Part {
+    /// Hash of (class, namespace, value) → local index.
     table: HashTable<u32>,
     hashes: Vec<u64>,
     arena: Vec<u8>,
     meta: Vec<Meta>,
     /// `words` bitset words per identity: the datasets it was seen in.
     datasets: Vec<u64>,
-    /// After [`GraphBuilder::finish`]: local index → dense identity id.
-    dense: Vec<u32>,
+}
+
+/// Grow `v` by a quarter (not double) when full: the interner's arrays are
+/// most of the memory while rows are read, and a doubled array is on
+/// average a third empty.
+fn reserve_quarter<T>(v: &mut Vec<T>, more: usize) {
+    if v.len() + more > v.capacity() {
+        v.reserve_exact((v.capacity() / 4).max(more).max(64));
+    }
 }
 
 impl Part {
-    /// Put this partition's identities in rank order (class, namespace,
-    /// value), sorting in cache: values, attributes and dataset sets are
-    /// rewritten in that order. The table still maps to the old local indexes
-    /// (see [`Run::order`]).
-    fn sort_by_rank(&mut self, words: usize) -> Run {
-        let n = self.meta.len();
-        let mut keyed: Vec<(u128, u32)> = (0..n)
-            .map(|l| (rank_key(&head(&self.meta[l]), self.value(l)), l as u32))
-            .collect();
-        keyed.sort_unstable_by_key(|e| e.0);
-        refine_ties(&mut keyed, 12, 12, &|l| self.value(l as usize));
-        let mut run = Run {
-            keys: Vec::with_capacity(n),
-            order: Vec::with_capacity(n),
-        };
-        let mut arena = Vec::with_capacity(self.arena.len());
-        let mut meta = Vec::with_capacity(n);
-        let mut datasets = Vec::with_capacity(self.datasets.len());
-        for &(_, old) in &keyed {
-            let (m, v) = (self.meta[old as usize], self.value(old as usize));
-            run.keys.push(rank_key(&head(&m), v));
-            run.order.push(old);
-            meta.push(Meta {
-                start: arena.len() as u32,
-                ..m
-            });
-            arena.extend_from_slice(v);
-            let o = old as usize * words;
-            datasets.extend_from_slice(&self.datasets[o..o + words]);
-        }
-        (self.arena, self.meta, self.datasets) = (arena, meta, datasets);
-        run
-    }
-
     fn value(&self, local: usize) -> &[u8] {
         let m = &self.meta[local];
         &self.arena[m.start as usize..(m.start + m.len) as usize]
@@ -194,7 +169,10 @@ impl Part {
             None => {
                 let l = self.meta.len() as u32;
                 let start = u32::try_from(self.arena.len()).map_err(|_| ())?;
+                u32::try_from(self.arena.len() + value.len()).map_err(|_| ())?;
+                reserve_quarter(&mut self.arena, value.len());
                 self.arena.extend_from_slice(value);
+                reserve_quarter(&mut self.meta, 1);
                 self.meta.push(Meta {
                     first_seen: e.ts,
                     last_seen: e.ts,
@@ -203,7 +181,9 @@ impl Part {
                     ns: e.ns,
                     class: e.class,
                 });
+                reserve_quarter(&mut self.datasets, words);
                 self.datasets.extend(std::iter::repeat_n(0, words));
+                reserve_quarter(&mut self.hashes, 1);
                 self.hashes.push(e.hash);
                 let hashes = &self.hashes;
                 self.table.insert_unique(e.hash, l, |&o| hashes[o as usize]);
@@ -214,38 +194,105 @@ impl Part {
         self.datasets[local as usize * words + d / 64] |= 1 << (d % 64);
         Ok(local)
     }
+
+    /// This partition in rank order (class, namespace, value), sorted in
+    /// cache and rewritten as columns; the table now maps to positions in
+    /// that order. Also returns `order[pos] = local index while interning`
+    /// (what the buffered links refer to).
+    fn into_sorted(mut self, words: usize) -> (Sorted, Vec<u32>) {
+        let n = self.meta.len();
+        let head = |m: &Meta| {
+            let mut h = [0u8; 3];
+            h[0] = m.class as u8;
+            h[1..].copy_from_slice(&m.ns.to_be_bytes());
+            h
+        };
+        let mut keyed: Vec<(u128, u32)> = (0..n)
+            .map(|l| (rank_key(&head(&self.meta[l]), self.value(l)), l as u32))
+            .collect();
+        keyed.sort_unstable_by_key(|e| e.0);
+        refine_ties(&mut keyed, 12, 12, &|l| self.value(l as usize));
+        let mut s = Sorted {
+            table: std::mem::take(&mut self.table),
+            arena: Vec::with_capacity(self.arena.len()),
+            ends: Vec::with_capacity(n),
+            ns: Vec::with_capacity(n),
+            class: Vec::with_capacity(n),
+            first_seen: Vec::with_capacity(n),
+            last_seen: Vec::with_capacity(n),
+            datasets: Vec::with_capacity(n * words),
+            rank: Vec::new(),
+        };
+        let order: Vec<u32> = keyed.into_iter().map(|(_, old)| old).collect();
+        let mut pos_of = vec![0u32; n];
+        for (pos, &old) in order.iter().enumerate() {
+            pos_of[old as usize] = pos as u32;
+            let m = &self.meta[old as usize];
+            s.arena.extend_from_slice(self.value(old as usize));
+            s.ends.push(s.arena.len() as u32);
+            s.ns.push(m.ns);
+            s.class.push(m.class);
+            s.first_seen.push(m.first_seen);
+            s.last_seen.push(m.last_seen);
+            let o = old as usize * words;
+            s.datasets.extend_from_slice(&self.datasets[o..o + words]);
+        }
+        // A value's hash does not change: the table's entries are renumbered in place.
+        for l in s.table.iter_mut() {
+            *l = pos_of[*l as usize];
+        }
+        (s, order)
+    }
 }
 
-/// Identities gathered from the partitions in rank order.
+/// A partition's identities in rank order, as columns: what the graph keeps
+/// (the identities are not copied into one array: the graph locates each
+/// dense id in its partition).
 #[derive(Debug, Default)]
-struct Gathered {
+struct Sorted {
+    /// Hash of (class, namespace, value) → position.
+    table: HashTable<u32>,
     arena: Vec<u8>,
-    /// End of each value in `arena`.
-    ends: Vec<usize>,
-    class: Vec<Class>,
+    /// End of each value in `arena` (it starts where the previous one ends).
+    ends: Vec<u32>,
     ns: Vec<u16>,
+    class: Vec<Class>,
     first_seen: Vec<i64>,
     last_seen: Vec<i64>,
+    /// `words` bitset words per identity: the datasets it was seen in.
     datasets: Vec<u64>,
+    /// Dense id (rank in the whole graph) of each position.
+    rank: Vec<u32>,
 }
 
-/// A partition's identities in rank order (see [`Part::sort_by_rank`]).
-#[derive(Debug, Default)]
-struct Run {
-    /// Top-level rank key of each identity, in rank order.
-    keys: Vec<u128>,
-    /// `order[new] = old`: the local index each identity had while interning.
-    order: Vec<u32>,
+impl Sorted {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn value(&self, pos: usize) -> &[u8] {
+        let start = if pos == 0 {
+            0
+        } else {
+            self.ends[pos - 1] as usize
+        };
+        &self.arena[start..self.ends[pos] as usize]
+    }
+
+    /// Rank order within and across partitions: class, namespace index, value bytes.
+    fn rank_of(&self, pos: usize) -> (u8, u16, &[u8]) {
+        (self.class[pos] as u8, self.ns[pos], self.value(pos))
+    }
+
+    fn key(&self, pos: usize) -> u128 {
+        let mut h = [0u8; 3];
+        h[0] = self.class[pos] as u8;
+        h[1..].copy_from_slice(&self.ns[pos].to_be_bytes());
+        rank_key(&h, self.value(pos))
+    }
 }
 
-fn head(m: &Meta) -> [u8; 3] {
-    let mut h = [0u8; 3];
-    h[0] = m.class as u8;
-    h[1..].copy_from_slice(&m.ns.to_be_bytes());
-    h
-}
-
-/// Where the merge stands in one run: its next identity's rank key, the
+/// Where the merge stands in one partition: its next identity's rank key, the
 /// value's next 16 bytes after the key's (zero-padded, big-endian) and the value.
 #[derive(Clone, Copy)]
 struct Cursor<'a> {
@@ -257,7 +304,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn at(part: &'a Part, keys: &[u128], pos: usize, end: usize) -> Self {
+    fn at(part: &'a Sorted, pos: usize, end: usize) -> Self {
         if pos >= end {
             return Cursor {
                 key: 0,
@@ -273,7 +320,7 @@ impl<'a> Cursor<'a> {
         let take = rest.len().min(16);
         k2[..take].copy_from_slice(&rest[..take]);
         Cursor {
-            key: keys[pos],
+            key: part.key(pos),
             key2: u128::from_be_bytes(k2),
             value,
             pos,
@@ -294,42 +341,23 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Merge the rank-ordered runs of every partition, `ranges[p]` of partition
-/// `p`, numbering identities from `base` into `ranks[p]` (which covers
-/// `ranges[p]`) and gathering their attributes in that order. A tournament
-/// tree picks the next identity in one comparison a level; each partition is
-/// read front to back, so the merge streams through memory.
+/// Merge the rank-ordered partitions, `ranges[p]` of partition `p`,
+/// numbering identities from `base`: `ranks[p]` (which covers `ranges[p]`)
+/// gets each one's dense id and `locate` (from `base` on) each dense id's
+/// partition and position. A tournament tree picks the next identity in one
+/// comparison a level; each partition is read front to back.
 fn merge_runs(
-    parts: &[Part],
-    runs: &[&[u128]],
+    parts: &[Sorted],
     ranges: &[(usize, usize)],
     mut ranks: Vec<&mut [u32]>,
     base: u32,
-    words: usize,
-) -> Gathered {
-    let n: usize = ranges.iter().map(|(a, b)| b - a).sum();
-    let bytes: usize = ranges
-        .iter()
-        .zip(parts)
-        .map(|(&(a, b), p)| {
-            let end = |i: usize| p.meta.get(i).map_or(p.arena.len(), |m| m.start as usize);
-            end(b) - end(a)
-        })
-        .sum();
-    let mut g = Gathered {
-        arena: Vec::with_capacity(bytes),
-        ends: Vec::with_capacity(n),
-        class: Vec::with_capacity(n),
-        ns: Vec::with_capacity(n),
-        first_seen: Vec::with_capacity(n),
-        last_seen: Vec::with_capacity(n),
-        datasets: Vec::with_capacity(n * words),
-    };
+    locate: &mut [u32],
+) {
     let k = ranges.len().next_power_of_two();
     let mut cur: Vec<Cursor> = (0..k)
         .map(|p| match ranges.get(p) {
-            Some(&(a, b)) => Cursor::at(&parts[p], runs[p], a, b),
-            None => Cursor::at(&parts[0], &[], 0, 0),
+            Some(&(a, b)) => Cursor::at(&parts[p], a, b),
+            None => Cursor::at(&parts[0], 0, 0),
         })
         .collect();
     // tree[node] holds the loser of the match at that node; leaves are k + run.
@@ -349,22 +377,13 @@ fn merge_runs(
         tree[node] = lose;
     }
     let mut winner = winner_of[1.min(2 * k - 1)];
-    let mut rank = base;
+    let mut i = 0usize;
     while cur[winner].pos < cur[winner].end {
         let (p, pos) = (winner, cur[winner].pos);
-        let part = &parts[p];
-        let m = &part.meta[pos];
-        g.arena.extend_from_slice(cur[p].value);
-        g.ends.push(g.arena.len());
-        g.class.push(m.class);
-        g.ns.push(m.ns);
-        g.first_seen.push(m.first_seen);
-        g.last_seen.push(m.last_seen);
-        g.datasets
-            .extend_from_slice(&part.datasets[pos * words..(pos + 1) * words]);
-        ranks[p][pos - ranges[p].0] = rank;
-        rank += 1;
-        cur[p] = Cursor::at(part, runs[p], pos + 1, ranges[p].1);
+        ranks[p][pos - ranges[p].0] = base + i as u32;
+        locate[i] = ((p as u32) << LOCAL_BITS) | pos as u32;
+        i += 1;
+        cur[p] = Cursor::at(&parts[p], pos + 1, ranges[p].1);
         let mut node = (p + k) / 2;
         let mut cand = p;
         while node >= 1 {
@@ -377,14 +396,14 @@ fn merge_runs(
         }
         winner = cand;
     }
-    g
+    debug_assert_eq!(i, locate.len());
 }
 
 /// `f` on every partition, the partitions split into `threads` contiguous ranges.
-fn par_parts<T: Send>(
-    parts: &mut [Part],
+fn par_parts<P: Send, T: Send>(
+    parts: &mut [P],
     threads: usize,
-    f: &(impl Fn(usize, &mut Part) -> T + Sync),
+    f: &(impl Fn(usize, &mut P) -> T + Sync),
 ) -> Vec<T> {
     let per = parts.len().div_ceil(threads.max(1)).max(1);
     if threads < 2 {
@@ -630,31 +649,35 @@ impl GraphBuilder {
         let mut parts = self.parts;
         let n: usize = parts.iter().map(|p| p.meta.len()).sum();
         let threads = if n >= 1 << 16 { threads } else { 1 };
-        // Each partition sorted in cache, then the sorted runs merged.
-        let runs = par_parts(&mut parts, threads, &|_, p| p.sort_by_rank(words));
-        // Dense id of each identity, by partition, in rank order (filled by the merge).
-        let mut ranks: Vec<Vec<u32>> = runs.iter().map(|r| vec![0; r.keys.len()]).collect();
-        let halves = {
-            let keys: Vec<&[u128]> = runs.iter().map(|r| r.keys.as_slice()).collect();
-            // The middle of the largest run splits every run in two (hash
-            // partitions are samples of the same distribution).
-            let (sp, spos) = parts
+        // Each partition sorted in cache, then the sorted partitions merged.
+        let (mut sorted, orders): (Vec<Sorted>, Vec<Vec<u32>>) =
+            par_parts(&mut parts, threads, &|_, p| {
+                std::mem::take(p).into_sorted(words)
+            })
+            .into_iter()
+            .unzip();
+        drop(parts);
+        let mut locate = vec![0u32; n];
+        {
+            // Dense id of each identity, by partition and position (filled by the merge).
+            let mut ranks: Vec<Vec<u32>> = sorted.iter().map(|s| vec![0; s.len()]).collect();
+            // The middle of the largest partition splits every partition in
+            // two (hash partitions are samples of the same distribution).
+            let (sp, spos) = sorted
                 .iter()
                 .enumerate()
-                .max_by_key(|(_, p)| p.meta.len())
-                .map_or((0, 0), |(p, part)| (p, part.meta.len() / 2));
-            let splitter =
-                (threads > 1 && spos > 0).then(|| (keys[sp][spos], parts[sp].value(spos)));
-            let split: Vec<usize> = parts
+                .max_by_key(|(_, p)| p.len())
+                .map_or((0, 0), |(p, part)| (p, part.len() / 2));
+            let splitter = (threads > 1 && spos > 0).then(|| sorted[sp].rank_of(spos));
+            let split: Vec<usize> = sorted
                 .iter()
-                .zip(&keys)
-                .map(|(part, k)| match splitter {
-                    None => k.len(),
+                .map(|part| match splitter {
+                    None => part.len(),
                     Some(s) => {
-                        let (mut a, mut b) = (0, k.len());
+                        let (mut a, mut b) = (0, part.len());
                         while a < b {
                             let m = (a + b) / 2;
-                            if (k[m], part.value(m)) < s {
+                            if part.rank_of(m) < s {
                                 a = m + 1;
                             } else {
                                 b = m;
@@ -667,8 +690,8 @@ impl GraphBuilder {
             let lo: Vec<(usize, usize)> = split.iter().map(|&s| (0, s)).collect();
             let hi: Vec<(usize, usize)> = split
                 .iter()
-                .zip(&keys)
-                .map(|(&s, k)| (s, k.len()))
+                .zip(&sorted)
+                .map(|(&s, p)| (s, p.len()))
                 .collect();
             let (mut ranks_lo, mut ranks_hi) = (Vec::new(), Vec::new());
             for (r, &s) in ranks.iter_mut().zip(&split) {
@@ -676,69 +699,40 @@ impl GraphBuilder {
                 ranks_lo.push(a);
                 ranks_hi.push(b);
             }
-            let base = split.iter().sum::<usize>() as u32;
+            let lo_n = split.iter().sum::<usize>();
+            let (locate_lo, locate_hi) = locate.split_at_mut(lo_n);
             if splitter.is_some() {
-                let (parts, keys) = (&parts, &keys);
+                let parts = &sorted;
                 std::thread::scope(|s| {
-                    let first = s.spawn(|| merge_runs(parts, keys, &lo, ranks_lo, 0, words));
-                    let second = merge_runs(parts, keys, &hi, ranks_hi, base, words);
-                    first
-                        .join()
-                        .map(|first| vec![first, second])
-                        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-                })
+                    s.spawn(|| merge_runs(parts, &lo, ranks_lo, 0, locate_lo));
+                    merge_runs(parts, &hi, ranks_hi, lo_n as u32, locate_hi);
+                });
             } else {
-                vec![merge_runs(&parts, &keys, &lo, ranks_lo, 0, words)]
+                merge_runs(&sorted, &lo, ranks_lo, 0, locate_lo);
             }
-        };
-        let mut g = IdentityGraph {
-            hasher: self.hasher,
-            words,
-            offsets: Vec::with_capacity(n + 1),
-            ..IdentityGraph::default()
-        };
-        g.offsets.push(0);
-        for (k, h) in halves.into_iter().enumerate() {
-            let base = g.arena.len();
-            g.offsets.extend(h.ends.iter().map(|e| base + e));
-            if k == 0 {
-                g.arena = h.arena;
-                g.class = h.class;
-                g.ns = h.ns;
-                g.first_seen = h.first_seen;
-                g.last_seen = h.last_seen;
-                g.datasets = h.datasets;
-            } else {
-                g.arena.extend_from_slice(&h.arena);
-                g.class.extend_from_slice(&h.class);
-                g.ns.extend_from_slice(&h.ns);
-                g.first_seen.extend_from_slice(&h.first_seen);
-                g.last_seen.extend_from_slice(&h.last_seen);
-                g.datasets.extend_from_slice(&h.datasets);
+            for (part, r) in sorted.iter_mut().zip(ranks) {
+                part.rank = r;
             }
         }
-        par_parts(&mut parts, threads, &|p, part| {
-            // Only lookups remain: the table, the stored hashes and the dense
-            // ids (by the local index the table holds).
-            part.dense = vec![0; ranks[p].len()];
-            for (&old, &rank) in runs[p].order.iter().zip(&ranks[p]) {
-                part.dense[old as usize] = rank;
+        // The buffered links name identities by their local index while
+        // interning: renumbered to dense ids, then deduplicated.
+        let dense: Vec<Vec<u32>> = par_parts(&mut sorted, threads, &|p, part| {
+            let mut d = vec![0u32; part.len()];
+            for (&old, &rank) in orders[p].iter().zip(&part.rank) {
+                d[old as usize] = rank;
             }
-            part.arena = Vec::new();
-            part.meta = Vec::new();
-            part.datasets = Vec::new();
+            d
         });
-        drop((runs, ranks));
-        let dense = |enc: u32| {
-            parts[(enc >> LOCAL_BITS) as usize].dense[(enc & ((1 << LOCAL_BITS) - 1)) as usize]
-        };
+        drop(orders);
         let mut links = self.links;
         for l in &mut links {
             let (a, b) = ((l.key >> 32) as u32, l.key as u32);
-            l.key = (u64::from(dense(a)) << 32) | u64::from(dense(b));
+            let id = |enc: u32| dense[(enc >> LOCAL_BITS) as usize][(enc & LOCAL_MASK) as usize];
+            l.key = (u64::from(id(a)) << 32) | u64::from(id(b));
         }
+        drop(dense);
         dedup_links(&mut links);
-        g.links = links
+        let links = links
             .into_iter()
             .map(|l| Link {
                 anchor: (l.key >> 32) as u32,
@@ -748,8 +742,16 @@ impl GraphBuilder {
                 status: LinkStatus::Used,
             })
             .collect();
-        g.parts = parts;
-        Ok(g)
+        Ok(IdentityGraph {
+            hasher: self.hasher,
+            value_bytes: sorted.iter().map(|p| p.arena.len()).sum(),
+            parts: sorted,
+            words,
+            locate,
+            links,
+            parent: Vec::new(),
+            size: Vec::new(),
+        })
     }
 }
 
@@ -808,21 +810,17 @@ fn refine_ties<'a>(
 
 /// Interned identities, numbered in rank order (class, namespace index, value),
 /// with their distinct links sorted by (anchor, other).
+///
+/// The identities stay in the builder's partitions (each in rank order, as
+/// columns); `locate` finds a dense id's partition and position.
 #[derive(Debug, Default)]
 pub struct IdentityGraph {
     hasher: DefaultHashBuilder,
-    /// The builder's partitions, kept for lookups (table, hashes, dense ids).
-    parts: Vec<Part>,
+    parts: Vec<Sorted>,
     words: usize,
-    arena: Vec<u8>,
-    /// `offsets[i]..offsets[i + 1]` is identity `i`'s value in `arena`.
-    offsets: Vec<usize>,
-    pub class: Vec<Class>,
-    pub ns: Vec<u16>,
-    pub first_seen: Vec<i64>,
-    pub last_seen: Vec<i64>,
-    /// `words` bitset words per identity: the datasets it was seen in.
-    datasets: Vec<u64>,
+    /// Dense id → partition (top bits) and position in it.
+    locate: Vec<u32>,
+    value_bytes: usize,
     links: Vec<Link>,
     parent: Vec<u32>,
     size: Vec<u32>,
@@ -830,33 +828,68 @@ pub struct IdentityGraph {
 
 impl IdentityGraph {
     pub fn len(&self) -> usize {
-        self.class.len()
+        self.locate.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.class.is_empty()
+        self.locate.is_empty()
     }
 
     /// Bytes of distinct identity values.
     pub fn value_bytes(&self) -> usize {
-        self.arena.len()
+        self.value_bytes
     }
 
-    /// Free what only stitching needs (links, union-find, dataset sets), keeping lookups.
+    /// Free what only stitching needs (links, union-find, times, dataset sets), keeping lookups.
     pub fn shrink(&mut self) {
         self.links = Vec::new();
         self.parent = Vec::new();
         self.size = Vec::new();
-        self.datasets = Vec::new();
-        self.first_seen = Vec::new();
-        self.last_seen = Vec::new();
+        for p in &mut self.parts {
+            p.datasets = Vec::new();
+            p.first_seen = Vec::new();
+            p.last_seen = Vec::new();
+        }
+    }
+
+    /// An identity's partition and position there.
+    #[inline]
+    fn at(&self, id: u32) -> (&Sorted, usize) {
+        let e = self.locate[id as usize];
+        (
+            &self.parts[(e >> LOCAL_BITS) as usize],
+            (e & LOCAL_MASK) as usize,
+        )
+    }
+
+    pub fn class(&self, id: u32) -> Class {
+        let (p, i) = self.at(id);
+        p.class[i]
+    }
+
+    /// Namespace index.
+    pub fn ns(&self, id: u32) -> u16 {
+        let (p, i) = self.at(id);
+        p.ns[i]
+    }
+
+    /// Earliest record time the identity was seen at (until [`Self::shrink`]).
+    pub fn first_seen(&self, id: u32) -> i64 {
+        let (p, i) = self.at(id);
+        p.first_seen[i]
+    }
+
+    /// Latest record time the identity was seen at (until [`Self::shrink`]).
+    pub fn last_seen(&self, id: u32) -> i64 {
+        let (p, i) = self.at(id);
+        p.last_seen[i]
     }
 
     pub fn value(&self, id: u32) -> &str {
-        let (s, e) = (self.offsets[id as usize], self.offsets[id as usize + 1]);
-        // SAFETY: the arena only ever receives whole `&str`s (see `add_row`), and
-        // `offsets` holds the boundaries between them, so every slice is UTF-8.
-        unsafe { std::str::from_utf8_unchecked(&self.arena[s..e]) }
+        let (p, i) = self.at(id);
+        // SAFETY: arenas only ever receive whole `&str`s (see `add_row`), and
+        // `ends` holds the boundaries between them, so every slice is UTF-8.
+        unsafe { std::str::from_utf8_unchecked(p.value(i)) }
     }
 
     /// The id of an identity, if it has been seen.
@@ -864,19 +897,20 @@ impl IdentityGraph {
         let hash = self.hasher.hash_one((class as u8, ns, value.as_bytes()));
         let part = self.parts.get(part_of(hash))?;
         part.table
-            .find(hash, |&l| {
-                let id = part.dense[l as usize];
-                self.class[id as usize] == class
-                    && self.ns[id as usize] == ns
-                    && self.value(id) == value
+            .find(hash, |&pos| {
+                let pos = pos as usize;
+                part.class[pos] == class
+                    && part.ns[pos] == ns
+                    && part.value(pos) == value.as_bytes()
             })
-            .map(|&l| part.dense[l as usize])
+            .map(|&pos| part.rank[pos as usize])
     }
 
-    /// Dataset indexes an identity was seen in.
+    /// Dataset indexes an identity was seen in (until [`Self::shrink`]).
     pub fn datasets_of(&self, id: u32) -> Vec<u16> {
+        let (p, i) = self.at(id);
         let mut out = Vec::new();
-        let words = &self.datasets[id as usize * self.words..(id as usize + 1) * self.words];
+        let words = &p.datasets[i * self.words..(i + 1) * self.words];
         for (w, &word) in words.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
@@ -955,7 +989,7 @@ impl IdentityGraph {
         }
         let mut quarantine: Vec<Option<Quarantine>> = vec![None; n];
         for id in 0..n {
-            if let Some(max) = rules[self.ns[id] as usize].max_links
+            if let Some(max) = rules[self.ns(id as u32) as usize].max_links
                 && u64::from(degree[id]) > max
                 && !allow(id as u32)
             {
@@ -1024,7 +1058,7 @@ impl IdentityGraph {
             // Per root: the unique-namespace identities it holds, and its never-link members.
             let mut held: HashMap<u32, Vec<u32>> = HashMap::new();
             for id in 0..n as u32 {
-                if unique_ns[self.ns[id as usize] as usize] {
+                if unique_ns[self.ns(id) as usize] {
                     held.entry(id).or_default().push(id);
                 }
             }
@@ -1049,8 +1083,8 @@ impl IdentityGraph {
                 let hb = held.get(&rb).map(Vec::as_slice).unwrap_or_default();
                 let clash = ha.iter().find_map(|&x| {
                     hb.iter()
-                        .find(|&&y| self.ns[x as usize] == self.ns[y as usize])
-                        .map(|_| self.ns[x as usize])
+                        .find(|&&y| self.ns(x) == self.ns(y))
+                        .map(|_| self.ns(x))
                 });
                 if let Some(ns) = clash {
                     l.status = LinkStatus::CutUnique(ns);
@@ -1120,7 +1154,7 @@ mod tests {
             (0, 1, 2, 3),
             "ids are ranks: class, namespace, value"
         );
-        assert_eq!(g.first_seen[a as usize], 0);
+        assert_eq!(g.first_seen(a), 0);
         assert_eq!(g.datasets_of(a), vec![0, 1, 70]);
         assert_eq!(g.link_count(), 1, "a pair linked twice is one link");
         let s = g.stitch(&[NsRules::default(), NsRules::default()], &[], &[], &|_| {
@@ -1153,11 +1187,17 @@ mod tests {
         };
         let (one, two) = (build(1), build(2));
         assert_eq!(one.len(), 70_001 + 90_007);
-        assert_eq!(one.arena, two.arena);
-        assert_eq!(one.last_seen, two.last_seen);
+        assert_eq!(one.value_bytes(), two.value_bytes());
+        for i in 0..one.len() as u32 {
+            assert_eq!(
+                (one.value(i), one.first_seen(i), one.last_seen(i)),
+                (two.value(i), two.first_seen(i), two.last_seen(i))
+            );
+            assert_eq!(one.get(one.class(i), one.ns(i), one.value(i)), Some(i));
+        }
         assert_eq!(one.links, two.links);
         for i in 1..one.len() as u32 {
-            let key = |i: u32| (one.class[i as usize], one.ns[i as usize], one.value(i));
+            let key = |i: u32| (one.class(i), one.ns(i), one.value(i));
             assert!(key(i - 1) < key(i), "ids in rank order at {i}");
         }
         assert_eq!(
@@ -1189,7 +1229,7 @@ mod tests {
             want.dedup();
             let g = b.finish().unwrap();
             let got: Vec<(Class, u16, String)> = (0..g.len() as u32)
-                .map(|i| (g.class[i as usize], g.ns[i as usize], g.value(i).to_owned()))
+                .map(|i| (g.class(i), g.ns(i), g.value(i).to_owned()))
                 .collect();
             proptest::prop_assert_eq!(&got, &want);
             for (i, (c, ns, v)) in want.iter().enumerate() {

@@ -161,7 +161,7 @@ pub fn assign(
             rep.push(i);
         } else {
             let c = number[r] as usize;
-            if graph.first_seen[i as usize] < graph.first_seen[rep[c] as usize] {
+            if graph.first_seen(i) < graph.first_seen(rep[c]) {
                 rep[c] = i;
             }
         }
@@ -207,8 +207,8 @@ pub fn assign(
         }
         let i = rep[p] as usize;
         let (class, ns, value) = (
-            graph.class[i],
-            ns_names[graph.ns[i] as usize],
+            graph.class(i as u32),
+            ns_names[graph.ns(i as u32) as usize],
             graph.value(i as u32),
         );
         let mut salt = 0;

@@ -299,7 +299,14 @@ pub async fn stitch(
         rows_read.insert(ds.name.clone(), rows);
     }
     let names: Vec<&str> = datasets.iter().map(|d| d.dataset.name.as_str()).collect();
+    tracing::debug!(rows = total_rows, "identity: rows read, interning the rest");
     let graph = graph.finish()?;
+    tracing::debug!(
+        identities = graph.len(),
+        links = graph.link_count(),
+        value_bytes = graph.value_bytes(),
+        "identity: graph built"
+    );
     output::finish(
         ctx, project, graph, phones, &names, previous, rejections, rows_read, out,
     )

@@ -163,20 +163,16 @@ async fn write_identity_map(
         sink.write(
             &schema,
             vec![
-                strings(chunk.iter().map(|&i| graph.class[i as usize].as_str())),
-                strings(
-                    chunk
-                        .iter()
-                        .map(|&i| ns_names[graph.ns[i as usize] as usize]),
-                ),
+                strings(chunk.iter().map(|&i| graph.class(i).as_str())),
+                strings(chunk.iter().map(|&i| ns_names[graph.ns(i) as usize])),
                 strings(chunk.iter().map(|&i| graph.value(i))),
                 strings(
                     chunk
                         .iter()
                         .map(|&i| profile_ids[profile_of[i as usize] as usize].as_str()),
                 ),
-                ts_array(chunk.iter().map(|&i| graph.first_seen[i as usize])),
-                ts_array(chunk.iter().map(|&i| graph.last_seen[i as usize])),
+                ts_array(chunk.iter().map(|&i| graph.first_seen(i))),
+                ts_array(chunk.iter().map(|&i| graph.last_seen(i))),
                 Arc::new(ds.finish()),
             ],
         )
@@ -202,18 +198,10 @@ async fn write_links(
         sink.write(
             &schema,
             vec![
-                strings(chunk.iter().map(|l| g.class[l.anchor as usize].as_str())),
-                strings(
-                    chunk
-                        .iter()
-                        .map(|l| ns_names[g.ns[l.anchor as usize] as usize]),
-                ),
+                strings(chunk.iter().map(|l| g.class(l.anchor).as_str())),
+                strings(chunk.iter().map(|l| ns_names[g.ns(l.anchor) as usize])),
                 strings(chunk.iter().map(|l| g.value(l.anchor))),
-                strings(
-                    chunk
-                        .iter()
-                        .map(|l| ns_names[g.ns[l.other as usize] as usize]),
-                ),
+                strings(chunk.iter().map(|l| ns_names[g.ns(l.other) as usize])),
                 strings(chunk.iter().map(|l| g.value(l.other))),
                 ts_array(chunk.iter().map(|l| l.ts)),
                 strings(chunk.iter().map(|l| datasets[l.dataset as usize])),
@@ -272,7 +260,7 @@ pub(super) async fn finish(
     for (a, b) in &project.identity.never_link_pairs {
         for x in lookup(&graph, a) {
             for y in lookup(&graph, b) {
-                if graph.class[x as usize] == graph.class[y as usize] {
+                if graph.class(x) == graph.class(y) {
                     never_pairs.push((x, y));
                 }
             }
@@ -280,7 +268,7 @@ pub(super) async fn finish(
     }
     let allowed: Vec<bool> = (0..n as u32)
         .map(|id| {
-            project.namespaces[graph.ns[id as usize] as usize]
+            project.namespaces[graph.ns(id) as usize]
                 .allow
                 .contains(graph.value(id))
         })
@@ -305,6 +293,7 @@ pub(super) async fn finish(
         _ => None,
     };
     graph.join(&mut st, &rules, &never_pairs, components);
+    tracing::debug!("identity: stitched");
     let prev = match previous {
         Some(loc) => Some(previous_ids(ctx, &graph, project, loc).await?),
         None => None,
@@ -314,10 +303,14 @@ pub(super) async fn finish(
         ids: profile_ids,
     } = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
     drop(prev);
+    tracing::debug!(
+        profiles = profile_ids.len(),
+        "identity: profile ids assigned"
+    );
     let profile_class: Vec<Class> = {
         let mut c = vec![Class::Customer; profile_ids.len()];
         for (i, &p) in profile_of.iter().enumerate() {
-            c[p as usize] = graph.class[i];
+            c[p as usize] = graph.class(i as u32);
         }
         c
     };
@@ -379,7 +372,7 @@ pub(super) async fn finish(
         if in_big[*p as usize]
             && let Some(m) = by_ns.get_mut(p)
         {
-            *m.entry(ns_names[graph.ns[i] as usize].to_string())
+            *m.entry(ns_names[graph.ns(i as u32) as usize].to_string())
                 .or_default() += 1;
         }
     }
@@ -459,6 +452,7 @@ pub(super) async fn finish(
         return Err(Error::Internal("identity outputs still in use".into()));
     };
     st.links = links;
+    tracing::debug!("identity: identity map and links written");
     let pid = |i: u32| profile_ids[profile_of[i as usize] as usize].as_str();
 
     // Quarantined identities.
@@ -471,9 +465,7 @@ pub(super) async fn finish(
         Some(Quarantine::MaxLinks) => format!(
             "linked to {} distinct identities, more than max_links = {}",
             st.degree[i as usize],
-            rules[graph.ns[i as usize] as usize]
-                .max_links
-                .unwrap_or_default()
+            rules[graph.ns(i) as usize].max_links.unwrap_or_default()
         ),
         _ => "named by a never-link rule".to_string(),
     };
@@ -489,8 +481,8 @@ pub(super) async fn finish(
     sink.write(
         &q_schema,
         vec![
-            strings(q.iter().map(|&i| graph.class[i as usize].as_str())),
-            strings(q.iter().map(|&i| ns_names[graph.ns[i as usize] as usize])),
+            strings(q.iter().map(|&i| graph.class(i).as_str())),
+            strings(q.iter().map(|&i| ns_names[graph.ns(i) as usize])),
             strings(q.iter().map(|&i| graph.value(i))),
             strings(q.iter().map(|&i| pid(i))),
             Arc::new(UInt64Array::from_iter_values(
@@ -526,6 +518,7 @@ pub(super) async fn finish(
         &profile_ids,
         &profile_class,
     )?;
+    tracing::debug!("identity: profile skeletons built");
     let quarantined: Vec<bool> = st.quarantine.iter().map(Option::is_some).collect();
     drop(st);
     graph.shrink();
@@ -613,14 +606,10 @@ fn skeletons(
                 let idents = &members[start[p as usize]..start[p as usize + 1]];
                 for &k in &by_ns_name {
                     let mut best: Option<u32> = None;
-                    for &i in idents
-                        .iter()
-                        .filter(|&&i| graph.ns[i as usize] as usize == k)
-                    {
+                    for &i in idents.iter().filter(|&&i| graph.ns(i) as usize == k) {
                         all[k].values().append_value(graph.value(i));
                         let better = best.is_none_or(|b| {
-                            let (li, lb) =
-                                (graph.last_seen[i as usize], graph.last_seen[b as usize]);
+                            let (li, lb) = (graph.last_seen(i), graph.last_seen(b));
                             li > lb || (li == lb && graph.value(i) < graph.value(b))
                         });
                         if better {

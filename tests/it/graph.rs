@@ -79,7 +79,7 @@ fn reference(
     }
     let quarantined: BTreeSet<u32> = (0..n as u32)
         .filter(|&i| {
-            rules[case.graph.ns[i as usize] as usize]
+            rules[case.graph.ns(i) as usize]
                 .max_links
                 .is_some_and(|m| degree[i as usize] > m)
         })
@@ -106,8 +106,7 @@ fn reference(
         let (ma, mb) = (members(la), members(lb));
         let unique_clash = ma.iter().any(|&x| {
             mb.iter().any(|&y| {
-                case.graph.ns[x as usize] == case.graph.ns[y as usize]
-                    && rules[case.graph.ns[x as usize] as usize].unique
+                case.graph.ns(x) == case.graph.ns(y) && rules[case.graph.ns(x) as usize].unique
             })
         });
         let never = never_pairs.iter().any(|&(x, y)| {
@@ -154,7 +153,7 @@ fn check(
     // Rank computed here from (namespace, value), not taken from the graph's ids.
     let n = case.graph.len() as u32;
     let mut by_rank: Vec<u32> = (0..n).collect();
-    by_rank.sort_by_key(|&i| (case.graph.ns[i as usize], case.graph.value(i).to_string()));
+    by_rank.sort_by_key(|&i| (case.graph.ns(i), case.graph.value(i).to_string()));
     let mut rank = vec![0u32; n as usize];
     for (r, &i) in by_rank.iter().enumerate() {
         rank[i as usize] = r as u32;
