@@ -22,6 +22,7 @@
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::config::Class;
 use crate::error::{Error, Result};
@@ -87,7 +88,8 @@ fn part_of(hash: u64) -> usize {
 struct Entry {
     hash: u64,
     ts: i64,
-    start: u32,
+    /// Index among the buffered occurrences (anchors and links refer to it).
+    occurrence: u32,
     len: u32,
     ns: u16,
     dataset: u16,
@@ -436,28 +438,49 @@ fn par_parts<P: Send, T: Send>(
 
 /// Builds an [`IdentityGraph`] from rows of identities.
 ///
-/// Occurrences are buffered, hashed, and interned a chunk at a time, radix
-/// partition by partition (each partition's table and values stay in cache),
-/// on several threads when the chunk is large. Ids are then renumbered in rank
-/// order (class, namespace index, value) by [`GraphBuilder::finish`], so the
-/// graph does not depend on hashing or on thread timing.
+/// Occurrences are hashed and buffered by radix partition as rows arrive,
+/// then interned a chunk at a time, partition by partition (each
+/// partition's table and values stay in cache), on several threads when the
+/// chunk is large. Ids are then renumbered in rank order (class, namespace
+/// index, value) by [`GraphBuilder::finish`], so the graph does not depend on
+/// hashing or on thread timing.
 #[derive(Debug)]
 pub struct GraphBuilder {
     hasher: DefaultHashBuilder,
     parts: Vec<Part>,
     words: usize,
     threads: usize,
-    bytes: Vec<u8>,
-    entries: Vec<Entry>,
-    /// Start of each buffered row's entries in `entries`.
-    rows: Vec<u32>,
+    /// Occurrences waiting to be interned, by partition.
+    pending: Vec<Pending>,
+    /// Occurrences and value bytes waiting, over all partitions.
+    pending_n: usize,
+    pending_bytes: usize,
+    /// The buffered rows, each with its first occurrence (the anchor).
+    rows: Vec<Row>,
     links: Vec<RawLink>,
+    /// Occurrences buffered before they are interned ([`CHUNK`]; less in tests).
+    chunk: usize,
+    /// Raw links buffered before the next sort-and-deduplicate.
     compact_at: usize,
-    /// Scratch of [`Self::flush`], kept between chunks: the occurrences and
-    /// their bytes in partition order, and where each came from.
-    sorted: Vec<Entry>,
-    sorted_bytes: Vec<u8>,
-    order: Vec<u32>,
+    min_compact: usize,
+    /// Encoded id of each buffered occurrence (scratch of [`Self::flush`]).
+    ids: Vec<AtomicU32>,
+}
+
+/// A partition's occurrences waiting to be interned, with their value bytes
+/// one after another.
+#[derive(Debug, Default)]
+struct Pending {
+    entries: Vec<Entry>,
+    bytes: Vec<u8>,
+}
+
+/// A buffered row: its occurrences are `first..` the next row's first.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    first: u32,
+    dataset: u16,
+    ts: i64,
 }
 
 impl GraphBuilder {
@@ -468,15 +491,23 @@ impl GraphBuilder {
             parts: (0..PARTS).map(|_| Part::default()).collect(),
             words: datasets.div_ceil(64).max(1),
             threads: threads.max(1),
-            bytes: Vec::new(),
-            entries: Vec::new(),
+            pending: (0..PARTS).map(|_| Pending::default()).collect(),
+            pending_n: 0,
+            pending_bytes: 0,
             rows: Vec::new(),
             links: Vec::new(),
+            chunk: CHUNK,
             compact_at: MIN_COMPACT,
-            sorted: Vec::new(),
-            sorted_bytes: Vec::new(),
-            order: Vec::new(),
+            min_compact: MIN_COMPACT,
+            ids: Vec::new(),
         }
+    }
+
+    /// Small chunks and early link compaction, to exercise both in tests.
+    #[cfg(test)]
+    fn with_chunk(mut self, chunk: usize, compact: usize) -> Self {
+        (self.chunk, self.compact_at, self.min_compact) = (chunk, compact, compact);
+        self
     }
 
     /// Add a record's identities, anchor first: the anchor is linked to each
@@ -491,25 +522,32 @@ impl GraphBuilder {
         dataset: u16,
         identities: impl IntoIterator<Item = (u16, &'a str)>,
     ) -> Result<()> {
-        let first = self.entries.len();
+        let first = self.pending_n;
         for (ns, value) in identities {
             let v = value.as_bytes();
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(v);
-            self.entries.push(Entry {
-                hash: self.hasher.hash_one((class as u8, ns, v)),
+            let hash = self.hasher.hash_one((class as u8, ns, v));
+            let pending = &mut self.pending[part_of(hash)];
+            pending.bytes.extend_from_slice(v);
+            pending.entries.push(Entry {
+                hash,
                 ts,
-                start: start as u32,
+                occurrence: self.pending_n as u32,
                 len: v.len() as u32,
                 ns,
                 dataset,
                 class,
             });
+            self.pending_n += 1;
+            self.pending_bytes += v.len();
         }
-        if self.entries.len() > first {
-            self.rows.push(first as u32);
+        if self.pending_n > first {
+            self.rows.push(Row {
+                first: first as u32,
+                dataset,
+                ts,
+            });
         }
-        if self.entries.len() >= CHUNK || self.bytes.len() >= (u32::MAX / 2) as usize {
+        if self.pending_n >= self.chunk || self.pending_bytes >= (u32::MAX / 2) as usize {
             self.flush()?;
         }
         Ok(())
@@ -517,121 +555,88 @@ impl GraphBuilder {
 
     /// Intern the buffered occurrences and record their links.
     fn flush(&mut self) -> Result<()> {
-        let n = self.entries.len();
+        let n = self.pending_n;
         if n == 0 {
             return Ok(());
         }
-        // Counting sort of the occurrences by partition, moving them (and
-        // their value bytes) so that interning reads them front to back.
-        let mut bounds = vec![0usize; PARTS + 1];
-        let mut byte_at = vec![0usize; PARTS + 1];
-        for e in &self.entries {
-            bounds[part_of(e.hash) + 1] += 1;
-            byte_at[part_of(e.hash) + 1] += e.len as usize;
-        }
-        for p in 0..PARTS {
-            bounds[p + 1] += bounds[p];
-            byte_at[p + 1] += byte_at[p];
-        }
-        let mut next = bounds.clone();
-        let mut order = std::mem::take(&mut self.order);
-        order.clear();
-        order.resize(n, 0);
-        let mut sorted = std::mem::take(&mut self.sorted);
-        sorted.clear();
-        sorted.resize(n, Entry::default());
-        let mut sorted_bytes = std::mem::take(&mut self.sorted_bytes);
-        sorted_bytes.clear();
-        sorted_bytes.resize(self.bytes.len(), 0);
-        for (i, e) in self.entries.iter().enumerate() {
-            let p = part_of(e.hash);
-            let (pos, at) = (next[p], byte_at[p]);
-            let (start, len) = (e.start as usize, e.len as usize);
-            sorted_bytes[at..at + len].copy_from_slice(&self.bytes[start..start + len]);
-            sorted[pos] = Entry {
-                start: at as u32,
-                ..*e
-            };
-            order[pos] = i as u32;
-            next[p] += 1;
-            byte_at[p] += len;
-        }
-        let mut local_ids = vec![0u32; n];
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.resize_with(n, || AtomicU32::new(0));
+        let full = AtomicBool::new(false);
         let threads = if n >= 1 << 16 { self.threads } else { 1 };
         {
-            let (entries, bytes, words) = (&sorted, &sorted_bytes, self.words);
-            let work = |parts: &mut [Part], first: usize, ids: &mut [u32], base: usize| {
-                for (k, part) in parts.iter_mut().enumerate() {
-                    let p = first + k;
-                    for pos in bounds[p]..bounds[p + 1] {
-                        let e = &entries[pos];
-                        let v = &bytes[e.start as usize..(e.start + e.len) as usize];
-                        ids[pos - base] = part.intern(e, v, words).unwrap_or(u32::MAX);
+            let (ids, full, words) = (&ids, &full, self.words);
+            let work = |parts: &mut [Part], pending: &[Pending], first: usize| {
+                for (k, (part, pending)) in parts.iter_mut().zip(pending).enumerate() {
+                    let p = (first + k) as u32;
+                    let mut at = 0usize;
+                    for e in &pending.entries {
+                        let v = &pending.bytes[at..at + e.len as usize];
+                        at += e.len as usize;
+                        match part.intern(e, v, words) {
+                            Ok(local) if local >> LOCAL_BITS == 0 => ids[e.occurrence as usize]
+                                .store((p << LOCAL_BITS) | local, Ordering::Relaxed),
+                            _ => full.store(true, Ordering::Relaxed),
+                        }
                     }
                 }
             };
             if threads == 1 {
-                work(&mut self.parts, 0, &mut local_ids, 0);
+                work(&mut self.parts, &self.pending, 0);
             } else {
                 // Contiguous partition ranges with about the same number of occurrences.
                 let mut cuts = vec![0usize];
-                for t in 1..threads {
-                    let goal = n * t / threads;
-                    let p = bounds.partition_point(|&b| b < goal).min(PARTS);
-                    cuts.push(p.max(*cuts.last().unwrap_or(&0)));
+                let mut seen = 0usize;
+                for (p, pending) in self.pending.iter().enumerate() {
+                    seen += pending.entries.len();
+                    if seen * threads >= n * cuts.len() && cuts.len() < threads {
+                        cuts.push(p + 1);
+                    }
                 }
                 cuts.push(PARTS);
                 std::thread::scope(|s| {
                     let mut parts: &mut [Part] = &mut self.parts;
-                    let mut ids: &mut [u32] = &mut local_ids;
                     for w in cuts.windows(2) {
                         let (lo, hi) = (w[0], w[1]);
                         let (mine, rest) = std::mem::take(&mut parts).split_at_mut(hi - lo);
                         parts = rest;
-                        let (my_ids, rest_ids) =
-                            std::mem::take(&mut ids).split_at_mut(bounds[hi] - bounds[lo]);
-                        ids = rest_ids;
-                        let (work, base) = (&work, bounds[lo]);
-                        s.spawn(move || work(mine, lo, my_ids, base));
+                        let (work, pending) = (&work, &self.pending[lo..hi]);
+                        s.spawn(move || work(mine, pending, lo));
                     }
                 });
             }
         }
-        // Encoded ids (partition in the top bits), back in occurrence order.
-        let mut ids = vec![0u32; n];
-        for p in 0..PARTS {
-            for pos in bounds[p]..bounds[p + 1] {
-                let local = local_ids[pos];
-                if local >> LOCAL_BITS != 0 {
-                    return Err(Error::input(
-                        "(identity graph)",
-                        None,
-                        None,
-                        "more distinct identities or identity bytes than one graph holds (2^32 ids, 1 TiB of values): split the project",
-                    ));
-                }
-                ids[order[pos] as usize] = ((p as u32) << LOCAL_BITS) | local;
-            }
+        if full.into_inner() {
+            return Err(Error::input(
+                "(identity graph)",
+                None,
+                None,
+                "more distinct identities or identity bytes than one graph holds (2^32 ids, 1 TiB of values): split the project",
+            ));
         }
-        (self.order, self.sorted, self.sorted_bytes) = (order, sorted, sorted_bytes);
-        self.rows.push(n as u32);
-        for w in self.rows.windows(2) {
-            let (a, b) = (w[0] as usize, w[1] as usize);
-            let anchor = u64::from(ids[a]) << 32;
-            for (id, e) in ids[a + 1..b].iter().zip(&self.entries[a + 1..b]) {
+        let id = |i: usize| u64::from(ids[i].load(Ordering::Relaxed));
+        let ends = self.rows.iter().skip(1).map(|r| r.first as usize).chain([n]);
+        for (row, end) in self.rows.iter().zip(ends) {
+            let a = row.first as usize;
+            reserve_quarter(&mut self.links, end - a - 1);
+            for o in a + 1..end {
                 self.links.push(RawLink {
-                    key: anchor | u64::from(*id),
-                    ts: e.ts,
-                    dataset: e.dataset,
+                    key: (id(a) << 32) | id(o),
+                    ts: row.ts,
+                    dataset: row.dataset,
                 });
             }
         }
-        self.entries.clear();
-        self.bytes.clear();
+        self.ids = ids;
+        for p in &mut self.pending {
+            p.entries.clear();
+            p.bytes.clear();
+        }
+        (self.pending_n, self.pending_bytes) = (0, 0);
         self.rows.clear();
         if self.links.len() >= self.compact_at {
             dedup_links(&mut self.links);
-            self.compact_at = (2 * self.links.len()).max(MIN_COMPACT);
+            self.compact_at = (2 * self.links.len()).max(self.min_compact);
         }
         Ok(())
     }
@@ -643,8 +648,7 @@ impl GraphBuilder {
     /// [`Error::Input`] when the graph outgrows 32-bit identity ids.
     pub fn finish(mut self) -> Result<IdentityGraph> {
         self.flush()?;
-        (self.sorted, self.sorted_bytes, self.order) = (Vec::new(), Vec::new(), Vec::new());
-        (self.entries, self.bytes) = (Vec::new(), Vec::new());
+        (self.pending, self.rows, self.ids) = (Vec::new(), Vec::new(), Vec::new());
         let (words, threads) = (self.words, self.threads);
         let mut parts = self.parts;
         let n: usize = parts.iter().map(|p| p.meta.len()).sum();
@@ -1169,11 +1173,16 @@ mod tests {
     fn large_graphs_intern_the_same_on_one_thread_and_many() {
         let build = |threads| {
             let mut b = GraphBuilder::new(1, threads);
+            if threads > 1 {
+                b = b.with_chunk(70_000, 100_000);
+            }
             for i in 0..300_000u32 {
+                // The last 50k rows repeat the first 50k later (the newest time is kept).
+                let j = if i >= 250_000 { i - 250_000 } else { i };
                 // x values share 20 bytes, so the merge and its split compare whole values.
                 let (x, y) = (
-                    format!("x-long-shared-prefix{}", i % 70_001),
-                    format!("y{}", i % 90_007),
+                    format!("x-long-shared-prefix{}", j % 70_001),
+                    format!("y{}", j % 90_007),
                 );
                 b.add_row(
                     Class::Customer,
@@ -1196,6 +1205,11 @@ mod tests {
             assert_eq!(one.get(one.class(i), one.ns(i), one.value(i)), Some(i));
         }
         assert_eq!(one.links, two.links);
+        assert_eq!(one.links.len(), 250_000);
+        let x0 = one.get(Class::Customer, 0, "x-long-shared-prefix0").unwrap();
+        let y0 = one.get(Class::Customer, 1, "y0").unwrap();
+        let l = one.links.iter().find(|l| (l.anchor, l.other) == (x0, y0)).unwrap();
+        assert_eq!(l.ts, 250_000);
         for i in 1..one.len() as u32 {
             let key = |i: u32| (one.class(i), one.ns(i), one.value(i));
             assert!(key(i - 1) < key(i), "ids in rank order at {i}");
