@@ -615,7 +615,12 @@ impl GraphBuilder {
             ));
         }
         let id = |i: usize| u64::from(ids[i].load(Ordering::Relaxed));
-        let ends = self.rows.iter().skip(1).map(|r| r.first as usize).chain([n]);
+        let ends = self
+            .rows
+            .iter()
+            .skip(1)
+            .map(|r| r.first as usize)
+            .chain([n]);
         for (row, end) in self.rows.iter().zip(ends) {
             let a = row.first as usize;
             reserve_quarter(&mut self.links, end - a - 1);
@@ -1206,9 +1211,15 @@ mod tests {
         }
         assert_eq!(one.links, two.links);
         assert_eq!(one.links.len(), 250_000);
-        let x0 = one.get(Class::Customer, 0, "x-long-shared-prefix0").unwrap();
+        let x0 = one
+            .get(Class::Customer, 0, "x-long-shared-prefix0")
+            .unwrap();
         let y0 = one.get(Class::Customer, 1, "y0").unwrap();
-        let l = one.links.iter().find(|l| (l.anchor, l.other) == (x0, y0)).unwrap();
+        let l = one
+            .links
+            .iter()
+            .find(|l| (l.anchor, l.other) == (x0, y0))
+            .unwrap();
         assert_eq!(l.ts, 250_000);
         for i in 1..one.len() as u32 {
             let key = |i: u32| (one.class(i), one.ns(i), one.value(i));
