@@ -640,8 +640,16 @@ impl GraphBuilder {
         (self.pending_n, self.pending_bytes) = (0, 0);
         self.rows.clear();
         if self.links.len() >= self.compact_at {
-            dedup_links(&mut self.links);
-            self.compact_at = (2 * self.links.len()).max(self.min_compact);
+            let before = self.links.len();
+            dedup_links(&mut self.links, self.threads);
+            // Each compaction sorts every link so far: when it removed less
+            // than a quarter, the next one waits longer.
+            let grow = if self.links.len() * 4 > before * 3 {
+                4
+            } else {
+                2
+            };
+            self.compact_at = (grow * self.links.len()).max(self.min_compact);
         }
         Ok(())
     }
@@ -740,7 +748,7 @@ impl GraphBuilder {
             l.key = (u64::from(id(a)) << 32) | u64::from(id(b));
         }
         drop(dense);
-        dedup_links(&mut links);
+        dedup_links(&mut links, threads);
         let links = links
             .into_iter()
             .map(|l| Link {
@@ -764,14 +772,45 @@ impl GraphBuilder {
     }
 }
 
-/// Sort by key, keep one link per key: the newest time, then the smallest dataset.
-fn dedup_links(links: &mut Vec<RawLink>) {
-    links.sort_unstable_by(|a, b| {
+/// Sort by key, keep one link per key: the newest time, then the smallest
+/// dataset. On several threads, the links are first split in place around a
+/// sampled key and the two sides sorted side by side (equal keys stay on one
+/// side, so the result is the same).
+fn dedup_links(links: &mut Vec<RawLink>, threads: usize) {
+    let order = |a: &RawLink, b: &RawLink| {
         a.key
             .cmp(&b.key)
             .then(b.ts.cmp(&a.ts))
             .then(a.dataset.cmp(&b.dataset))
-    });
+    };
+    let n = links.len();
+    if threads > 1 && n >= 1 << 16 {
+        let mut sample: Vec<u64> = (0..1023).map(|i| links[i * (n / 1023)].key).collect();
+        let (_, &mut pivot, _) = sample.select_nth_unstable(511);
+        // Hoare partition: keys below the pivot first.
+        let (mut i, mut j) = (0, n);
+        loop {
+            while i < j && links[i].key < pivot {
+                i += 1;
+            }
+            while i < j && links[j - 1].key >= pivot {
+                j -= 1;
+            }
+            if i >= j {
+                break;
+            }
+            links.swap(i, j - 1);
+            i += 1;
+            j -= 1;
+        }
+        let (low, high) = links.split_at_mut(i);
+        std::thread::scope(|s| {
+            s.spawn(|| low.sort_unstable_by(order));
+            high.sort_unstable_by(order);
+        });
+    } else {
+        links.sort_unstable_by(order);
+    }
     links.dedup_by_key(|l| l.key);
 }
 
