@@ -52,6 +52,15 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
+/// The class, namespace and value columns of identities `ids`.
+fn identity_columns(graph: &IdentityGraph, ns_names: &[&str], ids: &[u32]) -> [ArrayRef; 3] {
+    [
+        strings(ids.iter().map(|&i| graph.class(i).as_str())),
+        strings(ids.iter().map(|&i| ns_names[graph.ns(i) as usize])),
+        strings(ids.iter().map(|&i| graph.value(i))),
+    ]
+}
+
 /// A Parquet file written batch by batch through the object store.
 struct Sink {
     writer: AsyncArrowWriter<BufWriter>,
@@ -162,19 +171,20 @@ async fn write_identity_map(
         }
         sink.write(
             &schema,
-            vec![
-                strings(chunk.iter().map(|&i| graph.class(i).as_str())),
-                strings(chunk.iter().map(|&i| ns_names[graph.ns(i) as usize])),
-                strings(chunk.iter().map(|&i| graph.value(i))),
-                strings(
-                    chunk
-                        .iter()
-                        .map(|&i| profile_ids[profile_of[i as usize] as usize].as_str()),
-                ),
-                ts_array(chunk.iter().map(|&i| graph.first_seen(i))),
-                ts_array(chunk.iter().map(|&i| graph.last_seen(i))),
-                Arc::new(ds.finish()),
-            ],
+            [
+                identity_columns(graph, ns_names, chunk).to_vec(),
+                vec![
+                    strings(
+                        chunk
+                            .iter()
+                            .map(|&i| profile_ids[profile_of[i as usize] as usize].as_str()),
+                    ),
+                    ts_array(chunk.iter().map(|&i| graph.first_seen(i))),
+                    ts_array(chunk.iter().map(|&i| graph.last_seen(i))),
+                    Arc::new(ds.finish()),
+                ],
+            ]
+            .concat(),
         )
         .await?;
     }
@@ -480,22 +490,23 @@ pub(super) async fn finish(
     let mut sink = Sink::open(out.join("quarantined.parquet"), q_schema.clone())?;
     sink.write(
         &q_schema,
-        vec![
-            strings(q.iter().map(|&i| graph.class(i).as_str())),
-            strings(q.iter().map(|&i| ns_names[graph.ns(i) as usize])),
-            strings(q.iter().map(|&i| graph.value(i))),
-            strings(q.iter().map(|&i| pid(i))),
-            Arc::new(UInt64Array::from_iter_values(
-                q.iter().map(|&i| u64::from(st.degree[i as usize])),
-            )),
-            strings(
-                q.iter()
-                    .map(|&i| reason(i))
-                    .collect::<Vec<_>>()
-                    .iter()
-                    .map(String::as_str),
-            ),
-        ],
+        [
+            identity_columns(&graph, &ns_names, &q).to_vec(),
+            vec![
+                strings(q.iter().map(|&i| pid(i))),
+                Arc::new(UInt64Array::from_iter_values(
+                    q.iter().map(|&i| u64::from(st.degree[i as usize])),
+                )),
+                strings(
+                    q.iter()
+                        .map(|&i| reason(i))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(String::as_str),
+                ),
+            ],
+        ]
+        .concat(),
     )
     .await?;
     sink.close().await?;
