@@ -84,7 +84,7 @@ fn part_of(hash: u64) -> usize {
 }
 
 /// An identity occurrence waiting to be interned.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     hash: u64,
     ts: i64,
@@ -203,14 +203,11 @@ impl Part {
     /// (what the buffered links refer to).
     fn into_sorted(mut self, words: usize) -> (Sorted, Vec<u32>) {
         let n = self.meta.len();
-        let head = |m: &Meta| {
-            let mut h = [0u8; 3];
-            h[0] = m.class as u8;
-            h[1..].copy_from_slice(&m.ns.to_be_bytes());
-            h
-        };
         let mut keyed: Vec<(u128, u32)> = (0..n)
-            .map(|l| (rank_key(&head(&self.meta[l]), self.value(l)), l as u32))
+            .map(|l| {
+                let m = &self.meta[l];
+                (rank_key(&head(m.class, m.ns), self.value(l)), l as u32)
+            })
             .collect();
         keyed.sort_unstable_by_key(|e| e.0);
         refine_ties(&mut keyed, 12, 12, &|l| self.value(l as usize));
@@ -287,11 +284,16 @@ impl Sorted {
     }
 
     fn key(&self, pos: usize) -> u128 {
-        let mut h = [0u8; 3];
-        h[0] = self.class[pos] as u8;
-        h[1..].copy_from_slice(&self.ns[pos].to_be_bytes());
-        rank_key(&h, self.value(pos))
+        rank_key(&head(self.class[pos], self.ns[pos]), self.value(pos))
     }
+}
+
+/// The top of a rank key: class, then namespace index (big-endian).
+fn head(class: Class, ns: u16) -> [u8; 3] {
+    let mut h = [0u8; 3];
+    h[0] = class as u8;
+    h[1..].copy_from_slice(&ns.to_be_bytes());
+    h
 }
 
 /// Where the merge stands in one partition: its next identity's rank key, the
