@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 use audience::cli::{Cli, LogFormat, dispatch};
 
 fn main() -> ExitCode {
+    audience::engine::limit_malloc_arenas();
     let cli = Cli::parse();
     let default_filter = if cli.quiet {
         "warn"

@@ -66,6 +66,8 @@ pub fn run_child(case: &str, dir: &Path, variant: &str) {
 
 /// When this process is a child: (input dir, variant).
 pub fn child() -> Option<(PathBuf, String)> {
+    // As the binary does, before any thread starts.
+    audience::engine::limit_malloc_arenas();
     match (
         std::env::var("AUDIENCE_BENCH_CHILD"),
         std::env::var("AUDIENCE_BENCH_VARIANT"),

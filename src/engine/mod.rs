@@ -26,6 +26,27 @@ use crate::config::{EngineMode, Project};
 use crate::error::{Error, Result};
 use storage::Location;
 
+/// Cap glibc's malloc arenas at the number of cores (glibc's default is eight
+/// per core). The engine allocates on many threads (tokio workers, interning,
+/// phone parsing, Parquet encoding), and each extra arena kept its freed
+/// memory: the identity stage's peak at 1M people was 1.73 GB with the
+/// default, 1.35 GB with two arenas, at the same speed. Call it first thing
+/// in `main`, before any thread starts; `MALLOC_ARENA_MAX` in the
+/// environment still wins.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZero::get)
+            .max(2);
+        // SAFETY: `mallopt` sets one of the allocator's tunables and has no
+        // other effect; it is called before the program starts threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, i32::try_from(cores).unwrap_or(i32::MAX));
+        }
+    }
+}
+
 /// A materialised relation: its schema and batches.
 pub type Batches = (SchemaRef, Vec<RecordBatch>);
 
