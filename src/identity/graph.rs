@@ -935,6 +935,14 @@ impl IdentityGraph {
         p.last_seen[i]
     }
 
+    /// Every identity's id and first-seen time, partition by partition
+    /// (each read front to back; ids in no particular order).
+    pub fn first_seen_all(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
+        self.parts
+            .iter()
+            .flat_map(|p| p.rank.iter().copied().zip(p.first_seen.iter().copied()))
+    }
+
     pub fn value(&self, id: u32) -> &str {
         let (p, i) = self.at(id);
         // SAFETY: arenas only ever receive whole `&str`s (see `add_row`), and
@@ -957,18 +965,19 @@ impl IdentityGraph {
     }
 
     /// Dataset indexes an identity was seen in (until [`Self::shrink`]).
-    pub fn datasets_of(&self, id: u32) -> Vec<u16> {
+    /// The datasets the identity was seen in, by index, ascending.
+    pub fn datasets_of(&self, id: u32) -> impl Iterator<Item = u16> + '_ {
         let (p, i) = self.at(id);
-        let mut out = Vec::new();
-        let words = &p.datasets[i * self.words..(i + 1) * self.words];
-        for (w, &word) in words.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                out.push((w * 64 + bits.trailing_zeros() as usize) as u16);
-                bits &= bits - 1;
-            }
-        }
-        out
+        p.datasets[i * self.words..(i + 1) * self.words]
+            .iter()
+            .enumerate()
+            .flat_map(|(w, &word)| {
+                std::iter::successors((word != 0).then_some(word), |&b| {
+                    let rest = b & (b - 1);
+                    (rest != 0).then_some(rest)
+                })
+                .map(move |b| (w * 64 + b.trailing_zeros() as usize) as u16)
+            })
     }
 
     pub fn link_count(&self) -> usize {
@@ -1205,7 +1214,7 @@ mod tests {
             "ids are ranks: class, namespace, value"
         );
         assert_eq!(g.first_seen(a), 0);
-        assert_eq!(g.datasets_of(a), vec![0, 1, 70]);
+        assert_eq!(g.datasets_of(a).collect::<Vec<_>>(), vec![0, 1, 70]);
         assert_eq!(g.link_count(), 1, "a pair linked twice is one link");
         let s = g.stitch(&[NsRules::default(), NsRules::default()], &[], &[], &|_| {
             false

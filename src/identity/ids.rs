@@ -23,7 +23,7 @@
 //! text, whatever their form (the 32-hex-character ids of earlier versions
 //! included).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
@@ -141,33 +141,41 @@ pub struct Profiles {
 
 /// Assign a profile id to every component.
 ///
-/// `order` lists identities by rank; `roots[i]` is identity `i`'s component root.
+/// `roots[i]` is identity `i`'s component root (ids are ranks, so id order
+/// is rank order).
 pub fn assign(
     graph: &IdentityGraph,
     ns_names: &[&str],
     roots: &[u32],
-    order: &[u32],
     previous: Option<&Previous>,
 ) -> Profiles {
     const NONE: u32 = u32::MAX;
     let n = roots.len();
-    // Number components in order of their best-ranked identity; representative per component.
+    // Components numbered in order of their best-ranked (smallest) id.
     let mut number = vec![NONE; n];
-    let mut rep: Vec<u32> = Vec::new();
-    for &i in order {
-        let r = roots[i as usize] as usize;
-        if number[r] == NONE {
-            number[r] = rep.len() as u32;
-            rep.push(i);
-        } else {
-            let c = number[r] as usize;
-            if graph.first_seen(i) < graph.first_seen(rep[c]) {
-                rep[c] = i;
+    let mut np = 0u32;
+    let of: Vec<u32> = roots
+        .iter()
+        .map(|&r| {
+            let k = &mut number[r as usize];
+            if *k == NONE {
+                *k = np;
+                np += 1;
             }
+            *k
+        })
+        .collect();
+    drop(number);
+    // Representative: the earliest-seen identity (ties: the smallest id),
+    // read partition by partition rather than id by id.
+    let mut rep: Vec<(i64, u32)> = vec![(i64::MAX, NONE); np as usize];
+    for (i, seen) in graph.first_seen_all() {
+        let r = &mut rep[of[i as usize] as usize];
+        if (seen, i) < *r {
+            *r = (seen, i);
         }
     }
-    let of: Vec<u32> = roots.iter().map(|&r| number[r as usize]).collect();
-    drop(number);
+    let rep: Vec<u32> = rep.into_iter().map(|(_, i)| i).collect();
     let mut ids: Vec<Option<String>> = vec![None; rep.len()];
     let old_ids: Option<&IdSet> = previous.map(|p| &p.ids);
     if let Some(prev) = previous {
@@ -200,22 +208,50 @@ pub fn assign(
             ids[p as usize] = Some(id.to_string());
         }
     }
-    let mut used: HashSet<u64> = HashSet::new();
-    for (p, slot) in ids.iter_mut().enumerate() {
-        if slot.is_some() {
+    // Fresh ids hashed on all cores, then checked for clashes in profile order.
+    let fresh = |p: usize, salt: u32| {
+        let i = rep[p];
+        fresh_id(
+            graph.class(i),
+            ns_names[graph.ns(i) as usize],
+            graph.value(i),
+            salt,
+        )
+    };
+    let hashed: Vec<Option<(String, u64)>> = {
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let per = ids.len().div_ceil(threads).max(1 << 14);
+        let slots: Vec<&[Option<String>]> = ids.chunks(per).collect();
+        std::thread::scope(|s| {
+            let tasks: Vec<_> = slots
+                .iter()
+                .enumerate()
+                .map(|(c, chunk)| {
+                    let fresh = &fresh;
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(k, slot)| slot.is_none().then(|| fresh(c * per + k, 0)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            tasks
+                .into_iter()
+                .flat_map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    };
+    let mut used: hashbrown::HashSet<u64> = hashbrown::HashSet::with_capacity(rep.len());
+    for (p, (slot, first)) in ids.iter_mut().zip(hashed).enumerate() {
+        let Some((mut id, mut number)) = first else {
             continue;
-        }
-        let i = rep[p] as usize;
-        let (class, ns, value) = (
-            graph.class(i as u32),
-            ns_names[graph.ns(i as u32) as usize],
-            graph.value(i as u32),
-        );
+        };
         let mut salt = 0;
-        let (mut id, mut number) = fresh_id(class, ns, value, salt);
         while used.contains(&number) || old_ids.is_some_and(|old| old.contains(&id)) {
             salt += 1;
-            (id, number) = fresh_id(class, ns, value, salt);
+            (id, number) = fresh(p, salt);
         }
         used.insert(number);
         *slot = Some(id);
@@ -288,8 +324,7 @@ mod tests {
         b.add_row(Class::Customer, 0, 0, [(0, "b")]).expect("row");
         let g = b.finish().expect("graph");
         let roots: Vec<u32> = (0..g.len() as u32).collect();
-        let order = roots.clone();
-        let plain = assign(&g, &["email"], &roots, &order, None);
+        let plain = assign(&g, &["email"], &roots, None);
         let (a0, _) = fresh_id(Class::Customer, "email", "a", 0);
         assert_eq!(plain.ids[0], a0);
         // A previous map that holds `a`'s fresh id for an identity not in this
@@ -301,7 +336,7 @@ mod tests {
         prev.ids.intern(&a0);
         let legacy = "0123456789abcdef0123456789abcdef";
         prev.by_identity[1] = prev.ids.intern(legacy);
-        let carried = assign(&g, &["email"], &roots, &order, Some(&prev));
+        let carried = assign(&g, &["email"], &roots, Some(&prev));
         assert_eq!(carried.ids[0], fresh_id(Class::Customer, "email", "a", 1).0);
         assert_eq!(carried.ids[1], legacy);
     }

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
-    UInt64Array,
+    ArrayRef, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondBuilder, UInt64Array,
 };
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
@@ -68,10 +69,22 @@ struct Sink {
 }
 
 impl Sink {
-    fn open(loc: Location, schema: SchemaRef) -> Result<Sink> {
+    /// `unique` columns hold (nearly) one value per row: written without a
+    /// dictionary, which would only be built to be given up.
+    fn open(loc: Location, schema: SchemaRef, unique: &[&str]) -> Result<Sink> {
         let store = loc.store()?;
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_row_count(Some(CHUNK))
+        let props = unique
+            .iter()
+            .fold(
+                parquet::file::properties::WriterProperties::builder()
+                    .set_max_row_group_row_count(Some(CHUNK)),
+                |b, c| {
+                    b.set_column_dictionary_enabled(
+                        parquet::schema::types::ColumnPath::from(*c),
+                        false,
+                    )
+                },
+            )
             .build();
         let writer =
             AsyncArrowWriter::try_new(BufWriter::new(store, loc.path()), schema, Some(props))
@@ -159,7 +172,7 @@ async fn write_identity_map(
     loc: Location,
 ) -> Result<()> {
     let schema = identity_map_schema();
-    let mut sink = Sink::open(loc, schema.clone())?;
+    let mut sink = Sink::open(loc, schema.clone(), &["value", "profile_id"])?;
     let order: Vec<u32> = (0..graph.len() as u32).collect();
     for chunk in order.chunks(CHUNK) {
         let mut ds = ListBuilder::new(StringBuilder::new());
@@ -200,7 +213,7 @@ async fn write_links(
     keep: impl Fn(&Link) -> bool,
 ) -> Result<()> {
     let schema = links_schema();
-    let mut sink = Sink::open(loc, schema.clone())?;
+    let mut sink = Sink::open(loc, schema.clone(), &["anchor_value", "other_value"])?;
     let kept: Vec<&Link> = links.iter().filter(|l| keep(l)).collect();
     for chunk in kept.chunks(CHUNK) {
         let st: Vec<(&str, Option<String>)> =
@@ -241,8 +254,6 @@ pub(super) async fn finish(
 ) -> Result<Stitched> {
     let ns_names: Vec<&str> = project.namespaces.iter().map(|n| n.name.as_str()).collect();
     let n = graph.len();
-    // Ids are ranks: rank order is id order.
-    let order: Vec<u32> = (0..n as u32).collect();
     let rules: Vec<graph::NsRules> = project
         .namespaces
         .iter()
@@ -311,7 +322,7 @@ pub(super) async fn finish(
     let ids::Profiles {
         of: profile_of,
         ids: profile_ids,
-    } = ids::assign(&graph, &ns_names, &st.roots, &order, prev.as_ref());
+    } = ids::assign(&graph, &ns_names, &st.roots, prev.as_ref());
     drop(prev);
     tracing::debug!(
         profiles = profile_ids.len(),
@@ -466,9 +477,7 @@ pub(super) async fn finish(
     let pid = |i: u32| profile_ids[profile_of[i as usize] as usize].as_str();
 
     // Quarantined identities.
-    let q: Vec<u32> = order
-        .iter()
-        .copied()
+    let q: Vec<u32> = (0..n as u32)
         .filter(|&i| st.quarantine[i as usize].is_some())
         .collect();
     let reason = |i: u32| match st.quarantine[i as usize] {
@@ -487,7 +496,7 @@ pub(super) async fn finish(
         Field::new("degree", DataType::UInt64, false),
         Field::new("reason", DataType::Utf8, false),
     ]));
-    let mut sink = Sink::open(out.join("quarantined.parquet"), q_schema.clone())?;
+    let mut sink = Sink::open(out.join("quarantined.parquet"), q_schema.clone(), &[])?;
     sink.write(
         &q_schema,
         [
@@ -524,7 +533,6 @@ pub(super) async fn finish(
         project,
         &graph,
         &ns_names,
-        &order,
         &profile_of,
         &profile_ids,
         &profile_class,
@@ -551,38 +559,48 @@ pub(super) async fn finish(
     })
 }
 
-/// Per class, one row per profile sorted by id (in two batches): `profile_id`, then per namespace
-/// (by name) the preferred value (last seen most recently; ties: the smallest)
-/// and the sorted list of values.
+/// Per class, one row per profile sorted by id: `profile_id`, then per
+/// namespace (by name) the preferred value (last seen most recently; ties:
+/// the smallest) and the sorted list of values.
+///
+/// Ids are ranks, so one class's identities of one namespace are one range
+/// of ids, in value order. Each namespace's columns are built from that range
+/// read front to back (values copied straight to their place in the list
+/// column), not profile by profile (several random reads per identity), with
+/// namespaces shared among the cores.
 fn skeletons(
     project: &Project,
     graph: &IdentityGraph,
     ns_names: &[&str],
-    order: &[u32],
     profile_of: &[u32],
     profile_ids: &[String],
     profile_class: &[Class],
 ) -> Result<BTreeMap<Class, Vec<RecordBatch>>> {
     let np = profile_ids.len();
-    // Identities per profile, in rank order (CSR).
-    let mut start = vec![0usize; np + 1];
-    for &p in profile_of {
-        start[p as usize + 1] += 1;
-    }
-    for p in 0..np {
-        start[p + 1] += start[p];
-    }
-    let mut fill = start.clone();
-    let mut members = vec![0u32; profile_of.len()];
-    for &i in order {
-        let p = profile_of[i as usize] as usize;
-        members[fill[p]] = i;
-        fill[p] += 1;
-    }
-    drop(fill);
+    let n = graph.len() as u32;
     let mut by_ns_name: Vec<usize> = (0..ns_names.len()).collect();
     by_ns_name.sort_by_key(|&i| ns_names[i]);
+    // The first id whose (class, namespace) is at or after `key` in rank order.
+    let head = |class: Class, k: u16| (u32::from(class as u8) << 16) | u32::from(k);
+    let first_at = |key: u32| -> u32 {
+        let (mut a, mut b) = (0u32, n);
+        while a < b {
+            let m = a + (b - a) / 2;
+            if head(graph.class(m), graph.ns(m)) < key {
+                a = m + 1;
+            } else {
+                b = m;
+            }
+        }
+        a
+    };
+    let too_big = |what: &str| {
+        Error::Internal(format!(
+            "profile skeletons: more than 2 GiB of {what} in one namespace column"
+        ))
+    };
     let mut out = BTreeMap::new();
+    let mut out_pos = vec![u32::MAX; np];
     for class in project.classes() {
         // Sorted by id: the first 16 bytes as an integer key, whole ids
         // (then the index) only where keys are equal.
@@ -605,65 +623,117 @@ fn skeletons(
             });
         }
         let profs: Vec<u32> = profs.into_iter().map(|(_, p)| p).collect();
-        // Columns built for each half of the profiles side by side, then joined.
-        let build = |profs: &[u32]| -> Vec<ArrayRef> {
-            let mut pref: Vec<StringBuilder> =
-                ns_names.iter().map(|_| StringBuilder::new()).collect();
-            let mut all: Vec<ListBuilder<StringBuilder>> = ns_names
-                .iter()
-                .map(|_| ListBuilder::new(StringBuilder::new()))
-                .collect();
-            for &p in profs {
-                let idents = &members[start[p as usize]..start[p as usize + 1]];
-                for &k in &by_ns_name {
-                    let mut best: Option<u32> = None;
-                    for &i in idents.iter().filter(|&&i| graph.ns(i) as usize == k) {
-                        all[k].values().append_value(graph.value(i));
-                        let better = best.is_none_or(|b| {
-                            let (li, lb) = (graph.last_seen(i), graph.last_seen(b));
-                            li > lb || (li == lb && graph.value(i) < graph.value(b))
-                        });
-                        if better {
-                            best = Some(i);
-                        }
-                    }
-                    all[k].append(true);
-                    pref[k].append_option(best.map(|b| graph.value(b)));
+        for (q, &p) in profs.iter().enumerate() {
+            out_pos[p as usize] = q as u32;
+        }
+        let m = profs.len();
+        let out_pos = &out_pos;
+        // Namespace `k`'s preferred-value and list columns.
+        let column = |k: usize| -> Result<(ArrayRef, ArrayRef)> {
+            let at = head(class, k as u16);
+            let ids = first_at(at)..first_at(at + 1);
+            let profile = |i: u32| out_pos[profile_of[i as usize] as usize] as usize;
+            // List offsets: identities per profile, in output order.
+            let mut offsets = vec![0i32; m + 1];
+            for i in ids.clone() {
+                offsets[profile(i) + 1] += 1;
+            }
+            for q in 0..m {
+                offsets[q + 1] += offsets[q];
+            }
+            // Each identity's place in the list values (rank order within a
+            // profile), its value's length there, and each profile's
+            // preferred place (strictly later last-seen wins, so on ties the
+            // first, i.e. the smallest value).
+            let mut fill = offsets.clone();
+            let mut slot = vec![0u32; ids.len()];
+            let mut ends = vec![0i32; ids.len() + 1];
+            let mut best: Vec<(i64, u32)> = vec![(i64::MIN, u32::MAX); m];
+            for (j, i) in ids.clone().enumerate() {
+                let q = profile(i);
+                let s = fill[q] as u32;
+                fill[q] += 1;
+                slot[j] = s;
+                ends[s as usize + 1] =
+                    i32::try_from(graph.value(i).len()).map_err(|_| too_big("values"))?;
+                let seen = graph.last_seen(i);
+                if best[q].1 == u32::MAX || seen > best[q].0 {
+                    best[q] = (seen, s);
                 }
             }
-            let mut arrays: Vec<ArrayRef> = vec![strings(
-                profs.iter().map(|&p| profile_ids[p as usize].as_str()),
-            )];
-            for &k in &by_ns_name {
-                arrays.push(Arc::new(pref[k].finish()));
-                arrays.push(Arc::new(all[k].finish()));
+            drop(fill);
+            for s in 0..ids.len() {
+                ends[s + 1] = ends[s]
+                    .checked_add(ends[s + 1])
+                    .ok_or_else(|| too_big("values"))?;
             }
-            arrays
+            let mut bytes = vec![0u8; ends[ids.len()] as usize];
+            for (j, i) in ids.enumerate() {
+                let s = slot[j] as usize;
+                bytes[ends[s] as usize..ends[s + 1] as usize]
+                    .copy_from_slice(graph.value(i).as_bytes());
+            }
+            drop(slot);
+            let values = StringArray::try_new(OffsetBuffer::new(ends.into()), bytes.into(), None)
+                .map_err(|e| Error::Internal(format!("profile skeletons: {e}")))?;
+            let pref: StringArray = best
+                .iter()
+                .map(|&(_, s)| (s != u32::MAX).then(|| values.value(s as usize)))
+                .collect();
+            let all = ListArray::try_new(
+                Arc::new(Field::new_list_field(DataType::Utf8, true)),
+                OffsetBuffer::new(offsets.into()),
+                Arc::new(values),
+                None,
+            )
+            .map_err(|e| Error::Internal(format!("profile skeletons: {e}")))?;
+            Ok((Arc::new(pref), Arc::new(all)))
         };
-        let (lo, hi) = profs.split_at(profs.len() / 2);
-        let (a, b) = std::thread::scope(|s| {
-            let first = s.spawn(|| build(lo));
-            let second = build(hi);
-            (first.join(), second)
+        // Namespaces taken in turn by as many threads as there are cores.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(ns_names.len())
+            .max(1);
+        let mut built: Vec<(usize, Result<(ArrayRef, ArrayRef)>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&k) = by_ns_name.get(j) else {
+                                return mine;
+                            };
+                            mine.push((j, column(k)));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
         });
-        let a = a.map_err(|_| Error::Internal("profile skeleton thread failed".into()))?;
+        built.sort_by_key(|b| b.0);
         let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
-        for (j, &k) in by_ns_name.iter().enumerate() {
-            fields.push(Field::new(ns_names[k], DataType::Utf8, true));
+        let mut arrays: Vec<ArrayRef> = vec![strings(
+            profs.iter().map(|&p| profile_ids[p as usize].as_str()),
+        )];
+        for (j, b) in built {
+            let (pref, all) = b?;
+            let name = ns_names[by_ns_name[j]];
+            fields.push(Field::new(name, DataType::Utf8, true));
             fields.push(Field::new(
-                format!("{}_all", ns_names[k]),
-                a[2 + 2 * j].data_type().clone(),
+                format!("{name}_all"),
+                all.data_type().clone(),
                 true,
             ));
+            arrays.extend([pref, all]);
         }
-        // The halves stay two batches (in id order), not copied into one.
-        let schema = Arc::new(Schema::new(fields));
-        let batches = [a, b]
-            .into_iter()
-            .map(|arrays| RecordBatch::try_new(schema.clone(), arrays))
-            .collect::<std::result::Result<Vec<_>, _>>()
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        out.insert(class, batches);
+        out.insert(class, vec![batch]);
     }
     Ok(out)
 }

@@ -923,3 +923,106 @@ fn identity_rows_after_as_of_are_ignored() {
         std::fs::read(dir.path().join("out/past_again/everyone.csv")).expect("b")
     );
 }
+
+#[test]
+fn identity_profile_skeletons_list_values_and_prefer_the_latest() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // C1 has three e-mails: two last seen on day 5 (the smaller value is
+    // preferred), one on day 3. C2 has no cookie; the cookie ck9 has no e-mail.
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("z@x.com"), Some("Ann")], 5),
+            (vec![Some("C1"), Some("m@x.com"), Some("Ann")], 3),
+            (vec![Some("C1"), Some("a@x.com"), Some("Ann")], 5),
+            (vec![Some("C2"), Some("b@x.com"), Some("Bo")], 2),
+        ],
+    );
+    let web = rows(
+        &["cookie", "email"],
+        vec![
+            (vec![Some("ck2"), Some("m@x.com")], 1),
+            (vec![Some("ck1"), Some("m@x.com")], 1),
+            (vec![Some("ck9"), None], 1),
+        ],
+    );
+    project(dir.path(), "", "", &crm, &web, &no_prospects());
+    let project = Project::load(dir.path()).expect("project");
+    let out = audience::engine::storage::Location::parse(
+        dir.path().join("out").to_str().expect("utf-8"),
+        dir.path(),
+    )
+    .expect("location");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let stitched = rt.block_on(async {
+        let ctx = audience::engine::session(&project, crate::support::as_of())
+            .await
+            .expect("session");
+        let datasets = audience::ingest::ingest(&ctx, &project)
+            .await
+            .expect("ingest");
+        audience::identity::stitch(&ctx, &project, &datasets, None, &out, |_| {})
+            .await
+            .expect("stitch")
+    });
+    let batches = &stitched.profiles[&audience::config::Class::Customer];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for b in batches {
+        let schema = b.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "profile_id",
+                "cookie",
+                "cookie_all",
+                "crm_id",
+                "crm_id_all",
+                "email",
+                "email_all"
+            ],
+            "columns by namespace name"
+        );
+        for i in 0..b.num_rows() {
+            rows.push(
+                b.columns()[1..]
+                    .iter()
+                    .map(|c| {
+                        if c.is_null(i) {
+                            "null".to_string()
+                        } else {
+                            arrow::util::display::array_value_to_string(c, i).expect("display")
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("ids");
+        let ids: Vec<&str> = ids.iter().map(Option::unwrap_or_default).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted by profile id");
+    }
+    rows.sort();
+    let row = |cells: [&str; 6]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rows,
+        vec![
+            row([
+                "ck1",
+                "[ck1, ck2]",
+                "C1",
+                "[C1]",
+                "a@x.com",
+                "[a@x.com, m@x.com, z@x.com]"
+            ]),
+            row(["ck9", "[ck9]", "null", "[]", "null", "[]"]),
+            row(["null", "[]", "C2", "[C2]", "b@x.com", "[b@x.com]"]),
+        ]
+    );
+}
