@@ -936,7 +936,8 @@ impl IdentityGraph {
     }
 
     /// Every identity's id and first-seen time, partition by partition
-    /// (each read front to back; ids in no particular order).
+    /// (each read front to back; ids in no particular order). Until
+    /// [`Self::shrink`], like [`Self::first_seen`].
     pub fn first_seen_all(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
         self.parts
             .iter()

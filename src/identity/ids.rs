@@ -176,6 +176,7 @@ pub fn assign(
         }
     }
     let rep: Vec<u32> = rep.into_iter().map(|(_, i)| i).collect();
+    debug_assert!(rep.iter().all(|&i| i != NONE), "first-seen times kept");
     let mut ids: Vec<Option<String>> = vec![None; rep.len()];
     let old_ids: Option<&IdSet> = previous.map(|p| &p.ids);
     if let Some(prev) = previous {
