@@ -4,7 +4,7 @@
 //! lower-case for e-mail); blocked → `blocked`; invalid → `invalid`.
 
 use std::borrow::Cow;
-use std::sync::RwLock;
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use phonenumber::country::Id as Region;
 use phonenumber::metadata::Database;
@@ -93,6 +93,79 @@ fn with_phone_db<T>(f: impl FnOnce(&Database) -> T) -> T {
             out
         }
         None => f(&phonenumber::metadata::DATABASE),
+    }
+}
+
+/// A batch for a phone thread: the region for national numbers, the trimmed
+/// raw values, and where to send their E.164 forms (`None`: invalid), in order.
+type PhoneJob = (Option<Region>, Vec<Box<str>>, mpsc::Sender<Vec<Option<String>>>);
+
+/// The phone threads: started when first needed and then kept, all taking
+/// jobs from one queue. Each parses with a database of its own, used by that
+/// thread alone, so libphonenumber's regular expressions (and the automata
+/// they build lazily as numbers arrive) stay warm from one batch to the next;
+/// threads made per batch each started from empty automata.
+struct PhoneThreads {
+    jobs: mpsc::Sender<PhoneJob>,
+    queue: Arc<Mutex<mpsc::Receiver<PhoneJob>>>,
+    started: usize,
+}
+
+static PHONE_THREADS: Mutex<Option<PhoneThreads>> = Mutex::new(None);
+
+/// Where to send phone jobs, with at least `n` phone threads running; `None`
+/// when none can be started (the caller then parses itself).
+fn phone_jobs(n: usize) -> Option<mpsc::Sender<PhoneJob>> {
+    let mut guard = PHONE_THREADS.lock().ok()?;
+    let threads = guard.get_or_insert_with(|| {
+        let (jobs, queue) = mpsc::channel();
+        PhoneThreads {
+            jobs,
+            queue: Arc::new(Mutex::new(queue)),
+            started: 0,
+        }
+    });
+    while threads.started < n {
+        let queue = Arc::clone(&threads.queue);
+        let spawned = std::thread::Builder::new()
+            .name("audience-phone".into())
+            .spawn(move || phone_thread(&queue));
+        if spawned.is_err() {
+            break;
+        }
+        threads.started += 1;
+    }
+    (threads.started > 0).then(|| threads.jobs.clone())
+}
+
+/// One phone thread: parses jobs until the queue closes. A job whose parse
+/// panics gets no answer (its sender parses it again) and the thread starts
+/// over with a fresh database.
+fn phone_thread(queue: &Mutex<mpsc::Receiver<PhoneJob>>) {
+    let mut db = Database::parse(PHONE_METADATA).ok();
+    loop {
+        let job = match queue.lock() {
+            Ok(q) => q.recv(),
+            Err(_) => return,
+        };
+        let Ok((region, values, reply)) = job else {
+            return;
+        };
+        let Some(d) = db.as_ref() else {
+            continue; // dropping `reply` sends the job back to its sender
+        };
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            values
+                .iter()
+                .map(|v| parse_phone(d, region, v))
+                .collect::<Vec<_>>()
+        }));
+        match parsed {
+            Ok(parsed) => {
+                let _ = reply.send(parsed);
+            }
+            Err(_) => db = Database::parse(PHONE_METADATA).ok(),
+        }
     }
 }
 
@@ -195,17 +268,31 @@ impl<'a> Normaliser<'a> {
             return;
         }
         let (per, region) = (todo.len().div_ceil(threads), self.region);
-        std::thread::scope(|s| {
-            for chunk in todo.chunks(per) {
-                s.spawn(move || {
-                    with_phone_db(|db| {
-                        for v in chunk {
-                            cache.insert(v, parse_phone(db, region, v).as_deref());
-                        }
-                    });
-                });
+        let jobs = phone_jobs(threads);
+        let replies: Vec<_> = todo
+            .chunks(per)
+            .map(|chunk| {
+                let (reply, answer) = mpsc::channel();
+                let values: Vec<Box<str>> = chunk.iter().map(|v| Box::from(*v)).collect();
+                let sent = jobs.as_ref().is_some_and(|tx| tx.send((region, values, reply)).is_ok());
+                (chunk, sent.then_some(answer))
+            })
+            .collect();
+        for (chunk, answer) in replies {
+            match answer.and_then(|a| a.recv().ok()) {
+                Some(parsed) => {
+                    for (v, e164) in chunk.iter().zip(parsed) {
+                        cache.insert(v, e164.as_deref());
+                    }
+                }
+                // No phone thread answered (it could not start or panicked): here.
+                None => with_phone_db(|db| {
+                    for v in chunk {
+                        cache.insert(v, parse_phone(db, region, v).as_deref());
+                    }
+                }),
             }
-        });
+        }
     }
 
     /// Normalise one raw value into the identity value, or say why it is rejected.

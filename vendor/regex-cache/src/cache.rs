@@ -19,7 +19,7 @@
 // SOFTWARE.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, Arc};
+use std::sync::{Mutex, Arc, OnceLock};
 use std::borrow::Cow;
 use std::fmt;
 use std::str;
@@ -35,13 +35,23 @@ use crate::lru::LruCache;
 /// Patched for `audience`: keys are hashed with foldhash instead of SipHash.
 /// Every use of a `CachedRegex` looks its source up twice, and libphonenumber's
 /// sources are hundreds of bytes long: SipHash was a third of a phone parse.
+///
+/// Also patched: a `CachedRegex` keeps its compiled expression once compiled
+/// (no lookup at all afterwards) while fewer than [`MEMO_LIMIT`] expressions
+/// of this cache are kept that way; past that it looks its source up here.
 #[derive(Clone, Debug)]
-pub struct RegexCache(LruCache<String, Regex, foldhash::fast::RandomState>);
+pub struct RegexCache(LruCache<String, Regex, foldhash::fast::RandomState>, usize);
+
+/// How many compiled expressions the `CachedRegex`es of one cache keep for
+/// themselves (patched for `audience`). libphonenumber uses about twenty per
+/// region in use; this bounds the memory kept when numbers of many regions
+/// are parsed, after which those uses go through the LRU as before.
+pub const MEMO_LIMIT: usize = 1024;
 
 impl RegexCache {
 	/// Create a new LRU cache with the given size limit.
 	pub fn new(capacity: usize) -> RegexCache {
-		RegexCache(LruCache::with_hasher(capacity, Default::default()))
+		RegexCache(LruCache::with_hasher(capacity, Default::default()), 0)
 	}
 
 	/// Save the given regular expression in the cache.
@@ -131,13 +141,8 @@ impl DerefMut for RegexCache {
 #[derive(Clone)]
 pub struct CachedRegex {
 	builder: CachedRegexBuilder,
-}
-
-macro_rules! regex {
-	($self:ident) => (
-		$self.builder.cache.lock().unwrap().configure(&$self.builder.source, |b|
-			$self.builder.options.define(b)).unwrap()
-	)
+	/// Patched: the compiled expression, once compiled (see [`MEMO_LIMIT`]).
+	compiled: OnceLock<Regex>,
 }
 
 impl CachedRegex {
@@ -163,41 +168,64 @@ impl CachedRegex {
 	fn from(builder: CachedRegexBuilder) -> Self {
 		CachedRegex {
 			builder: builder,
+			compiled: OnceLock::new(),
 		}
+	}
+
+	/// `f` with the compiled expression: the one kept here, or compiled (or
+	/// found in the cache) and kept here while the cache's memo budget lasts,
+	/// or else the cache's (patched for `audience`; the original looked the
+	/// source up in the cache on every use).
+	fn with<T>(&self, f: impl FnOnce(&Regex) -> T) -> T {
+		if let Some(re) = self.compiled.get() {
+			return f(re);
+		}
+		let mut cache = self.builder.cache.lock().unwrap();
+		let full = cache.1 >= MEMO_LIMIT;
+		let re = cache.configure(&self.builder.source, |b| self.builder.options.define(b)).unwrap();
+		if full {
+			return f(re);
+		}
+		let re = re.clone();
+		if self.compiled.set(re).is_ok() {
+			cache.1 += 1;
+		}
+		drop(cache);
+		f(self.compiled.get().expect("set above"))
 	}
 
 	/// Refer to `Regex::is_match`.
 	pub fn is_match(&self, text: &str) -> bool {
-		regex!(self).is_match(text)
+		self.with(|re| re.is_match(text))
 	}
 
 	/// Refer to `Regex::find`.
 	pub fn find<'t>(&self, text: &'t str) -> Option<Match<'t>> {
-		regex!(self).find(text)
+		self.with(|re| re.find(text))
 	}
 
 	/// Refer to `Regex::captures`.
 	pub fn captures<'t>(&self, text: &'t str) -> Option<Captures<'t>> {
-		regex!(self).captures(text)
+		self.with(|re| re.captures(text))
 	}
 
 	/// Refer to `Regex::replace`.
 	pub fn replace<'t, R: Replacer>(&self, text: &'t str, rep: R) -> Cow<'t, str> {
-		regex!(self).replace(text, rep)
+		self.with(|re| re.replace(text, rep))
 	}
 
 	/// Refer to `Regex::replace_all`.
 	pub fn replace_all<'t, R: Replacer>(&self, text: &'t str, rep: R) -> Cow<'t, str> {
-		regex!(self).replace_all(text, rep)
+		self.with(|re| re.replace_all(text, rep))
 	}
 
 	/// Refer to `Regex::shortest_match`.
 	pub fn shortest_match(&self, text: &str) -> Option<usize> {
-		regex!(self).shortest_match(text)
+		self.with(|re| re.shortest_match(text))
 	}
 
 	pub fn captures_len(&self) -> usize {
-		regex!(self).captures_len()
+		self.with(|re| re.captures_len())
 	}
 
 	pub fn as_str(&self) -> &str {
@@ -207,13 +235,13 @@ impl CachedRegex {
 
 impl fmt::Debug for CachedRegex {
 	fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-		fmt::Debug::fmt(regex!(self), f)
+		self.with(|re| fmt::Debug::fmt(re, f))
 	}
 }
 
 impl fmt::Display for CachedRegex {
 	fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-		fmt::Display::fmt(regex!(self), f)
+		self.with(|re| fmt::Display::fmt(re, f))
 	}
 }
 
@@ -346,6 +374,23 @@ mod test {
 		assert_eq!(cache.len(), 2);
 		cache.compile("[21]3").unwrap();
 		assert_eq!(cache.len(), 2);
+	}
+
+	#[test]
+	fn memoized_until_the_limit() {
+		let cache = Arc::new(Mutex::new(RegexCache::new(2)));
+		let res: Vec<CachedRegex> = (0..super::MEMO_LIMIT + 3)
+			.map(|i| CachedRegex::new(cache.clone(), &format!("^{i}$")).unwrap())
+			.collect();
+		for (i, re) in res.iter().enumerate() {
+			assert!(re.is_match(&i.to_string()));
+			assert!(!re.is_match("x"));
+		}
+		assert_eq!(res.iter().filter(|re| re.compiled.get().is_some()).count(), super::MEMO_LIMIT);
+		assert_eq!(cache.lock().unwrap().1, super::MEMO_LIMIT);
+		// Past the budget: still right, through the LRU.
+		let last = res.last().unwrap();
+		assert!(last.is_match(&(super::MEMO_LIMIT + 2).to_string()));
 	}
 
 	#[test]
