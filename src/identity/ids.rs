@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use datafusion::arrow::array::{Array, StringArray};
 use sha2::{Digest, Sha256};
 
 use super::graph::IdentityGraph;
@@ -136,7 +137,48 @@ pub struct Profiles {
     /// Profile number of every identity.
     pub of: Vec<u32>,
     /// Profile id by profile number.
-    pub ids: Vec<String>,
+    pub ids: ProfileIds,
+}
+
+/// Profile ids by profile number, kept in one string column: 16 bytes a
+/// profile (a 12-character id and an offset) where a `String` each took
+/// about 56; they are kept for the whole run (17M profiles at 10M people).
+#[derive(Debug, Clone)]
+pub struct ProfileIds(StringArray);
+
+impl ProfileIds {
+    /// The id of profile `p`.
+    ///
+    /// # Panics
+    /// When there is no profile `p`.
+    pub fn get(&self, p: u32) -> &str {
+        self.0.value(p as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ids in profile order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.0.len()).map(|p| self.0.value(p))
+    }
+}
+
+impl Default for ProfileIds {
+    fn default() -> Self {
+        ProfileIds(StringArray::from(Vec::<&str>::new()))
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for ProfileIds {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        ProfileIds(StringArray::from_iter_values(iter))
+    }
 }
 
 /// Assign a profile id to every component.
@@ -259,7 +301,10 @@ pub fn assign(
     }
     Profiles {
         of,
-        ids: ids.into_iter().map(Option::unwrap_or_default).collect(),
+        ids: ids
+            .iter()
+            .map(|id| id.as_deref().unwrap_or_default())
+            .collect(),
     }
 }
 
@@ -327,7 +372,7 @@ mod tests {
         let roots: Vec<u32> = (0..g.len() as u32).collect();
         let plain = assign(&g, &["email"], &roots, None);
         let (a0, _) = fresh_id(Class::Customer, "email", "a", 0);
-        assert_eq!(plain.ids[0], a0);
+        assert_eq!(plain.ids.get(0), a0);
         // A previous map that holds `a`'s fresh id for an identity not in this
         // run, and a legacy 32-hex id for `b`: `a` is salted, `b` keeps its id.
         let mut prev = Previous {
@@ -338,7 +383,10 @@ mod tests {
         let legacy = "0123456789abcdef0123456789abcdef";
         prev.by_identity[1] = prev.ids.intern(legacy);
         let carried = assign(&g, &["email"], &roots, Some(&prev));
-        assert_eq!(carried.ids[0], fresh_id(Class::Customer, "email", "a", 1).0);
-        assert_eq!(carried.ids[1], legacy);
+        assert_eq!(
+            carried.ids.get(0),
+            fresh_id(Class::Customer, "email", "a", 1).0
+        );
+        assert_eq!(carried.ids.get(1), legacy);
     }
 }

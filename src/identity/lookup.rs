@@ -4,6 +4,7 @@
 use datafusion::arrow::array::RecordBatch;
 
 use super::graph::IdentityGraph;
+use super::ids::ProfileIds;
 use super::normalise::PhoneCache;
 use crate::config::{Class, Namespace};
 use crate::engine::storage::Location;
@@ -17,7 +18,7 @@ pub struct IdentityLookup {
     profile_of: Vec<u32>,
     quarantined: Vec<bool>,
     /// Profile ids by profile index.
-    profile_ids: Vec<String>,
+    profile_ids: ProfileIds,
     /// Phone numbers parsed by the identity stage, by namespace index.
     phones: Vec<PhoneCache>,
 }
@@ -27,7 +28,7 @@ impl IdentityLookup {
         graph: IdentityGraph,
         profile_of: Vec<u32>,
         quarantined: Vec<bool>,
-        profile_ids: Vec<String>,
+        profile_ids: ProfileIds,
         phones: Vec<PhoneCache>,
     ) -> Self {
         IdentityLookup {
@@ -51,7 +52,7 @@ impl IdentityLookup {
     }
 
     pub fn profile_id(&self, profile: u32) -> &str {
-        &self.profile_ids[profile as usize]
+        self.profile_ids.get(profile)
     }
 
     /// Bytes of distinct identity values.
@@ -151,7 +152,7 @@ impl IdentityLookup {
             graph,
             profile_of,
             quarantined,
-            profile_ids,
+            profile_ids.iter().collect(),
             phones,
         ))
     }

@@ -4,7 +4,7 @@
 //! lower-case for e-mail); blocked → `blocked`; invalid → `invalid`.
 
 use std::borrow::Cow;
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use phonenumber::country::Id as Region;
 use phonenumber::metadata::Database;
@@ -98,7 +98,11 @@ fn with_phone_db<T>(f: impl FnOnce(&Database) -> T) -> T {
 
 /// A batch for a phone thread: the region for national numbers, the trimmed
 /// raw values, and where to send their E.164 forms (`None`: invalid), in order.
-type PhoneJob = (Option<Region>, Vec<Box<str>>, mpsc::Sender<Vec<Option<String>>>);
+type PhoneJob = (
+    Option<Region>,
+    Vec<Box<str>>,
+    mpsc::Sender<Vec<Option<String>>>,
+);
 
 /// The phone threads: started when first needed and then kept, all taking
 /// jobs from one queue. Each parses with a database of its own, used by that
@@ -274,7 +278,9 @@ impl<'a> Normaliser<'a> {
             .map(|chunk| {
                 let (reply, answer) = mpsc::channel();
                 let values: Vec<Box<str>> = chunk.iter().map(|v| Box::from(*v)).collect();
-                let sent = jobs.as_ref().is_some_and(|tx| tx.send((region, values, reply)).is_ok());
+                let sent = jobs
+                    .as_ref()
+                    .is_some_and(|tx| tx.send((region, values, reply)).is_ok());
                 (chunk, sent.then_some(answer))
             })
             .collect();

@@ -166,12 +166,13 @@ fn strs(v: &[String]) -> Vec<&str> {
 /// The identity map, in rank order, chunk by chunk.
 async fn write_identity_map(
     graph: &IdentityGraph,
-    (profile_of, profile_ids): (&[u32], &[String]),
+    (profile_of, profile_ids): (&[u32], &ids::ProfileIds),
     ns_names: &[&str],
     dataset_names: &[&str],
     loc: Location,
 ) -> Result<()> {
     let schema = identity_map_schema();
+    let t0 = std::time::Instant::now();
     let mut sink = Sink::open(loc, schema.clone(), &["value", "profile_id"])?;
     let order: Vec<u32> = (0..graph.len() as u32).collect();
     for chunk in order.chunks(CHUNK) {
@@ -190,7 +191,7 @@ async fn write_identity_map(
                     strings(
                         chunk
                             .iter()
-                            .map(|&i| profile_ids[profile_of[i as usize] as usize].as_str()),
+                            .map(|&i| profile_ids.get(profile_of[i as usize])),
                     ),
                     ts_array(chunk.iter().map(|&i| graph.first_seen(i))),
                     ts_array(chunk.iter().map(|&i| graph.last_seen(i))),
@@ -201,7 +202,13 @@ async fn write_identity_map(
         )
         .await?;
     }
-    sink.close().await
+    sink.close().await?;
+    tracing::debug!(
+        rows = graph.len(),
+        secs = t0.elapsed().as_secs_f64(),
+        "identity: identity map written"
+    );
+    Ok(())
 }
 
 async fn write_links(
@@ -214,6 +221,7 @@ async fn write_links(
 ) -> Result<()> {
     let schema = links_schema();
     let mut sink = Sink::open(loc, schema.clone(), &["anchor_value", "other_value"])?;
+    let t0 = std::time::Instant::now();
     let kept: Vec<&Link> = links.iter().filter(|l| keep(l)).collect();
     for chunk in kept.chunks(CHUNK) {
         let st: Vec<(&str, Option<String>)> =
@@ -236,7 +244,13 @@ async fn write_links(
         )
         .await?;
     }
-    sink.close().await
+    sink.close().await?;
+    tracing::debug!(
+        rows = kept.len(),
+        secs = t0.elapsed().as_secs_f64(),
+        "identity: links file written"
+    );
+    Ok(())
 }
 
 /// Stitch the graph, assign ids, write the outputs under `out`, and return what later stages need.
@@ -343,7 +357,7 @@ pub(super) async fn finish(
     let oversized: BTreeSet<String> = match project.identity.max_identities {
         Some(max) => (0..np)
             .filter(|&p| sizes[p] > max)
-            .map(|p| profile_ids[p].clone())
+            .map(|p| profile_ids.get(p as u32).to_string())
             .collect(),
         None => BTreeSet::new(),
     };
@@ -376,7 +390,7 @@ pub(super) async fn finish(
     let larger = |a: &u32, b: &u32| {
         sizes[*b as usize]
             .cmp(&sizes[*a as usize])
-            .then_with(|| profile_ids[*a as usize].cmp(&profile_ids[*b as usize]))
+            .then_with(|| profile_ids.get(*a).cmp(profile_ids.get(*b)))
     };
     if big.len() > 10 {
         big.select_nth_unstable_by(10, larger);
@@ -398,9 +412,9 @@ pub(super) async fn finish(
         }
     }
     for &p in &big {
-        let id = &profile_ids[p as usize];
+        let id = profile_ids.get(p);
         health.largest.push(LargeProfile {
-            profile_id: id.clone(),
+            profile_id: id.to_string(),
             class: profile_class[p as usize].as_str().into(),
             identities: sizes[p as usize],
             by_namespace: by_ns.remove(&p).unwrap_or_default(),
@@ -474,7 +488,7 @@ pub(super) async fn finish(
     };
     st.links = links;
     tracing::debug!("identity: identity map and links written");
-    let pid = |i: u32| profile_ids[profile_of[i as usize] as usize].as_str();
+    let pid = |i: u32| profile_ids.get(profile_of[i as usize]);
 
     // Quarantined identities.
     let q: Vec<u32> = (0..n as u32)
@@ -573,7 +587,7 @@ fn skeletons(
     graph: &IdentityGraph,
     ns_names: &[&str],
     profile_of: &[u32],
-    profile_ids: &[String],
+    profile_ids: &ids::ProfileIds,
     profile_class: &[Class],
 ) -> Result<BTreeMap<Class, Vec<RecordBatch>>> {
     let np = profile_ids.len();
@@ -605,7 +619,7 @@ fn skeletons(
         // Sorted by id: the first 16 bytes as an integer key, whole ids
         // (then the index) only where keys are equal.
         let key = |p: u32| {
-            let id = profile_ids[p as usize].as_bytes();
+            let id = profile_ids.get(p).as_bytes();
             let mut k = [0u8; 16];
             k[..id.len().min(16)].copy_from_slice(&id[..id.len().min(16)]);
             u128::from_be_bytes(k)
@@ -617,8 +631,9 @@ fn skeletons(
         profs.sort_unstable();
         for run in profs.chunk_by_mut(|a, b| a.0 == b.0) {
             run.sort_by(|a, b| {
-                profile_ids[a.1 as usize]
-                    .cmp(&profile_ids[b.1 as usize])
+                profile_ids
+                    .get(a.1)
+                    .cmp(profile_ids.get(b.1))
                     .then(a.1.cmp(&b.1))
             });
         }
@@ -717,9 +732,7 @@ fn skeletons(
         });
         built.sort_by_key(|b| b.0);
         let mut fields = vec![Field::new("profile_id", DataType::Utf8, false)];
-        let mut arrays: Vec<ArrayRef> = vec![strings(
-            profs.iter().map(|&p| profile_ids[p as usize].as_str()),
-        )];
+        let mut arrays: Vec<ArrayRef> = vec![strings(profs.iter().map(|&p| profile_ids.get(p)))];
         for (j, b) in built {
             let (pref, all) = b?;
             let name = ns_names[by_ns_name[j]];
