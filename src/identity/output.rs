@@ -66,6 +66,8 @@ fn identity_columns(graph: &IdentityGraph, ns_names: &[&str], ids: &[u32]) -> [A
 struct Sink {
     writer: AsyncArrowWriter<BufWriter>,
     loc: Location,
+    rows: usize,
+    opened: std::time::Instant,
 }
 
 impl Sink {
@@ -89,21 +91,34 @@ impl Sink {
         let writer =
             AsyncArrowWriter::try_new(BufWriter::new(store, loc.path()), schema, Some(props))
                 .map_err(|e| Error::Internal(format!("{}: {e}", loc.display())))?;
-        Ok(Sink { writer, loc })
+        Ok(Sink {
+            writer,
+            loc,
+            rows: 0,
+            opened: std::time::Instant::now(),
+        })
     }
     async fn write(&mut self, schema: &SchemaRef, arrays: Vec<ArrayRef>) -> Result<()> {
         let batch = RecordBatch::try_new(schema.clone(), arrays)
             .map_err(|e| Error::Internal(e.to_string()))?;
+        self.rows += batch.num_rows();
         self.writer
             .write(&batch)
             .await
             .map_err(|e| Error::Internal(format!("writing {}: {e}", self.loc.display())))
     }
+    /// Finish the file; logs its rows and how long it took (debug).
     async fn close(self) -> Result<()> {
         self.writer
             .close()
             .await
             .map_err(|e| Error::Internal(format!("writing {}: {e}", self.loc.display())))?;
+        tracing::debug!(
+            rows = self.rows,
+            secs = self.opened.elapsed().as_secs_f64(),
+            file = %self.loc.display(),
+            "identity: output written"
+        );
         Ok(())
     }
 }
@@ -172,7 +187,6 @@ async fn write_identity_map(
     loc: Location,
 ) -> Result<()> {
     let schema = identity_map_schema();
-    let t0 = std::time::Instant::now();
     let mut sink = Sink::open(loc, schema.clone(), &["value", "profile_id"])?;
     let order: Vec<u32> = (0..graph.len() as u32).collect();
     for chunk in order.chunks(CHUNK) {
@@ -202,13 +216,7 @@ async fn write_identity_map(
         )
         .await?;
     }
-    sink.close().await?;
-    tracing::debug!(
-        rows = graph.len(),
-        secs = t0.elapsed().as_secs_f64(),
-        "identity: identity map written"
-    );
-    Ok(())
+    sink.close().await
 }
 
 async fn write_links(
@@ -221,7 +229,6 @@ async fn write_links(
 ) -> Result<()> {
     let schema = links_schema();
     let mut sink = Sink::open(loc, schema.clone(), &["anchor_value", "other_value"])?;
-    let t0 = std::time::Instant::now();
     let kept: Vec<&Link> = links.iter().filter(|l| keep(l)).collect();
     for chunk in kept.chunks(CHUNK) {
         let st: Vec<(&str, Option<String>)> =
@@ -244,13 +251,7 @@ async fn write_links(
         )
         .await?;
     }
-    sink.close().await?;
-    tracing::debug!(
-        rows = kept.len(),
-        secs = t0.elapsed().as_secs_f64(),
-        "identity: links file written"
-    );
-    Ok(())
+    sink.close().await
 }
 
 /// Stitch the graph, assign ids, write the outputs under `out`, and return what later stages need.
