@@ -88,11 +88,12 @@ fn key_hash(hasher: &DefaultHashBuilder, class: Class, ns: u16, value: &[u8]) ->
     hasher.hash_one((class as u8, ns, value)) >> 8
 }
 
-/// What the hash tables are given: the 56-bit hash spread over 64 bits by an
-/// odd multiplier (a bijection; hashbrown takes its tags from the top seven
-/// bits and its buckets from the low ones, which stay those of the hash).
+/// What the hash tables are given: the low 32 bits of a [`key_hash`]
+/// (enough for any partition's buckets, and all a growing table needs to
+/// keep) spread over 64 by an odd multiplier, since hashbrown takes its
+/// tags from the top seven bits and its buckets from the low ones.
 fn table_hash(hash: u64) -> u64 {
-    hash.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    u64::from(hash as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The class whose discriminant is `b`.
@@ -132,8 +133,7 @@ struct Meta {
     first_seen: i64,
     last_seen: i64,
     /// The class in the top byte, the [`key_hash`] below it: one comparison
-    /// rules out nearly every other identity in a probe, and a growing table
-    /// rehashes from here.
+    /// rules out nearly every other identity in a probe.
     class_hash: u64,
     /// Where the value is: [`Arena`] page and offset.
     at: u32,
@@ -162,6 +162,9 @@ impl Meta {
 struct Part {
     /// Hash of (class, namespace, value) → local index.
     table: HashTable<u32>,
+    /// The low 32 bits of each identity's hash, for the table as it grows
+    /// (read in bucket order, so kept apart from the larger records).
+    hashes: Paged<u32>,
     arena: Arena,
     meta: Paged<Meta>,
     /// `words` bitset words per identity: the datasets it was seen in.
@@ -325,9 +328,10 @@ impl Part {
                 for _ in 0..words {
                     self.datasets.push(0);
                 }
-                let meta = &self.meta;
+                self.hashes.push(e.hash as u32);
+                let hashes = &self.hashes;
                 self.table.insert_unique(table_hash(e.hash), l, |&o| {
-                    table_hash(meta.get(o as usize).class_hash & ((1 << 56) - 1))
+                    table_hash(u64::from(*hashes.get(o as usize)))
                 });
                 l
             }
@@ -1242,15 +1246,25 @@ impl IdentityGraph {
             return;
         }
         let links = &mut st.links;
-        self.parent = (0..n as u32).collect();
-        self.size = vec![1; n];
         if !constrained {
+            // Rem's union-find with splicing: parents only ever point to
+            // smaller ids, so each root is its component's smallest id (as the
+            // cluster's rounds give) and one pass front to back finds them all.
+            let mut parent: Vec<u32> = (0..n as u32).collect();
             for l in links.iter() {
                 if l.status == LinkStatus::Used {
-                    self.union(l.anchor, l.other);
+                    rem_unite(&mut parent, l.anchor, l.other);
                 }
             }
-        } else {
+            for i in 0..n {
+                parent[i] = parent[parent[i] as usize];
+            }
+            st.roots = parent;
+            return;
+        }
+        self.parent = (0..n as u32).collect();
+        self.size = vec![1; n];
+        {
             // Newest first; ties by the linked identity's rank, then the anchor's
             // (ids are ranks).
             links.sort_unstable_by_key(|l| {
@@ -1320,8 +1334,35 @@ impl IdentityGraph {
             }
         }
         st.roots = (0..n as u32).map(|i| self.find(i)).collect();
-        if constrained {
-            links.sort_unstable_by_key(|l| (u64::from(l.anchor) << 32) | u64::from(l.other));
+        links.sort_unstable_by_key(|l| (u64::from(l.anchor) << 32) | u64::from(l.other));
+        (self.parent, self.size) = (Vec::new(), Vec::new());
+    }
+}
+
+/// Join the components of `x` and `y` (Rem's algorithm with splicing, after
+/// Patwary, Blair and Manne, "Experiments on Union-Find Algorithms for the
+/// Disjoint-Set Data Structure", 2010): walk up both sides at once, always
+/// from the side whose parent is larger, hanging that node under the other
+/// side's parent. `parent[i] <= i` before and after.
+fn rem_unite(parent: &mut [u32], x: u32, y: u32) {
+    let (mut rx, mut ry) = (x as usize, y as usize);
+    loop {
+        let (px, py) = (parent[rx], parent[ry]);
+        if px == py {
+            return;
+        }
+        if px > py {
+            parent[rx] = py;
+            if px as usize == rx {
+                return;
+            }
+            rx = px as usize;
+        } else {
+            parent[ry] = px;
+            if py as usize == ry {
+                return;
+            }
+            ry = py as usize;
         }
     }
 }
@@ -1495,6 +1536,36 @@ mod tests {
             for (i, (c, ns, v)) in want.iter().enumerate() {
                 proptest::prop_assert_eq!(g.get(*c, *ns, v), Some(i as u32));
             }
+        }
+
+        /// Rem's union-find keeps parents below their children, and its
+        /// roots are each component's smallest id (what label propagation
+        /// to the minimum, the cluster's way, gives).
+        #[test]
+        fn rem_union_find_roots_are_smallest_ids(
+            edges in proptest::collection::vec((0u32..60, 0u32..60), 0..150),
+        ) {
+            let n = 60usize;
+            let mut parent: Vec<u32> = (0..n as u32).collect();
+            for &(a, b) in &edges {
+                rem_unite(&mut parent, a, b);
+                proptest::prop_assert!(parent.iter().enumerate().all(|(i, &p)| p as usize <= i));
+            }
+            for i in 0..n {
+                parent[i] = parent[parent[i] as usize];
+            }
+            let mut label: Vec<u32> = (0..n as u32).collect();
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for &(a, b) in &edges {
+                    let m = label[a as usize].min(label[b as usize]);
+                    if label[a as usize] != m || label[b as usize] != m {
+                        (label[a as usize], label[b as usize], changed) = (m, m, true);
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(parent, label);
         }
 
         #[test]
