@@ -75,7 +75,7 @@ const PARTS: usize = 1 << PART_BITS;
 const LOCAL_BITS: u32 = 32 - PART_BITS;
 const LOCAL_MASK: u32 = (1 << LOCAL_BITS) - 1;
 /// Identity occurrences buffered before they are interned partition by partition.
-const CHUNK: usize = 1 << 19;
+const CHUNK: usize = 1 << 20;
 /// Raw links buffered before the first sort-and-deduplicate.
 const MIN_COMPACT: usize = 1 << 22;
 
