@@ -178,7 +178,7 @@ const PAGE_BITS: u32 = 10;
 #[cfg(test)]
 const PAGE_BITS: u32 = 3;
 const PAGE: usize = 1 << PAGE_BITS;
-/// Bytes in an [`Arena`] page, and the most a value may have.
+/// Bytes in an [`Arena`] page (a value has at most `u16::MAX`).
 const ARENA_PAGE: usize = 1 << 16;
 
 /// A growable array in pages of [`PAGE`] items: growing never moves what is
@@ -239,10 +239,10 @@ struct Arena {
 }
 
 impl Arena {
-    /// Store `value` (at most [`ARENA_PAGE`] bytes); `None` when the arena
+    /// Store `value` (at most `u16::MAX` bytes); `None` when the arena
     /// holds 4 GiB already.
     fn push(&mut self, value: &[u8]) -> Option<u32> {
-        debug_assert!(value.len() <= ARENA_PAGE);
+        debug_assert!(value.len() <= usize::from(u16::MAX));
         let fits = self
             .pages
             .last()
@@ -1427,14 +1427,11 @@ mod tests {
         let mut a = Arena::default();
         let values: Vec<Vec<u8>> = (0..400u32)
             .map(|i| vec![(i % 251) as u8; (i as usize * 997) % 3000])
-            .chain([vec![9u8; ARENA_PAGE], vec![8u8; 1]])
+            .chain([vec![9u8; usize::from(u16::MAX)], vec![8u8; 1]])
             .collect();
         let at: Vec<u32> = values.iter().map(|v| a.push(v).unwrap()).collect();
         for (v, &at) in values.iter().zip(&at) {
-            let len = u16::try_from(v.len()).unwrap_or(u16::MAX);
-            if v.len() < ARENA_PAGE {
-                assert_eq!(a.get(at, len), &v[..]);
-            }
+            assert_eq!(a.get(at, v.len() as u16), &v[..]);
         }
         assert!(a.pages.iter().all(|page| page.len() <= ARENA_PAGE));
         assert_eq!(a.bytes, values.iter().map(Vec::len).sum::<usize>());
