@@ -1230,7 +1230,9 @@ impl IdentityGraph {
     ///
     /// Unconstrained, `components` (a root per identity computed elsewhere, e.g.
     /// on a cluster by [`super::components`]) is taken as is when given, and
-    /// union-find runs otherwise; constrained, links are applied in time order here.
+    /// union-find runs otherwise: either way each root is its component's
+    /// smallest id. Constrained, links are applied in time order here (union
+    /// by size: roots are members, not necessarily the smallest).
     pub fn join(
         &mut self,
         st: &mut Stitching,
@@ -1264,73 +1266,71 @@ impl IdentityGraph {
         }
         self.parent = (0..n as u32).collect();
         self.size = vec![1; n];
-        {
-            // Newest first; ties by the linked identity's rank, then the anchor's
-            // (ids are ranks).
-            links.sort_unstable_by_key(|l| {
-                (
-                    std::cmp::Reverse(l.ts),
-                    (u64::from(l.other) << 32) | u64::from(l.anchor),
-                )
+        // Newest first; ties by the linked identity's rank, then the anchor's
+        // (ids are ranks).
+        links.sort_unstable_by_key(|l| {
+            (
+                std::cmp::Reverse(l.ts),
+                (u64::from(l.other) << 32) | u64::from(l.anchor),
+            )
+        });
+        let unique_ns: Vec<bool> = rules.iter().map(|r| r.unique).collect();
+        // Per root: the unique-namespace identities it holds, and its never-link members.
+        let mut held: HashMap<u32, Vec<u32>> = HashMap::new();
+        for id in 0..n as u32 {
+            if unique_ns[self.ns(id) as usize] {
+                held.entry(id).or_default().push(id);
+            }
+        }
+        let mut partners: HashMap<u32, Vec<u32>> = HashMap::new();
+        for &(a, b) in never_pairs {
+            partners.entry(a).or_default().push(b);
+            partners.entry(b).or_default().push(a);
+        }
+        let mut guarded: HashMap<u32, Vec<u32>> = HashMap::new();
+        for &id in partners.keys() {
+            guarded.entry(id).or_default().push(id);
+        }
+        for l in links.iter_mut() {
+            if l.status != LinkStatus::Used {
+                continue;
+            }
+            let (ra, rb) = (self.find(l.anchor), self.find(l.other));
+            if ra == rb {
+                continue;
+            }
+            let ha = held.get(&ra).map(Vec::as_slice).unwrap_or_default();
+            let hb = held.get(&rb).map(Vec::as_slice).unwrap_or_default();
+            let clash = ha.iter().find_map(|&x| {
+                hb.iter()
+                    .find(|&&y| self.ns(x) == self.ns(y))
+                    .map(|_| self.ns(x))
             });
-            let unique_ns: Vec<bool> = rules.iter().map(|r| r.unique).collect();
-            // Per root: the unique-namespace identities it holds, and its never-link members.
-            let mut held: HashMap<u32, Vec<u32>> = HashMap::new();
-            for id in 0..n as u32 {
-                if unique_ns[self.ns(id) as usize] {
-                    held.entry(id).or_default().push(id);
-                }
+            if let Some(ns) = clash {
+                l.status = LinkStatus::CutUnique(ns);
+                continue;
             }
-            let mut partners: HashMap<u32, Vec<u32>> = HashMap::new();
-            for &(a, b) in never_pairs {
-                partners.entry(a).or_default().push(b);
-                partners.entry(b).or_default().push(a);
-            }
-            let mut guarded: HashMap<u32, Vec<u32>> = HashMap::new();
-            for &id in partners.keys() {
-                guarded.entry(id).or_default().push(id);
-            }
-            for l in links.iter_mut() {
-                if l.status != LinkStatus::Used {
-                    continue;
-                }
-                let (ra, rb) = (self.find(l.anchor), self.find(l.other));
-                if ra == rb {
-                    continue;
-                }
-                let ha = held.get(&ra).map(Vec::as_slice).unwrap_or_default();
-                let hb = held.get(&rb).map(Vec::as_slice).unwrap_or_default();
-                let clash = ha.iter().find_map(|&x| {
-                    hb.iter()
-                        .find(|&&y| self.ns(x) == self.ns(y))
-                        .map(|_| self.ns(x))
-                });
-                if let Some(ns) = clash {
-                    l.status = LinkStatus::CutUnique(ns);
-                    continue;
-                }
-                let ga = guarded.get(&ra).cloned().unwrap_or_default();
-                let gb_root = rb;
-                let mut never = false;
-                for x in &ga {
-                    for p in partners.get(x).map(Vec::as_slice).unwrap_or_default() {
-                        if self.find(*p) == gb_root {
-                            never = true;
-                        }
+            let ga = guarded.get(&ra).cloned().unwrap_or_default();
+            let gb_root = rb;
+            let mut never = false;
+            for x in &ga {
+                for p in partners.get(x).map(Vec::as_slice).unwrap_or_default() {
+                    if self.find(*p) == gb_root {
+                        never = true;
                     }
                 }
-                if never {
-                    l.status = LinkStatus::CutNeverLink;
-                    continue;
-                }
-                let root = self.union(ra, rb);
-                let other = if root == ra { rb } else { ra };
-                if let Some(v) = held.remove(&other) {
-                    held.entry(root).or_default().extend(v);
-                }
-                if let Some(v) = guarded.remove(&other) {
-                    guarded.entry(root).or_default().extend(v);
-                }
+            }
+            if never {
+                l.status = LinkStatus::CutNeverLink;
+                continue;
+            }
+            let root = self.union(ra, rb);
+            let other = if root == ra { rb } else { ra };
+            if let Some(v) = held.remove(&other) {
+                held.entry(root).or_default().extend(v);
+            }
+            if let Some(v) = guarded.remove(&other) {
+                guarded.entry(root).or_default().extend(v);
             }
         }
         st.roots = (0..n as u32).map(|i| self.find(i)).collect();
