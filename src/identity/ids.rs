@@ -23,9 +23,7 @@
 //! text, whatever their form (the 32-hex-character ids of earlier versions
 //! included).
 
-use std::collections::{BTreeMap, HashMap};
-
-use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::array::{Array, StringArray, StringBuilder};
 use sha2::{Digest, Sha256};
 
 use super::graph::IdentityGraph;
@@ -111,6 +109,12 @@ pub const ID_LEN: usize = 12;
 
 /// A fresh profile id, and its 60-bit number.
 pub fn fresh_id(class: Class, namespace: &str, value: &str, salt: u32) -> (String, u64) {
+    let n = fresh_number(class, namespace, value, salt);
+    (String::from_utf8_lossy(&id_text(n)).into_owned(), n)
+}
+
+/// The number of a fresh profile id: the first 60 bits of the hash.
+fn fresh_number(class: Class, namespace: &str, value: &str, salt: u32) -> u64 {
     let mut h = Sha256::new();
     h.update(b"audience-profile-v2\x1f");
     h.update(class.as_str().as_bytes());
@@ -124,11 +128,12 @@ pub fn fresh_id(class: Class, namespace: &str, value: &str, salt: u32) -> (Strin
     let digest = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    let n = u64::from_be_bytes(first) >> 4;
-    let text = (0..ID_LEN)
-        .map(|k| ALPHABET[((n >> (5 * (ID_LEN - 1 - k))) & 31) as usize] as char)
-        .collect();
-    (text, n)
+    u64::from_be_bytes(first) >> 4
+}
+
+/// The text of a fresh id: its number's 12 base32 digits, most significant first.
+fn id_text(n: u64) -> [u8; ID_LEN] {
+    std::array::from_fn(|k| ALPHABET[((n >> (5 * (ID_LEN - 1 - k))) & 31) as usize])
 }
 
 /// Profiles: components numbered in order of their best-ranked identity.
@@ -191,26 +196,10 @@ pub fn assign(
     roots: &[u32],
     previous: Option<&Previous>,
 ) -> Profiles {
-    const NONE: u32 = u32::MAX;
-    let n = roots.len();
-    // Components numbered in order of their best-ranked (smallest) id.
-    let mut number = vec![NONE; n];
-    let mut np = 0u32;
-    let of: Vec<u32> = roots
-        .iter()
-        .map(|&r| {
-            let k = &mut number[r as usize];
-            if *k == NONE {
-                *k = np;
-                np += 1;
-            }
-            *k
-        })
-        .collect();
-    drop(number);
+    let (of, np) = number_components(roots);
     // Representative: the earliest-seen identity (ties: the smallest id),
     // read partition by partition rather than id by id.
-    let mut rep: Vec<(i64, u32)> = vec![(i64::MAX, NONE); np as usize];
+    let mut rep: Vec<(i64, u32)> = vec![(i64::MAX, NONE); np];
     for (i, seen) in graph.first_seen_all() {
         let r = &mut rep[of[i as usize] as usize];
         if (seen, i) < *r {
@@ -219,93 +208,148 @@ pub fn assign(
     }
     let rep: Vec<u32> = rep.into_iter().map(|(_, i)| i).collect();
     debug_assert!(rep.iter().all(|&i| i != NONE), "first-seen times kept");
-    let mut ids: Vec<Option<String>> = vec![None; rep.len()];
-    let old_ids: Option<&IdSet> = previous.map(|p| &p.ids);
-    if let Some(prev) = previous {
-        // (old id, profile) → identities carrying it.
-        let mut counts: HashMap<(u32, u32), u64> = HashMap::new();
-        for (id, &old) in prev.by_identity.iter().enumerate() {
-            if old != NONE {
-                *counts.entry((old, of[id])).or_default() += 1;
-            }
-        }
-        // Each old id to the profile with most of its identities (ties: the earlier profile).
-        let mut best: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
-        for (&(old, p), &k) in &counts {
-            let e = best.entry(old).or_insert((k, p));
-            if k > e.0 || (k == e.0 && p < e.1) {
-                *e = (k, p);
-            }
-        }
-        // Each profile keeps the old id with most identities (ties: the smallest id).
-        // Numbers compare like the fixed-width hex ids they stand for.
-        let mut survivor: BTreeMap<u32, (u64, &str)> = BTreeMap::new();
-        for (&old, &(k, p)) in &best {
-            let id = prev.ids.get(old);
-            let e = survivor.entry(p).or_insert((k, id));
-            if k > e.0 || (k == e.0 && id < e.1) {
-                *e = (k, id);
-            }
-        }
-        for (p, (_, id)) in survivor {
-            ids[p as usize] = Some(id.to_string());
-        }
-    }
-    // Fresh ids hashed on all cores, then checked for clashes in profile order.
+    // The previous id each profile keeps (an index into `previous.ids`).
+    let carried = match previous {
+        Some(prev) => carry(prev, &of, np),
+        None => vec![NONE; np],
+    };
     let fresh = |p: usize, salt: u32| {
         let i = rep[p];
-        fresh_id(
+        fresh_number(
             graph.class(i),
             ns_names[graph.ns(i) as usize],
             graph.value(i),
             salt,
         )
     };
-    let hashed: Vec<Option<(String, u64)>> = {
+    // Fresh numbers hashed on all cores (`u64::MAX`: the profile keeps a
+    // previous id), then checked for clashes in profile order.
+    let mut number = vec![u64::MAX; np];
+    {
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let per = ids.len().div_ceil(threads).max(1 << 14);
-        let slots: Vec<&[Option<String>]> = ids.chunks(per).collect();
+        let per = np.div_ceil(threads).max(1 << 14);
         std::thread::scope(|s| {
-            let tasks: Vec<_> = slots
-                .iter()
-                .enumerate()
-                .map(|(c, chunk)| {
-                    let fresh = &fresh;
-                    s.spawn(move || {
-                        chunk
-                            .iter()
-                            .enumerate()
-                            .map(|(k, slot)| slot.is_none().then(|| fresh(c * per + k, 0)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            tasks
-                .into_iter()
-                .flat_map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
+            for (c, (numbers, kept)) in number.chunks_mut(per).zip(carried.chunks(per)).enumerate()
+            {
+                let fresh = &fresh;
+                s.spawn(move || {
+                    for (k, (n, &kept)) in numbers.iter_mut().zip(kept).enumerate() {
+                        if kept == NONE {
+                            *n = fresh(c * per + k, 0);
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let old_ids: Option<&IdSet> = previous.map(|p| &p.ids);
+    let taken = |n: u64| {
+        old_ids
+            .is_some_and(|old| old.contains(std::str::from_utf8(&id_text(n)).unwrap_or_default()))
     };
-    let mut used: hashbrown::HashSet<u64> = hashbrown::HashSet::with_capacity(rep.len());
-    for (p, (slot, first)) in ids.iter_mut().zip(hashed).enumerate() {
-        let Some((mut id, mut number)) = first else {
+    let fresh_count = carried.iter().filter(|&&k| k == NONE).count();
+    let mut used: hashbrown::HashSet<u64> = hashbrown::HashSet::with_capacity(fresh_count);
+    for (p, n) in number.iter_mut().enumerate() {
+        if *n == u64::MAX {
             continue;
-        };
-        let mut salt = 0;
-        while used.contains(&number) || old_ids.is_some_and(|old| old.contains(&id)) {
-            salt += 1;
-            (id, number) = fresh(p, salt);
         }
-        used.insert(number);
-        *slot = Some(id);
+        let mut salt = 0;
+        while taken(*n) || !used.insert(*n) {
+            salt += 1;
+            *n = fresh(p, salt);
+        }
+    }
+    drop(used);
+    let mut text = StringBuilder::with_capacity(np, np * ID_LEN);
+    for (&n, &kept) in number.iter().zip(&carried) {
+        match old_ids {
+            Some(old) if kept != NONE => text.append_value(old.get(kept)),
+            _ => text.append_value(std::str::from_utf8(&id_text(n)).unwrap_or_default()),
+        }
     }
     Profiles {
         of,
-        ids: ids
-            .iter()
-            .map(|id| id.as_deref().unwrap_or_default())
-            .collect(),
+        ids: ProfileIds(text.finish()),
     }
+}
+
+/// Not a profile, identity or previous id.
+const NONE: u32 = u32::MAX;
+
+/// The profile number of every identity, components numbered in order of
+/// their smallest id, and the number of profiles. When every root is its
+/// component's smallest id (plain stitching, on one machine or a cluster) a
+/// root comes before its members and one pass suffices; otherwise (the
+/// constrained stitch's roots are any member) roots are numbered apart.
+fn number_components(roots: &[u32]) -> (Vec<u32>, usize) {
+    let mut of: Vec<u32> = Vec::with_capacity(roots.len());
+    let mut np = 0u32;
+    for (i, &r) in roots.iter().enumerate() {
+        match (r as usize).cmp(&i) {
+            std::cmp::Ordering::Equal => {
+                of.push(np);
+                np += 1;
+            }
+            std::cmp::Ordering::Less => of.push(of[r as usize]),
+            std::cmp::Ordering::Greater => {
+                of.clear();
+                let mut number = vec![NONE; roots.len()];
+                np = 0;
+                for &r in roots {
+                    let k = &mut number[r as usize];
+                    if *k == NONE {
+                        *k = np;
+                        np += 1;
+                    }
+                    of.push(*k);
+                }
+                break;
+            }
+        }
+    }
+    (of, np as usize)
+}
+
+/// The previous id each profile keeps, by profile (`NONE`: a fresh one).
+///
+/// Each previous id goes to the profile holding most of the identities that
+/// carried it (ties: the earlier profile); a profile given several keeps the
+/// one carried by most of its identities (ties: the smallest id text).
+fn carry(prev: &Previous, of: &[u32], np: usize) -> Vec<u32> {
+    // (previous id, profile) of every identity that carried one, sorted:
+    // each run is one pair, its length the identities behind it.
+    let mut pairs: Vec<u64> = prev
+        .by_identity
+        .iter()
+        .zip(of)
+        .filter(|(old, _)| **old != NONE)
+        .map(|(&old, &p)| (u64::from(old) << 32) | u64::from(p))
+        .collect();
+    pairs.sort_unstable();
+    let mut kept: Vec<(u64, u32)> = vec![(0, NONE); np];
+    let mut i = 0;
+    while i < pairs.len() {
+        let old = (pairs[i] >> 32) as u32;
+        // This previous id's profiles in ascending order: the first with the most wins.
+        let mut best = (0u64, 0u32);
+        while i < pairs.len() && (pairs[i] >> 32) as u32 == old {
+            let pair = pairs[i];
+            let mut k = 0u64;
+            while i < pairs.len() && pairs[i] == pair {
+                k += 1;
+                i += 1;
+            }
+            if k > best.0 {
+                best = (k, pair as u32);
+            }
+        }
+        let (k, p) = best;
+        let e = &mut kept[p as usize];
+        if k > e.0 || (k == e.0 && prev.ids.get(old) < prev.ids.get(e.1)) {
+            *e = (k, old);
+        }
+    }
+    kept.into_iter().map(|(_, old)| old).collect()
 }
 
 #[cfg(test)]
@@ -388,5 +432,90 @@ mod tests {
             fresh_id(Class::Customer, "email", "a", 1).0
         );
         assert_eq!(carried.ids.get(1), legacy);
+    }
+
+    /// The numbering and carrying rules as first written: a number per root
+    /// on first sight; counts of (previous id, profile) in a map.
+    fn reference(roots: &[u32], prev: &Previous) -> (Vec<u32>, Vec<u32>) {
+        use std::collections::{BTreeMap, HashMap};
+        let mut number: HashMap<u32, u32> = HashMap::new();
+        let of: Vec<u32> = roots
+            .iter()
+            .map(|r| {
+                let k = number.len() as u32;
+                *number.entry(*r).or_insert(k)
+            })
+            .collect();
+        let mut counts: HashMap<(u32, u32), u64> = HashMap::new();
+        for (id, &old) in prev.by_identity.iter().enumerate() {
+            if old != NONE {
+                *counts.entry((old, of[id])).or_default() += 1;
+            }
+        }
+        let mut best: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
+        for (&(old, p), &k) in &counts {
+            let e = best.entry(old).or_insert((k, p));
+            if k > e.0 || (k == e.0 && p < e.1) {
+                *e = (k, p);
+            }
+        }
+        let mut survivor: BTreeMap<u32, (u64, &str)> = BTreeMap::new();
+        for (&old, &(k, p)) in &best {
+            let id = prev.ids.get(old);
+            let e = survivor.entry(p).or_insert((k, id));
+            if k > e.0 || (k == e.0 && id < e.1) {
+                *e = (k, id);
+            }
+        }
+        let mut kept = vec![NONE; number.len()];
+        for (p, (_, id)) in survivor {
+            kept[p as usize] = (0..prev.ids.len() as u32)
+                .find(|&k| prev.ids.get(k) == id)
+                .unwrap_or(NONE);
+        }
+        (of, kept)
+    }
+
+    proptest::proptest! {
+        /// Profile numbers and carried ids match the reference, for roots
+        /// that are each component's smallest id (plain) or any member
+        /// (constrained), with ties in counts on both sides.
+        #[test]
+        fn identity_numbering_and_carrying_match_the_reference(
+            parent in proptest::collection::vec(0usize..1000, 1..300),
+            smallest in proptest::bool::ANY,
+            olds in proptest::collection::vec(proptest::option::of(0u32..12), 300),
+            texts in proptest::collection::vec("[a-c]{1,3}", 12),
+        ) {
+            // A forest: each identity hangs under an earlier one (or itself).
+            let n = parent.len();
+            let mut roots: Vec<u32> = Vec::with_capacity(n);
+            for (i, &p) in parent.iter().enumerate() {
+                let r = if p % 3 == 0 || i == 0 { i as u32 } else { roots[p % i] };
+                roots.push(r);
+            }
+            if !smallest {
+                // Each component's root becomes its largest member.
+                let mut largest = std::collections::HashMap::new();
+                for (i, &r) in roots.iter().enumerate() {
+                    largest.insert(r, i as u32);
+                }
+                for r in &mut roots {
+                    *r = largest[r];
+                }
+            }
+            let mut prev = Previous { by_identity: vec![NONE; n], ..Default::default() };
+            let ks: Vec<u32> = texts.iter().map(|t| prev.ids.intern(t)).collect();
+            for (slot, old) in prev.by_identity.iter_mut().zip(&olds) {
+                if let Some(o) = old {
+                    *slot = ks[*o as usize];
+                }
+            }
+            let (of, np) = number_components(&roots);
+            let (want_of, want_kept) = reference(&roots, &prev);
+            proptest::prop_assert_eq!(&of, &want_of);
+            proptest::prop_assert_eq!(np, want_kept.len());
+            proptest::prop_assert_eq!(carry(&prev, &of, np), want_kept);
+        }
     }
 }
