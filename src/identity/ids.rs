@@ -247,19 +247,20 @@ pub fn assign(
         old_ids
             .is_some_and(|old| old.contains(std::str::from_utf8(&id_text(n)).unwrap_or_default()))
     };
-    let fresh_count = carried.iter().filter(|&&k| k == NONE).count();
-    let mut used: hashbrown::HashSet<u64> = hashbrown::HashSet::with_capacity(fresh_count);
-    for (p, n) in number.iter_mut().enumerate() {
-        if *n == u64::MAX {
-            continue;
-        }
-        let mut salt = 0;
-        while taken(*n) || !used.insert(*n) {
-            salt += 1;
-            *n = fresh(p, salt);
+    if previous.is_some() || has_duplicates(&number) {
+        let fresh_count = carried.iter().filter(|&&k| k == NONE).count();
+        let mut used: hashbrown::HashSet<u64> = hashbrown::HashSet::with_capacity(fresh_count);
+        for (p, n) in number.iter_mut().enumerate() {
+            if *n == u64::MAX {
+                continue;
+            }
+            let mut salt = 0;
+            while taken(*n) || !used.insert(*n) {
+                salt += 1;
+                *n = fresh(p, salt);
+            }
         }
     }
-    drop(used);
     let mut text = StringBuilder::with_capacity(np, np * ID_LEN);
     for (&n, &kept) in number.iter().zip(&carried) {
         match old_ids {
@@ -271,6 +272,28 @@ pub fn assign(
         of,
         ids: ProfileIds(text.finish()),
     }
+}
+
+/// Whether two fresh numbers (`u64::MAX`: none) are equal. Rare with 60
+/// bits, so without previous ids to avoid, sorted copies (the two halves of
+/// the number range side by side) rule clashes out faster than a set built
+/// one random insert at a time.
+fn has_duplicates(numbers: &[u64]) -> bool {
+    let half = 1u64 << 59;
+    let (mut low, mut high): (Vec<u64>, Vec<u64>) = numbers
+        .iter()
+        .copied()
+        .filter(|&n| n != u64::MAX)
+        .partition(|&n| n < half);
+    let dup = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v.windows(2).any(|w| w[0] == w[1])
+    };
+    std::thread::scope(|s| {
+        let other = s.spawn(|| dup(&mut high));
+        let here = dup(&mut low);
+        other.join().unwrap_or(true) || here
+    })
 }
 
 /// Not a profile, identity or previous id.
@@ -385,6 +408,18 @@ mod tests {
             fresh_id(Class::Customer, "email", "a", 0),
             fresh_id(Class::Customer, "email", "a", 1)
         );
+    }
+
+    #[test]
+    fn identity_fresh_number_clashes_are_found_in_either_half() {
+        let high = (1u64 << 59) + 5;
+        assert!(!has_duplicates(&[]));
+        assert!(
+            !has_duplicates(&[1, u64::MAX, u64::MAX, 2, high]),
+            "none is not a number"
+        );
+        assert!(has_duplicates(&[3, 7, 3]));
+        assert!(has_duplicates(&[high, 3, u64::MAX, high]));
     }
 
     #[test]
