@@ -176,7 +176,11 @@ fn child_links(dir: &Path) {
     let phase = t0.elapsed().as_secs_f64();
     let st = g.stitch(&[NsRules::default()], &[], &[], &|_| false);
     let labels = arrow::array::UInt32Array::from(st.roots);
-    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let (wall, cpu, peak) = (
+        t0.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu0,
+        peak_rss_mb(),
+    );
     if std::env::var_os("AUDIENCE_BENCH_PHASES").is_some() {
         // Not part of the like-for-like figures: profile ids for these
         // components, as the identity stage assigns them (fresh ids).
@@ -197,7 +201,7 @@ fn child_links(dir: &Path) {
             .trim_start_matches('p'),
         labels.len(),
         links as f64 / wall,
-        peak_rss_mb(),
+        peak,
     );
 }
 
