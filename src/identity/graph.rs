@@ -1093,6 +1093,15 @@ impl IdentityGraph {
             .flat_map(|p| p.rank.iter().copied().zip(p.first_seen.iter().copied()))
     }
 
+    /// Class, namespace index and value, the identity located once (what
+    /// [`Self::class`], [`Self::ns`] and [`Self::value`] give one by one).
+    pub fn identity(&self, id: u32) -> (Class, u16, &str) {
+        let (p, i) = self.at(id);
+        // SAFETY: as in `value`.
+        let value = unsafe { std::str::from_utf8_unchecked(p.value(i)) };
+        (p.class[i], p.ns[i], value)
+    }
+
     pub fn value(&self, id: u32) -> &str {
         let (p, i) = self.at(id);
         // SAFETY: arenas only ever receive whole `&str`s (see `add_row`), and

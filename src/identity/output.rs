@@ -53,12 +53,28 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
-/// The class, namespace and value columns of identities `ids`.
-fn identity_columns(graph: &IdentityGraph, ns_names: &[&str], ids: &[u32]) -> [ArrayRef; 3] {
+/// The class, namespace and value columns of identities `ids`, built in
+/// one pass: each identity is located once, which matters where the ids
+/// are in no order (the links' other ends).
+fn identity_columns(
+    graph: &IdentityGraph,
+    ns_names: &[&str],
+    ids: impl ExactSizeIterator<Item = u32>,
+) -> [ArrayRef; 3] {
+    let n = ids.len();
+    let mut class = StringBuilder::with_capacity(n, n * 8);
+    let mut ns = StringBuilder::with_capacity(n, n * 8);
+    let mut value = StringBuilder::with_capacity(n, n * 24);
+    for i in ids {
+        let (c, k, v) = graph.identity(i);
+        class.append_value(c.as_str());
+        ns.append_value(ns_names[k as usize]);
+        value.append_value(v);
+    }
     [
-        strings(ids.iter().map(|&i| graph.class(i).as_str())),
-        strings(ids.iter().map(|&i| ns_names[graph.ns(i) as usize])),
-        strings(ids.iter().map(|&i| graph.value(i))),
+        Arc::new(class.finish()),
+        Arc::new(ns.finish()),
+        Arc::new(value.finish()),
     ]
 }
 
@@ -200,7 +216,7 @@ async fn write_identity_map(
         sink.write(
             &schema,
             [
-                identity_columns(graph, ns_names, chunk).to_vec(),
+                identity_columns(graph, ns_names, chunk.iter().copied()).to_vec(),
                 vec![
                     strings(
                         chunk
@@ -233,14 +249,19 @@ async fn write_links(
     for chunk in kept.chunks(CHUNK) {
         let st: Vec<(&str, Option<String>)> =
             chunk.iter().map(|l| status_of(l, ns_names)).collect();
+        let [class, anchor_ns, anchor_value] =
+            identity_columns(g, ns_names, chunk.iter().map(|l| l.anchor));
+        // A link's ends share a class.
+        let [_, other_ns, other_value] =
+            identity_columns(g, ns_names, chunk.iter().map(|l| l.other));
         sink.write(
             &schema,
             vec![
-                strings(chunk.iter().map(|l| g.class(l.anchor).as_str())),
-                strings(chunk.iter().map(|l| ns_names[g.ns(l.anchor) as usize])),
-                strings(chunk.iter().map(|l| g.value(l.anchor))),
-                strings(chunk.iter().map(|l| ns_names[g.ns(l.other) as usize])),
-                strings(chunk.iter().map(|l| g.value(l.other))),
+                class,
+                anchor_ns,
+                anchor_value,
+                other_ns,
+                other_value,
                 ts_array(chunk.iter().map(|l| l.ts)),
                 strings(chunk.iter().map(|l| datasets[l.dataset as usize])),
                 strings(st.iter().map(|s| s.0)),
@@ -515,7 +536,7 @@ pub(super) async fn finish(
     sink.write(
         &q_schema,
         [
-            identity_columns(&graph, &ns_names, &q).to_vec(),
+            identity_columns(&graph, &ns_names, q.iter().copied()).to_vec(),
             vec![
                 strings(q.iter().map(|&i| pid(i))),
                 Arc::new(UInt64Array::from_iter_values(
