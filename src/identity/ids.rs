@@ -214,13 +214,8 @@ pub fn assign(
         None => vec![NONE; np],
     };
     let fresh = |p: usize, salt: u32| {
-        let i = rep[p];
-        fresh_number(
-            graph.class(i),
-            ns_names[graph.ns(i) as usize],
-            graph.value(i),
-            salt,
-        )
+        let (class, ns, value) = graph.identity(rep[p]);
+        fresh_number(class, ns_names[ns as usize], value, salt)
     };
     // Fresh numbers hashed on all cores (`u64::MAX`: the profile keeps a
     // previous id), then checked for clashes in profile order.
