@@ -42,39 +42,40 @@ fn size_bucket(n: u64) -> usize {
 }
 
 fn ts_array(values: impl Iterator<Item = i64>) -> ArrayRef {
-    let mut b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut b =
+        TimestampMicrosecondBuilder::with_capacity(values.size_hint().0).with_timezone("UTC");
     for v in values {
         b.append_value(v);
     }
     Arc::new(b.finish())
 }
 
+/// A string column sized before it is filled: Arrow's buffers are 64-byte
+/// aligned, which the system allocator cannot grow in place, so each
+/// doubling of a builder would copy the whole column.
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(values))
+    let values: Vec<&str> = values.collect();
+    let bytes = values.iter().map(|v| v.len()).sum();
+    let mut b = StringBuilder::with_capacity(values.len(), bytes);
+    for v in values {
+        b.append_value(v);
+    }
+    Arc::new(b.finish())
 }
 
-/// The class, namespace and value columns of identities `ids`, built in
-/// one pass: each identity is located once, which matters where the ids
-/// are in no order (the links' other ends).
+/// The class, namespace and value columns of identities `ids`, each
+/// identity located once, which matters where the ids are in no order
+/// (the links' other ends).
 fn identity_columns(
     graph: &IdentityGraph,
     ns_names: &[&str],
-    ids: impl ExactSizeIterator<Item = u32>,
+    ids: impl Iterator<Item = u32>,
 ) -> [ArrayRef; 3] {
-    let n = ids.len();
-    let mut class = StringBuilder::with_capacity(n, n * 8);
-    let mut ns = StringBuilder::with_capacity(n, n * 8);
-    let mut value = StringBuilder::with_capacity(n, n * 24);
-    for i in ids {
-        let (c, k, v) = graph.identity(i);
-        class.append_value(c.as_str());
-        ns.append_value(ns_names[k as usize]);
-        value.append_value(v);
-    }
+    let found: Vec<(Class, u16, &str)> = ids.map(|i| graph.identity(i)).collect();
     [
-        Arc::new(class.finish()),
-        Arc::new(ns.finish()),
-        Arc::new(value.finish()),
+        strings(found.iter().map(|f| f.0.as_str())),
+        strings(found.iter().map(|f| ns_names[f.1 as usize])),
+        strings(found.iter().map(|f| f.2)),
     ]
 }
 
@@ -206,7 +207,10 @@ async fn write_identity_map(
     let mut sink = Sink::open(loc, schema.clone(), &["value", "profile_id"])?;
     let order: Vec<u32> = (0..graph.len() as u32).collect();
     for chunk in order.chunks(CHUNK) {
-        let mut ds = ListBuilder::new(StringBuilder::new());
+        let mut ds = ListBuilder::with_capacity(
+            StringBuilder::with_capacity(chunk.len(), chunk.len() * 16),
+            chunk.len(),
+        );
         for &i in chunk {
             for d in graph.datasets_of(i) {
                 ds.values().append_value(dataset_names[d as usize]);
