@@ -72,8 +72,13 @@ fn identity_columns(
     ids: impl Iterator<Item = u32>,
 ) -> [ArrayRef; 3] {
     let found: Vec<(Class, u16, &str)> = ids.map(|i| graph.identity(i)).collect();
+    let [ns, value] = ns_value_columns(ns_names, &found);
+    [strings(found.iter().map(|f| f.0.as_str())), ns, value]
+}
+
+/// The namespace and value columns of identities already located.
+fn ns_value_columns(ns_names: &[&str], found: &[(Class, u16, &str)]) -> [ArrayRef; 2] {
     [
-        strings(found.iter().map(|f| f.0.as_str())),
         strings(found.iter().map(|f| ns_names[f.1 as usize])),
         strings(found.iter().map(|f| f.2)),
     ]
@@ -255,9 +260,9 @@ async fn write_links(
             chunk.iter().map(|l| status_of(l, ns_names)).collect();
         let [class, anchor_ns, anchor_value] =
             identity_columns(g, ns_names, chunk.iter().map(|l| l.anchor));
-        // A link's ends share a class.
-        let [_, other_ns, other_value] =
-            identity_columns(g, ns_names, chunk.iter().map(|l| l.other));
+        // A link's ends share a class: only the anchor's is written.
+        let others: Vec<(Class, u16, &str)> = chunk.iter().map(|l| g.identity(l.other)).collect();
+        let [other_ns, other_value] = ns_value_columns(ns_names, &others);
         sink.write(
             &schema,
             vec![
