@@ -284,6 +284,12 @@ fn reserve_quarter<T>(v: &mut Vec<T>, more: usize) {
 }
 
 impl Part {
+    fn prefetch_meta(&self, local: usize) {
+        if let Some(page) = self.meta.pages.get(local >> PAGE_BITS) {
+            prefetch(page.as_ptr().wrapping_add(local & (PAGE - 1)));
+        }
+    }
+
     fn value(&self, local: usize) -> &[u8] {
         let m = self.meta.get(local);
         self.arena.get(m.at, m.len)
@@ -369,6 +375,17 @@ impl Part {
         let order: Vec<u32> = keyed.into_iter().map(|(_, old)| old).collect();
         let mut pos_of = vec![0u32; n];
         for (pos, &old) in order.iter().enumerate() {
+            // The records are read in rank order, all over the partition:
+            // each record is asked for ahead, then its value (from the
+            // record, by then in cache) and its dataset words.
+            if let Some(&next) = order.get(pos + AHEAD) {
+                self.prefetch_meta(next as usize);
+            }
+            if let Some(&next) = order.get(pos + AHEAD / 2) {
+                let m = self.meta.get(next as usize);
+                prefetch(self.arena.get(m.at, m.len).as_ptr());
+                prefetch(self.datasets.get(next as usize * words));
+            }
             pos_of[old as usize] = pos as u32;
             let m = self.meta.get(old as usize);
             s.arena.extend_from_slice(self.value(old as usize));
@@ -492,6 +509,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// How far ahead in its run the merge prefetches (positions).
+const AHEAD: usize = 16;
+
 /// Merge the rank-ordered partitions, `ranges[p]` of partition `p`,
 /// numbering identities from `base`: `ranks[p]` (which covers `ranges[p]`)
 /// gets each one's dense id and `locate` (from `base` on) each dense id's
@@ -535,6 +555,18 @@ fn merge_runs(
         locate[i] = ((p as u32) << LOCAL_BITS) | pos as u32;
         i += 1;
         cur[p] = Cursor::at(&parts[p], pos + 1, ranges[p].1);
+        // Each run is read front to back, but the runs are too many for the
+        // hardware to follow: its next lines are asked for by hand, well
+        // before the run wins again.
+        let part = &parts[p];
+        let ahead = pos + AHEAD;
+        prefetch(part.ends.as_ptr().wrapping_add(ahead));
+        prefetch(part.ns.as_ptr().wrapping_add(ahead));
+        prefetch(part.class.as_ptr().wrapping_add(ahead));
+        prefetch(ranks[p].as_ptr().wrapping_add(ahead - ranges[p].0));
+        if let Some(&end) = part.ends.get(pos + AHEAD / 4) {
+            prefetch(part.arena.as_ptr().wrapping_add(end as usize));
+        }
         let mut node = (p + k) / 2;
         let mut cand = p;
         while node >= 1 {
@@ -548,6 +580,19 @@ fn merge_runs(
         winner = cand;
     }
     debug_assert_eq!(i, locate.len());
+}
+
+/// Ask for the cache line holding `p` ahead of its use. Only a hint: it
+/// never faults, so `p` may be past the end of its array.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// `f` on every partition, the partitions split into `threads` contiguous ranges.
@@ -815,6 +860,7 @@ impl GraphBuilder {
         let (words, threads) = (self.words, self.threads);
         let mut parts = self.parts;
         let n: usize = parts.iter().map(|p| p.meta.len()).sum();
+        tracing::debug!(identities = n, "identity graph: interned, ranking");
         let threads = if n >= 1 << 16 { threads } else { 1 };
         // Each partition sorted in cache, then the sorted partitions merged.
         let (mut sorted, orders): (Vec<Sorted>, Vec<Vec<u32>>) =
@@ -825,6 +871,7 @@ impl GraphBuilder {
             .unzip();
         drop(parts);
         crate::engine::trim_heap();
+        tracing::debug!("identity graph: partitions sorted");
         let mut locate = vec![0u32; n];
         {
             // Dense id of each identity, by partition and position (filled by the merge).
@@ -882,6 +929,7 @@ impl GraphBuilder {
                 part.rank = r;
             }
         }
+        tracing::debug!("identity graph: identities ranked");
         // The buffered links name identities by their local index while
         // interning: renumbered to dense ids, then deduplicated.
         let dense: Vec<Vec<u32>> = par_parts(&mut sorted, threads, &|p, part| {
@@ -893,13 +941,37 @@ impl GraphBuilder {
         });
         drop(orders);
         let mut links = self.links;
-        for l in &mut links {
-            let (a, b) = ((l.key >> 32) as u32, l.key as u32);
-            let id = |enc: u32| dense[(enc >> LOCAL_BITS) as usize][(enc & LOCAL_MASK) as usize];
-            l.key = (u64::from(id(a)) << 32) | u64::from(id(b));
+        {
+            // Two random reads a link: on every thread, each asked for ahead.
+            let slot = |enc: u32| &dense[(enc >> LOCAL_BITS) as usize][(enc & LOCAL_MASK) as usize];
+            let renumber = |links: &mut [RawLink]| {
+                for k in 0..links.len() {
+                    if let Some(l) = links.get(k + AHEAD) {
+                        prefetch(slot((l.key >> 32) as u32));
+                        prefetch(slot(l.key as u32));
+                    }
+                    let l = &mut links[k];
+                    let (a, b) = (*slot((l.key >> 32) as u32), *slot(l.key as u32));
+                    l.key = (u64::from(a) << 32) | u64::from(b);
+                }
+            };
+            if threads < 2 || links.len() < 1 << 16 {
+                renumber(&mut links);
+            } else {
+                let per = links.len().div_ceil(threads);
+                std::thread::scope(|s| {
+                    for chunk in links.chunks_mut(per) {
+                        s.spawn(|| renumber(chunk));
+                    }
+                });
+            }
         }
         drop(dense);
         dedup_links(&mut links, threads);
+        tracing::debug!(
+            links = links.len(),
+            "identity graph: links renumbered and deduplicated"
+        );
         let links = links
             .into_iter()
             .map(|l| Link {
@@ -997,7 +1069,11 @@ fn refine_ties<'a>(
         }
         if j - i > 1 && (v[i].0 & 0xFF) as usize == room + 1 {
             let run = &mut v[i..j];
-            for e in run.iter_mut() {
+            for k in 0..run.len() {
+                if let Some(e) = run.get(k + AHEAD / 2) {
+                    prefetch(value_of(e.1).as_ptr().wrapping_add(depth));
+                }
+                let e = &mut run[k];
                 e.0 = rank_key(&[], &value_of(e.1)[depth..]);
             }
             run.sort_unstable_by_key(|e| e.0);
@@ -1070,6 +1146,25 @@ impl IdentityGraph {
     pub fn ns(&self, id: u32) -> u16 {
         let (p, i) = self.at(id);
         p.ns[i]
+    }
+
+    /// The ids of one class and namespace: a range, since ids are ranks.
+    pub fn ns_ids(&self, class: Class, ns: u16) -> std::ops::Range<u32> {
+        let head = |class: Class, ns: u16| (u32::from(class as u8) << 16) | u32::from(ns);
+        let first_at = |key: u32| -> u32 {
+            let (mut a, mut b) = (0u32, self.len() as u32);
+            while a < b {
+                let m = a + (b - a) / 2;
+                if head(self.class(m), self.ns(m)) < key {
+                    a = m + 1;
+                } else {
+                    b = m;
+                }
+            }
+            a
+        };
+        let at = head(class, ns);
+        first_at(at)..first_at(at + 1)
     }
 
     /// Earliest record time the identity was seen at (until [`Self::shrink`]).
@@ -1201,17 +1296,26 @@ impl IdentityGraph {
     ) -> Stitching {
         let n = self.len();
         let mut degree = vec![0u32; n];
-        for l in &self.links {
+        // The links are in anchor order; their other ends are all over.
+        for (k, l) in self.links.iter().enumerate() {
+            if let Some(next) = self.links.get(k + AHEAD) {
+                prefetch(degree.as_ptr().wrapping_add(next.other as usize));
+            }
             degree[l.anchor as usize] += 1;
             degree[l.other as usize] += 1;
         }
         let mut quarantine: Vec<Option<Quarantine>> = vec![None; n];
-        for id in 0..n {
-            if let Some(max) = rules[self.ns(id as u32) as usize].max_links
-                && u64::from(degree[id]) > max
-                && !allow(id as u32)
-            {
-                quarantine[id] = Some(Quarantine::MaxLinks);
+        let mut any = !never_values.is_empty();
+        // Only namespaces with a limit are looked at (each is a range of ids).
+        for class in [Class::Customer, Class::Prospect] {
+            for (ns, rule) in rules.iter().enumerate() {
+                let Some(max) = rule.max_links else { continue };
+                for id in self.ns_ids(class, ns as u16) {
+                    if u64::from(degree[id as usize]) > max && !allow(id) {
+                        quarantine[id as usize] = Some(Quarantine::MaxLinks);
+                        any = true;
+                    }
+                }
             }
         }
         for &v in never_values {
@@ -1219,8 +1323,9 @@ impl IdentityGraph {
         }
         let mut links = std::mem::take(&mut self.links);
         for l in &mut links {
-            l.status = if quarantine[l.anchor as usize].is_some()
-                || quarantine[l.other as usize].is_some()
+            l.status = if any
+                && (quarantine[l.anchor as usize].is_some()
+                    || quarantine[l.other as usize].is_some())
             {
                 LinkStatus::Quarantined
             } else {
@@ -1262,7 +1367,10 @@ impl IdentityGraph {
             // smaller ids, so each root is its component's smallest id (as the
             // cluster's rounds give) and one pass front to back finds them all.
             let mut parent: Vec<u32> = (0..n as u32).collect();
-            for l in links.iter() {
+            for (k, l) in links.iter().enumerate() {
+                if let Some(next) = links.get(k + AHEAD) {
+                    prefetch(parent.as_ptr().wrapping_add(next.other as usize));
+                }
                 if l.status == LinkStatus::Used {
                     rem_unite(&mut parent, l.anchor, l.other);
                 }

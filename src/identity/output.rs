@@ -622,23 +622,8 @@ fn skeletons(
     profile_class: &[Class],
 ) -> Result<BTreeMap<Class, Vec<RecordBatch>>> {
     let np = profile_ids.len();
-    let n = graph.len() as u32;
     let mut by_ns_name: Vec<usize> = (0..ns_names.len()).collect();
     by_ns_name.sort_by_key(|&i| ns_names[i]);
-    // The first id whose (class, namespace) is at or after `key` in rank order.
-    let head = |class: Class, k: u16| (u32::from(class as u8) << 16) | u32::from(k);
-    let first_at = |key: u32| -> u32 {
-        let (mut a, mut b) = (0u32, n);
-        while a < b {
-            let m = a + (b - a) / 2;
-            if head(graph.class(m), graph.ns(m)) < key {
-                a = m + 1;
-            } else {
-                b = m;
-            }
-        }
-        a
-    };
     let too_big = |what: &str| {
         Error::Internal(format!(
             "profile skeletons: more than 2 GiB of {what} in one namespace column"
@@ -676,8 +661,7 @@ fn skeletons(
         let out_pos = &out_pos;
         // Namespace `k`'s preferred-value and list columns.
         let column = |k: usize| -> Result<(ArrayRef, ArrayRef)> {
-            let at = head(class, k as u16);
-            let ids = first_at(at)..first_at(at + 1);
+            let ids = graph.ns_ids(class, k as u16);
             let profile = |i: u32| out_pos[profile_of[i as usize] as usize] as usize;
             // List offsets: identities per profile, in output order.
             let mut offsets = vec![0i32; m + 1];

@@ -10,15 +10,31 @@ use audience::config::Class;
 use audience::identity::graph::{GraphBuilder, IdentityGraph, LinkStatus, NsRules};
 use proptest::prelude::*;
 
-/// A random record: (namespace, value) identities and a time.
-type Record = (Vec<(u16, u8)>, i64);
+/// A random record: (namespace, value) identities, a time, and whether it
+/// is a prospect's (the same value in both classes is two identities).
+type Record = (Vec<(u16, u8)>, i64, bool);
 
 fn records() -> impl Strategy<Value = Vec<Record>> {
     prop::collection::vec(
-        (prop::collection::vec((0u16..3, 0u8..12), 1..4), 0i64..6),
+        (
+            prop::collection::vec((0u16..3, 0u8..12), 1..4),
+            0i64..6,
+            prop::bool::weighted(0.2),
+        ),
         0..40,
     )
 }
+
+fn class(prospect: bool) -> Class {
+    if prospect {
+        Class::Prospect
+    } else {
+        Class::Customer
+    }
+}
+
+/// A record's identities (sorted, distinct), time and class.
+type Row = (Vec<(u16, String)>, i64, Class);
 
 struct Case {
     graph: IdentityGraph,
@@ -28,9 +44,9 @@ struct Case {
 
 fn build(recs: &[Record]) -> Case {
     let mut builder = GraphBuilder::new(1, 2);
-    let rows: Vec<(Vec<(u16, String)>, i64)> = recs
+    let rows: Vec<Row> = recs
         .iter()
-        .map(|(ids, ts)| {
+        .map(|(ids, ts, prospect)| {
             let mut ids = ids.clone();
             ids.sort();
             ids.dedup();
@@ -39,23 +55,19 @@ fn build(recs: &[Record]) -> Case {
                     .map(|(ns, v)| (*ns, format!("v{v:02}")))
                     .collect(),
                 *ts,
+                class(*prospect),
             )
         })
         .collect();
-    for (ids, ts) in &rows {
+    for (ids, ts, class) in &rows {
         builder
-            .add_row(
-                Class::Customer,
-                *ts,
-                0,
-                ids.iter().map(|(ns, v)| (*ns, v.as_str())),
-            )
+            .add_row(*class, *ts, 0, ids.iter().map(|(ns, v)| (*ns, v.as_str())))
             .expect("add");
     }
     let graph = builder.finish().expect("finish");
     let mut links = BTreeMap::new();
-    for (ids, ts) in &rows {
-        let id = |(ns, v): &(u16, String)| graph.get(Class::Customer, *ns, v).expect("interned");
+    for (ids, ts, class) in &rows {
+        let id = |(ns, v): &(u16, String)| graph.get(*class, *ns, v).expect("interned");
         for o in &ids[1..] {
             let e = links.entry((id(&ids[0]), id(o))).or_insert(*ts);
             *e = (*e).max(*ts);
@@ -150,10 +162,16 @@ fn check(
             never_pairs.push((a, b));
         }
     }
-    // Rank computed here from (namespace, value), not taken from the graph's ids.
+    // Rank computed here from (class, namespace, value), not taken from the graph's ids.
     let n = case.graph.len() as u32;
     let mut by_rank: Vec<u32> = (0..n).collect();
-    by_rank.sort_by_key(|&i| (case.graph.ns(i), case.graph.value(i).to_string()));
+    by_rank.sort_by_key(|&i| {
+        (
+            case.graph.class(i) as u8,
+            case.graph.ns(i),
+            case.graph.value(i).to_string(),
+        )
+    });
     let mut rank = vec![0u32; n as usize];
     for (r, &i) in by_rank.iter().enumerate() {
         rank[i as usize] = r as u32;
