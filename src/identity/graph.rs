@@ -20,7 +20,7 @@
 //!    that would join two components holding different values of a unique
 //!    namespace, or the two sides of a never-link pair, is cut.
 
-use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -69,7 +69,7 @@ pub struct NsRules {
 }
 
 /// Radix partitions of the interner: bits 40..48 of a key's hash (the hash
-/// table itself uses the low bits for the bucket and the top seven for tags).
+/// tables use the low 32 bits).
 const PART_BITS: u32 = 8;
 const PARTS: usize = 1 << PART_BITS;
 const LOCAL_BITS: u32 = 32 - PART_BITS;
@@ -88,12 +88,124 @@ fn key_hash(hasher: &DefaultHashBuilder, class: Class, ns: u16, value: &[u8]) ->
     hasher.hash_one((class as u8, ns, value)) >> 8
 }
 
-/// What the hash tables are given: the low 32 bits of a [`key_hash`]
-/// (enough for any partition's buckets, and all a growing table needs to
-/// keep) spread over 64 by an odd multiplier, since hashbrown takes its
-/// tags from the top seven bits and its buckets from the low ones.
-fn table_hash(hash: u64) -> u64 {
-    u64::from(hash as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+/// A partition's hash table: 16-slot buckets of one cache line, each slot
+/// 7 bits of the key's hash over `index + 1` (0 is empty), probed bucket
+/// after bucket.
+///
+/// hashbrown's tables hide where a key's bucket is until they look it up;
+/// here the bucket is known from the hash, so the interner asks for it a
+/// few occurrences ahead ([`Table::prefetch`]), and then for the record a
+/// bucket names ([`Table::candidate`]): at 10M people a partition is far
+/// larger than the cache and every lookup would otherwise wait on memory.
+/// Growing reads each key's hash from its record, in index order. Nothing
+/// is ever removed.
+#[derive(Debug, Default)]
+struct Table {
+    buckets: Vec<Bucket>,
+    len: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(align(64))]
+struct Bucket([u32; 16]);
+
+/// Bits of a slot that hold `index + 1` (a partition holds fewer than
+/// 2^[`LOCAL_BITS`] identities); the hash's top bits fill the rest.
+const SLOT_BITS: u32 = LOCAL_BITS + 1;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+
+/// Where a lookup ended: the index found, or the empty slot (bucket, slot)
+/// an insert of that key takes.
+enum Probe {
+    Found(u32),
+    Vacant(usize, usize),
+}
+
+impl Table {
+    /// `h`'s first bucket (low bits; the slots keep its top bits).
+    #[inline]
+    fn home(&self, h: u32) -> usize {
+        h as usize & (self.buckets.len() - 1)
+    }
+
+    /// Ask for `h`'s bucket ahead of a lookup.
+    #[inline]
+    fn prefetch(&self, h: u32) {
+        if !self.buckets.is_empty() {
+            prefetch(self.buckets.as_ptr().wrapping_add(self.home(h)));
+        }
+    }
+
+    /// Look `h` up; `eq` confirms an index whose slot holds the same top bits.
+    #[inline]
+    fn probe(&self, h: u32, mut eq: impl FnMut(u32) -> bool) -> Probe {
+        if self.buckets.is_empty() {
+            return Probe::Vacant(usize::MAX, 0);
+        }
+        let (mask, tag) = (self.buckets.len() - 1, h & !SLOT_MASK);
+        let mut b = self.home(h);
+        loop {
+            for (k, &slot) in self.buckets[b].0.iter().enumerate() {
+                if slot == 0 {
+                    return Probe::Vacant(b, k);
+                }
+                if slot & !SLOT_MASK == tag && eq((slot & SLOT_MASK) - 1) {
+                    return Probe::Found((slot & SLOT_MASK) - 1);
+                }
+            }
+            b = (b + 1) & mask;
+        }
+    }
+
+    /// The first index whose slot has `h`'s top bits (to prefetch its record).
+    #[inline]
+    fn candidate(&self, h: u32) -> Option<u32> {
+        match self.probe(h, |_| true) {
+            Probe::Found(i) => Some(i),
+            Probe::Vacant(..) => None,
+        }
+    }
+
+    fn find(&self, h: u32, eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        match self.probe(h, eq) {
+            Probe::Found(i) => Some(i),
+            Probe::Vacant(..) => None,
+        }
+    }
+
+    /// Put the next index (`len`, absent so far) at the vacant slot a probe
+    /// for `h` found; `hash_of` gives each index's `h` when the table grows.
+    fn push(&mut self, h: u32, vacant: (usize, usize), hash_of: impl Fn(u32) -> u32) {
+        let index = self.len as u32;
+        // At most three quarters full, so that a probe seldom leaves its bucket.
+        if (self.len + 1) * 4 > self.buckets.len() * 16 * 3 {
+            let want = (self.buckets.len() * 2).max(1);
+            self.buckets = vec![Bucket::default(); want];
+            for i in 0..index {
+                self.place(hash_of(i), i);
+            }
+            self.place(h, index);
+        } else {
+            self.buckets[vacant.0].0[vacant.1] = (h & !SLOT_MASK) | (index + 1);
+        }
+        self.len += 1;
+    }
+
+    fn place(&mut self, h: u32, index: u32) {
+        let Probe::Vacant(b, k) = self.probe(h, |_| false) else {
+            unreachable!("a probe that never matches ends at a vacant slot")
+        };
+        self.buckets[b].0[k] = (h & !SLOT_MASK) | (index + 1);
+    }
+
+    /// Give every index a new number.
+    fn renumber(&mut self, f: impl Fn(u32) -> u32) {
+        for slot in self.buckets.iter_mut().flat_map(|b| b.0.iter_mut()) {
+            if *slot != 0 {
+                *slot = (*slot & !SLOT_MASK) | (f((*slot & SLOT_MASK) - 1) + 1);
+            }
+        }
+    }
 }
 
 /// The class whose discriminant is `b`.
@@ -161,10 +273,7 @@ impl Meta {
 #[derive(Debug, Default)]
 struct Part {
     /// Hash of (class, namespace, value) → local index.
-    table: HashTable<u32>,
-    /// The low 32 bits of each identity's hash, for the table as it grows
-    /// (read in bucket order, so kept apart from the larger records).
-    hashes: Paged<u32>,
+    table: Table,
     arena: Arena,
     meta: Paged<Meta>,
     /// `words` bitset words per identity: the datasets it was seen in.
@@ -290,6 +399,32 @@ impl Part {
         }
     }
 
+    /// Ask for the record (and dataset words) of the identity that `h`'s
+    /// bucket names first, if any.
+    #[inline]
+    fn prefetch_record(&self, h: u32, words: usize) {
+        if let Some(l) = self.table.candidate(h) {
+            self.prefetch_meta(l as usize);
+            if let Some(page) = self.datasets.pages.get((l as usize * words) >> PAGE_BITS) {
+                prefetch(
+                    page.as_ptr()
+                        .wrapping_add((l as usize * words) & (PAGE - 1)),
+                );
+            }
+        }
+    }
+
+    /// Ask for the value of the identity that `h`'s bucket names first.
+    #[inline]
+    fn prefetch_value(&self, h: u32) {
+        if let Some(l) = self.table.candidate(h) {
+            let m = self.meta.get(l as usize);
+            if let Some(page) = self.arena.pages.get((m.at >> 16) as usize) {
+                prefetch(page.as_ptr().wrapping_add((m.at & 0xFFFF) as usize));
+            }
+        }
+    }
+
     fn value(&self, local: usize) -> &[u8] {
         let m = self.meta.get(local);
         self.arena.get(m.at, m.len)
@@ -298,27 +433,29 @@ impl Part {
     /// Intern one occurrence; returns the local index.
     ///
     /// # Errors
-    /// When the partition's values outgrow 4 GiB, or the value 64 KiB.
+    /// When the partition outgrows 2^[`LOCAL_BITS`] identities or 4 GiB of
+    /// values, or the value 64 KiB.
     fn intern(&mut self, e: &Entry, value: &[u8], words: usize) -> std::result::Result<u32, ()> {
         let class_hash = Meta::class_hash(e.class, e.hash);
         let found = {
             let (arena, meta) = (&self.arena, &self.meta);
-            self.table
-                .find(table_hash(e.hash), |&l| {
-                    let m = meta.get(l as usize);
-                    m.class_hash == class_hash && m.ns == e.ns && arena.get(m.at, m.len) == value
-                })
-                .copied()
+            self.table.probe(e.hash as u32, |l| {
+                let m = meta.get(l as usize);
+                m.class_hash == class_hash && m.ns == e.ns && arena.get(m.at, m.len) == value
+            })
         };
         let local = match found {
-            Some(l) => {
+            Probe::Found(l) => {
                 let m = self.meta.get_mut(l as usize);
                 m.first_seen = m.first_seen.min(e.ts);
                 m.last_seen = m.last_seen.max(e.ts);
                 l
             }
-            None => {
+            Probe::Vacant(b, k) => {
                 let l = self.meta.len() as u32;
+                if l >> LOCAL_BITS != 0 {
+                    return Err(());
+                }
                 // `Sorted` keeps a partition's values in one array with u32 ends.
                 u32::try_from(self.arena.bytes + value.len()).map_err(|_| ())?;
                 let len = u16::try_from(value.len()).map_err(|_| ())?;
@@ -334,10 +471,9 @@ impl Part {
                 for _ in 0..words {
                     self.datasets.push(0);
                 }
-                self.hashes.push(e.hash as u32);
-                let hashes = &self.hashes;
-                self.table.insert_unique(table_hash(e.hash), l, |&o| {
-                    table_hash(u64::from(*hashes.get(o as usize)))
+                let meta = &self.meta;
+                self.table.push(e.hash as u32, (b, k), |i| {
+                    meta.get(i as usize).class_hash as u32
                 });
                 l
             }
@@ -399,9 +535,7 @@ impl Part {
                 .extend((o..o + words).map(|w| *self.datasets.get(w)));
         }
         // A value's hash does not change: the table's entries are renumbered in place.
-        for l in s.table.iter_mut() {
-            *l = pos_of[*l as usize];
-        }
+        s.table.renumber(|l| pos_of[l as usize]);
         (s, order)
     }
 }
@@ -412,7 +546,7 @@ impl Part {
 #[derive(Debug, Default)]
 struct Sorted {
     /// Hash of (class, namespace, value) → position.
-    table: HashTable<u32>,
+    table: Table,
     arena: Vec<u8>,
     /// End of each value in `arena` (it starts where the previous one ends).
     ends: Vec<u32>,
@@ -764,11 +898,26 @@ impl GraphBuilder {
                 for (k, (part, pending)) in parts.iter_mut().zip(pending).enumerate() {
                     let p = (first + k) as u32;
                     let mut at = 0usize;
-                    for e in &pending.entries {
+                    let entries = &pending.entries;
+                    for (j, e) in entries.iter().enumerate() {
+                        // Once a partition outgrows the cache, each lookup
+                        // waits on memory three times (bucket, record,
+                        // value): each is asked for ahead, the record and
+                        // value of the identity a bucket names as soon as
+                        // that bucket is likely in.
+                        if let Some(next) = entries.get(j + AHEAD) {
+                            part.table.prefetch(next.hash as u32);
+                        }
+                        if let Some(next) = entries.get(j + AHEAD / 2) {
+                            part.prefetch_record(next.hash as u32, words);
+                        }
+                        if let Some(next) = entries.get(j + AHEAD / 4) {
+                            part.prefetch_value(next.hash as u32);
+                        }
                         let v = &pending.bytes[at..at + e.len as usize];
                         at += e.len as usize;
                         match part.intern(e, v, words) {
-                            Ok(local) if local >> LOCAL_BITS == 0 => ids[e.occurrence as usize]
+                            Ok(local) => ids[e.occurrence as usize]
                                 .store((p << LOCAL_BITS) | local, Ordering::Relaxed),
                             _ => full.store(true, Ordering::Relaxed),
                         }
@@ -1209,13 +1358,13 @@ impl IdentityGraph {
         let hash = key_hash(&self.hasher, class, ns, value.as_bytes());
         let part = self.parts.get(part_of(hash))?;
         part.table
-            .find(table_hash(hash), |&pos| {
+            .find(hash as u32, |pos| {
                 let pos = pos as usize;
                 part.class[pos] == class
                     && part.ns[pos] == ns
                     && part.value(pos) == value.as_bytes()
             })
-            .map(|&pos| part.rank[pos as usize])
+            .map(|pos| part.rank[pos as usize])
     }
 
     /// Dataset indexes an identity was seen in (until [`Self::shrink`]).
@@ -1552,6 +1701,30 @@ mod tests {
         }
         assert!(a.pages.iter().all(|page| page.len() <= ARENA_PAGE));
         assert_eq!(a.bytes, values.iter().map(Vec::len).sum::<usize>());
+    }
+
+    #[test]
+    fn table_finds_every_key_through_growth_spills_and_shared_bits() {
+        // Keys 0..n: hashes crowd a few home buckets (a full bucket spills to
+        // the next) and many share their top bits, so only `eq` tells them apart.
+        let hash = |k: u32| (k % 7) | ((k % 3) << 30);
+        let mut t = Table::default();
+        let n = 2_000u32;
+        for k in 0..n {
+            match t.probe(hash(k), |i| i == k) {
+                Probe::Found(i) => panic!("{k} found as {i} before it was added"),
+                Probe::Vacant(b, s) => t.push(hash(k), (b, s), hash),
+            }
+        }
+        assert_eq!(t.len, n as usize);
+        for k in 0..n {
+            assert_eq!(t.find(hash(k), |i| i == k), Some(k));
+        }
+        assert_eq!(t.find(hash(n), |i| i == n), None);
+        t.renumber(|i| n - 1 - i);
+        for k in 0..n {
+            assert_eq!(t.find(hash(k), |i| i == n - 1 - k), Some(n - 1 - k));
+        }
     }
 
     #[test]
