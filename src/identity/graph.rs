@@ -165,12 +165,10 @@ impl Table {
     /// The first index whose slot has `h`'s top bits (to prefetch its record).
     #[inline]
     fn candidate(&self, h: u32) -> Option<u32> {
-        match self.probe(h, |_| true) {
-            Probe::Found(i) => Some(i),
-            Probe::Vacant(..) => None,
-        }
+        self.find(h, |_| true)
     }
 
+    #[inline]
     fn find(&self, h: u32, eq: impl FnMut(u32) -> bool) -> Option<u32> {
         match self.probe(h, eq) {
             Probe::Found(i) => Some(i),
@@ -338,6 +336,14 @@ impl<T> Paged<T> {
         &self.pages[i >> PAGE_BITS][i & (PAGE - 1)]
     }
 
+    /// Ask for item `i`'s cache line (nothing when `i` is out of range).
+    #[inline]
+    fn prefetch(&self, i: usize) {
+        if let Some(page) = self.pages.get(i >> PAGE_BITS) {
+            prefetch(page.as_ptr().wrapping_add(i & (PAGE - 1)));
+        }
+    }
+
     #[inline]
     fn get_mut(&mut self, i: usize) -> &mut T {
         &mut self.pages[i >> PAGE_BITS][i & (PAGE - 1)]
@@ -381,6 +387,14 @@ impl Arena {
         Some(((last as u32) << 16) | offset)
     }
 
+    /// Ask for the first cache line of the value at `at`.
+    #[inline]
+    fn prefetch(&self, at: u32) {
+        if let Some(page) = self.pages.get((at >> 16) as usize) {
+            prefetch(page.as_ptr().wrapping_add((at & 0xFFFF) as usize));
+        }
+    }
+
     #[inline]
     fn get(&self, at: u32, len: u16) -> &[u8] {
         let offset = (at & 0xFFFF) as usize;
@@ -398,24 +412,13 @@ fn reserve_quarter<T>(v: &mut Vec<T>, more: usize) {
 }
 
 impl Part {
-    fn prefetch_meta(&self, local: usize) {
-        if let Some(page) = self.meta.pages.get(local >> PAGE_BITS) {
-            prefetch(page.as_ptr().wrapping_add(local & (PAGE - 1)));
-        }
-    }
-
     /// Ask for the record (and dataset words) of the identity that `h`'s
     /// bucket names first, if any.
     #[inline]
     fn prefetch_record(&self, h: u32, words: usize) {
         if let Some(l) = self.table.candidate(h) {
-            self.prefetch_meta(l as usize);
-            if let Some(page) = self.datasets.pages.get((l as usize * words) >> PAGE_BITS) {
-                prefetch(
-                    page.as_ptr()
-                        .wrapping_add((l as usize * words) & (PAGE - 1)),
-                );
-            }
+            self.meta.prefetch(l as usize);
+            self.datasets.prefetch(l as usize * words);
         }
     }
 
@@ -423,10 +426,7 @@ impl Part {
     #[inline]
     fn prefetch_value(&self, h: u32) {
         if let Some(l) = self.table.candidate(h) {
-            let m = self.meta.get(l as usize);
-            if let Some(page) = self.arena.pages.get((m.at >> 16) as usize) {
-                prefetch(page.as_ptr().wrapping_add((m.at & 0xFFFF) as usize));
-            }
+            self.arena.prefetch(self.meta.get(l as usize).at);
         }
     }
 
@@ -520,12 +520,11 @@ impl Part {
             // each record is asked for ahead, then its value (from the
             // record, by then in cache) and its dataset words.
             if let Some(&next) = order.get(pos + AHEAD) {
-                self.prefetch_meta(next as usize);
+                self.meta.prefetch(next as usize);
             }
             if let Some(&next) = order.get(pos + AHEAD / 2) {
-                let m = self.meta.get(next as usize);
-                prefetch(self.arena.get(m.at, m.len).as_ptr());
-                prefetch(self.datasets.get(next as usize * words));
+                self.arena.prefetch(self.meta.get(next as usize).at);
+                self.datasets.prefetch(next as usize * words);
             }
             pos_of[old as usize] = pos as u32;
             let m = self.meta.get(old as usize);
@@ -940,10 +939,7 @@ impl GraphBuilder {
         }
         let next = self.spare.take().unwrap_or_else(Chunk::new);
         let chunk = std::mem::replace(&mut self.fill, next);
-        let mut interning = self
-            .idle
-            .take()
-            .ok_or_else(|| Error::Internal("identity graph: interning state lost".into()))?;
+        let mut interning = self.take_idle()?;
         if interning.threads > 1 && chunk.n >= 1 << 16 {
             self.busy = Some(std::thread::spawn(move || {
                 let r = interning.intern(&chunk);
@@ -970,6 +966,12 @@ impl GraphBuilder {
         }
     }
 
+    fn take_idle(&mut self) -> Result<Interning> {
+        self.idle
+            .take()
+            .ok_or_else(|| Error::Internal("identity graph: interning state lost".into()))
+    }
+
     fn done(&mut self, interning: Interning, mut chunk: Chunk) {
         chunk.clear();
         (self.idle, self.spare) = (Some(interning), Some(chunk));
@@ -988,10 +990,7 @@ impl GraphBuilder {
             words,
             threads,
             ..
-        } = self
-            .idle
-            .take()
-            .ok_or_else(|| Error::Internal("identity graph: interning state lost".into()))?;
+        } = self.take_idle()?;
         (self.fill, self.spare) = (Chunk::new(), None);
         crate::engine::trim_heap();
         let n: usize = parts.iter().map(|p| p.meta.len()).sum();
