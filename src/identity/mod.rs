@@ -24,7 +24,7 @@ mod output;
 pub mod sql_normaliser;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -53,34 +53,55 @@ pub struct Rejections {
     /// `(dataset, column, reason)` → count. Reasons: `too_long`, `blocked`,
     /// `invalid` (a value); `null_timestamp`, `no_valid_identity` (a row).
     pub counts: BTreeMap<(String, String, String), u64>,
-    /// Sampled rejected rows: identity columns, timestamp, and why.
-    pub sample: Vec<serde_json::Value>,
-    sampled: HashMap<String, usize>,
+    /// Per dataset, the sampled rejected rows (identity columns, timestamp,
+    /// and why) as JSON lines, each under its row's stable key: the rows with
+    /// the smallest keys are kept, so the sample does not depend on the order
+    /// a dataset's batches arrive in (its partitions are read side by side).
+    samples: BTreeMap<String, BTreeSet<(u64, String)>>,
 }
 
 impl Rejections {
+    /// Count a rejection; `key` is a hash of the row's contents that does
+    /// not change between runs, `row` the row as JSON (built only when the
+    /// row may enter the sample).
     fn add(
         &mut self,
         dataset: &str,
         column: &str,
         reason: &str,
+        key: u64,
         row: impl FnOnce() -> serde_json::Value,
     ) {
         *self
             .counts
             .entry((dataset.to_string(), column.to_string(), reason.to_string()))
             .or_default() += 1;
-        let n = self.sampled.entry(dataset.to_string()).or_default();
-        if *n < SAMPLE_PER_DATASET {
-            *n += 1;
-            let mut v = row();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("_dataset".into(), dataset.into());
-                o.insert("_column".into(), column.into());
-                o.insert("_reason".into(), reason.into());
-            }
-            self.sample.push(v);
+        if !self.samples.contains_key(dataset) {
+            self.samples.insert(dataset.to_string(), BTreeSet::new());
         }
+        let Some(sample) = self.samples.get_mut(dataset) else {
+            return;
+        };
+        if sample.len() >= SAMPLE_PER_DATASET && sample.last().is_some_and(|(k, _)| *k < key) {
+            return;
+        }
+        let mut v = row();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("_dataset".into(), dataset.into());
+            o.insert("_column".into(), column.into());
+            o.insert("_reason".into(), reason.into());
+        }
+        sample.insert((key, v.to_string()));
+        if sample.len() > SAMPLE_PER_DATASET {
+            sample.pop_last();
+        }
+    }
+
+    /// The sampled rows as JSON lines, dataset by dataset (by name).
+    pub fn sample_lines(&self) -> impl Iterator<Item = &str> {
+        self.samples
+            .values()
+            .flat_map(|s| s.iter().map(|(_, line)| line.as_str()))
     }
 
     pub fn total(&self) -> u64 {
@@ -222,6 +243,17 @@ pub async fn stitch(
                 .as_any()
                 .downcast_ref::<TimestampMicrosecondArray>()
                 .ok_or_else(|| Error::Internal("timestamp cast".into()))?;
+            // A hash of the row that does not depend on the run (SipHash
+            // with fixed keys): which rejected rows are sampled.
+            let row_key = |row: usize| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                for a in &ids {
+                    (!a.is_null(row)).then(|| a.value(row)).hash(&mut h);
+                }
+                (!ts.is_null(row)).then(|| ts.value(row)).hash(&mut h);
+                h.finish()
+            };
             let row_json = |row: usize| {
                 let mut m = serde_json::Map::new();
                 for ((_, c, _), a) in cols.iter().zip(&ids) {
@@ -254,7 +286,13 @@ pub async fn stitch(
             let mut found: Vec<(u16, std::borrow::Cow<'_, str>)> = Vec::with_capacity(cols.len());
             for row in 0..batch.num_rows() {
                 if ts.is_null(row) {
-                    rejections.add(&ds.name, &ds.timestamp, "null_timestamp", || row_json(row));
+                    rejections.add(
+                        &ds.name,
+                        &ds.timestamp,
+                        "null_timestamp",
+                        row_key(row),
+                        || row_json(row),
+                    );
                     continue;
                 }
                 let t = ts.value(row);
@@ -266,19 +304,29 @@ pub async fn stitch(
                     let raw = match sql {
                         None => arr.value(row),
                         Some(n) if n.is_null(row) => {
-                            rejections
-                                .add(&ds.name, column, Reject::Invalid.as_str(), || row_json(row));
+                            rejections.add(
+                                &ds.name,
+                                column,
+                                Reject::Invalid.as_str(),
+                                row_key(row),
+                                || row_json(row),
+                            );
                             continue;
                         }
                         Some(n) => n.value(row),
                     };
                     match norm.apply(raw) {
                         Ok(v) => found.push((*ns as u16, v)),
-                        Err(r) => rejections.add(&ds.name, column, r.as_str(), || row_json(row)),
+                        Err(r) => {
+                            rejections
+                                .add(&ds.name, column, r.as_str(), row_key(row), || row_json(row))
+                        }
                     }
                 }
                 if found.is_empty() {
-                    rejections.add(&ds.name, "*", "no_valid_identity", || row_json(row));
+                    rejections.add(&ds.name, "*", "no_valid_identity", row_key(row), || {
+                        row_json(row)
+                    });
                     continue;
                 }
                 if found.len() > 1 {
@@ -431,4 +479,44 @@ pub(crate) async fn previous_ids(
         }
     }
     Ok(prev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_sample_does_not_depend_on_arrival_order() {
+        // 250 rejected rows (more than the sample holds), in two orders.
+        let rows: Vec<u64> = (0..250u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        let sample = |order: &[u64]| {
+            let mut r = Rejections::default();
+            for &k in order {
+                r.add(
+                    "crm",
+                    "email",
+                    "blocked",
+                    k,
+                    || serde_json::json!({ "email": k.to_string() }),
+                );
+            }
+            assert_eq!(r.total(), 250);
+            r.sample_lines().map(str::to_string).collect::<Vec<_>>()
+        };
+        let forward = sample(&rows);
+        let backward = sample(&rows.iter().rev().copied().collect::<Vec<_>>());
+        assert_eq!(forward.len(), SAMPLE_PER_DATASET);
+        assert_eq!(forward, backward);
+        // The rows kept are those with the smallest keys.
+        let mut keys = rows.clone();
+        keys.sort_unstable();
+        for k in &keys[..SAMPLE_PER_DATASET] {
+            assert!(
+                forward.iter().any(|l| l.contains(&format!("\"{k}\""))),
+                "{k} kept"
+            );
+        }
+    }
 }

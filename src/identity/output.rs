@@ -568,8 +568,8 @@ pub(super) async fn finish(
         serde_json::to_vec_pretty(&health).map_err(|e| Error::Internal(e.to_string()))?;
     store::put(&out.join("graph_health.json"), health_json).await?;
     let mut lines = Vec::new();
-    for v in &rejections.sample {
-        lines.extend(serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))?);
+    for line in rejections.sample_lines() {
+        lines.extend_from_slice(line.as_bytes());
         lines.push(b'\n');
     }
     store::put(&out.join("rejected_sample.jsonl"), lines).await?;
