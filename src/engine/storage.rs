@@ -60,7 +60,9 @@ impl Location {
             }
             return Ok(Location { url });
         }
-        let path = root.join(text);
+        // A relative root (a caller that did not make it absolute) would
+        // otherwise put its first directory in the URL's host.
+        let path = std::path::absolute(root.join(text)).unwrap_or_else(|_| root.join(text));
         let mut s = path.to_string_lossy().into_owned();
         if text.ends_with('/') && !s.ends_with('/') {
             s.push('/');
@@ -281,6 +283,19 @@ mod tests {
         assert_eq!(
             unsigned(AmazonS3Builder::new().with_endpoint("http://127.0.0.1:9000")).as_deref(),
             Some("false")
+        );
+    }
+
+    #[test]
+    fn relative_roots_resolve_from_the_working_directory() {
+        let l = Location::parse("out", Path::new("benches/data")).unwrap();
+        let want = std::env::current_dir().unwrap().join("benches/data/out");
+        assert_eq!(l.url().host_str().unwrap_or_default(), "");
+        assert_eq!(
+            l.url().to_file_path().unwrap(),
+            want,
+            "{}",
+            l.url().as_str()
         );
     }
 
