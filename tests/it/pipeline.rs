@@ -155,10 +155,18 @@ fn pipeline_same_input_gives_identical_files() {
             "{f} differs"
         );
     }
-    let map = "state/runs/same/identity_map.parquet";
-    assert!(
-        std::fs::read(a.path().join(map)).expect("a")
-            == std::fs::read(b.path().join(map)).expect("b"),
-        "identity maps differ"
-    );
+    // The run's own outputs too (identity map, links, health, rejected
+    // sample, ...), all but the run record (it holds wall-clock times).
+    let runs = "state/runs/same";
+    let fs = files_under(&a.path().join(runs));
+    assert_eq!(fs, files_under(&b.path().join(runs)));
+    assert!(fs.iter().any(|f| f == "identity_map.parquet"), "{fs:?}");
+    assert!(fs.iter().any(|f| f == "rejected_sample.jsonl"), "{fs:?}");
+    for f in fs.iter().filter(|f| f.as_str() != "run.json") {
+        assert!(
+            std::fs::read(a.path().join(runs).join(f)).expect("a")
+                == std::fs::read(b.path().join(runs).join(f)).expect("b"),
+            "{runs}/{f} differs"
+        );
+    }
 }
