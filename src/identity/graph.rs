@@ -976,6 +976,7 @@ impl GraphBuilder {
         chunk.clear();
         (self.idle, self.spare) = (Some(interning), Some(chunk));
     }
+
     /// Intern what is buffered, number identities in rank order and
     /// deduplicate the links.
     ///

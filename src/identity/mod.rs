@@ -76,12 +76,7 @@ impl Rejections {
             .counts
             .entry((dataset.to_string(), column.to_string(), reason.to_string()))
             .or_default() += 1;
-        if !self.samples.contains_key(dataset) {
-            self.samples.insert(dataset.to_string(), BTreeSet::new());
-        }
-        let Some(sample) = self.samples.get_mut(dataset) else {
-            return;
-        };
+        let sample = self.samples.entry(dataset.to_string()).or_default();
         if sample.len() >= SAMPLE_PER_DATASET && sample.last().is_some_and(|(k, _)| *k < key) {
             return;
         }
