@@ -83,6 +83,9 @@ const LOCAL_MASK: u32 = (1 << LOCAL_BITS) - 1;
 const CHUNK: usize = 1 << 19;
 /// Raw links buffered before the first sort-and-deduplicate.
 const MIN_COMPACT: usize = 1 << 22;
+/// Items (occurrences, identities, links) below which a step runs on one
+/// thread: starting threads would cost more than they save.
+const PARALLEL_FROM: usize = 1 << 16;
 
 fn part_of(hash: u64) -> usize {
     ((hash >> 40) as usize) & (PARTS - 1)
@@ -940,7 +943,7 @@ impl GraphBuilder {
         let next = self.spare.take().unwrap_or_else(Chunk::new);
         let chunk = std::mem::replace(&mut self.fill, next);
         let mut interning = self.take_idle()?;
-        if interning.threads > 1 && chunk.n >= 1 << 16 {
+        if interning.threads > 1 && chunk.n >= PARALLEL_FROM {
             self.busy = Some(std::thread::spawn(move || {
                 let r = interning.intern(&chunk);
                 (interning, chunk, r)
@@ -996,7 +999,7 @@ impl GraphBuilder {
         crate::engine::trim_heap();
         let n: usize = parts.iter().map(|p| p.meta.len()).sum();
         tracing::debug!(identities = n, "identity graph: interned, ranking");
-        let threads = if n >= 1 << 16 { threads } else { 1 };
+        let threads = if n >= PARALLEL_FROM { threads } else { 1 };
         // Each partition sorted in cache, then the sorted partitions merged.
         let (mut sorted, orders): (Vec<Sorted>, Vec<Vec<u32>>) =
             par_parts(&mut parts, threads, &|_, p| {
@@ -1090,7 +1093,7 @@ impl GraphBuilder {
                     l.key = (u64::from(a) << 32) | u64::from(b);
                 }
             };
-            if threads < 2 || links.len() < 1 << 16 {
+            if threads < 2 || links.len() < PARALLEL_FROM {
                 renumber(&mut links);
             } else {
                 let per = links.len().div_ceil(threads);
@@ -1141,7 +1144,7 @@ impl Interning {
         ids.clear();
         ids.resize_with(n, || AtomicU32::new(0));
         let full = AtomicBool::new(false);
-        let threads = if n >= 1 << 16 { self.threads } else { 1 };
+        let threads = if n >= PARALLEL_FROM { self.threads } else { 1 };
         {
             let (ids, full, words) = (&ids, &full, self.words);
             let work = |parts: &mut [Part], pending: &[Pending], first: usize| {
@@ -1254,7 +1257,7 @@ fn dedup_links(links: &mut Vec<RawLink>, threads: usize) {
             .then(a.dataset.cmp(&b.dataset))
     };
     let n = links.len();
-    if threads > 1 && n >= 1 << 16 {
+    if threads > 1 && n >= PARALLEL_FROM {
         let mut sample: Vec<u64> = (0..1023).map(|i| links[i * (n / 1023)].key).collect();
         let (_, &mut pivot, _) = sample.select_nth_unstable(511);
         // Hoare partition: keys below the pivot first.
