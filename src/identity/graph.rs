@@ -1545,25 +1545,42 @@ impl IdentityGraph {
         allow: &dyn Fn(u32) -> bool,
     ) -> Stitching {
         let n = self.len();
-        let mut degree = vec![0u32; n];
-        // The links are in anchor order; their other ends are all over.
-        for (k, l) in self.links.iter().enumerate() {
-            if let Some(next) = self.links.get(k + AHEAD) {
-                prefetch(degree.as_ptr().wrapping_add(next.other as usize));
-            }
-            degree[l.anchor as usize] += 1;
-            degree[l.other as usize] += 1;
-        }
         let mut quarantine: Vec<Option<Quarantine>> = vec![None; n];
         let mut any = !never_values.is_empty();
-        // Only namespaces with a limit are looked at (each is a range of ids).
-        for class in [Class::Customer, Class::Prospect] {
-            for (ns, rule) in rules.iter().enumerate() {
-                let Some(max) = rule.max_links else { continue };
-                for id in self.ns_ids(class, ns as u16) {
-                    if u64::from(degree[id as usize]) > max && !allow(id) {
-                        quarantine[id as usize] = Some(Quarantine::MaxLinks);
-                        any = true;
+        // Every identity's degree when a namespace has a limit; otherwise
+        // only the never-link values' (the 4 bytes an identity are not taken).
+        let mut degree: HashMap<u32, u32> = never_values.iter().map(|&v| (v, 0)).collect();
+        if rules.iter().any(|r| r.max_links.is_some()) {
+            let mut all = vec![0u32; n];
+            // The links are in anchor order; their other ends are all over.
+            for (k, l) in self.links.iter().enumerate() {
+                if let Some(next) = self.links.get(k + AHEAD) {
+                    prefetch(all.as_ptr().wrapping_add(next.other as usize));
+                }
+                all[l.anchor as usize] += 1;
+                all[l.other as usize] += 1;
+            }
+            // Only namespaces with a limit are looked at (each is a range of ids).
+            for class in [Class::Customer, Class::Prospect] {
+                for (ns, rule) in rules.iter().enumerate() {
+                    let Some(max) = rule.max_links else { continue };
+                    for id in self.ns_ids(class, ns as u16) {
+                        if u64::from(all[id as usize]) > max && !allow(id) {
+                            quarantine[id as usize] = Some(Quarantine::MaxLinks);
+                            degree.insert(id, all[id as usize]);
+                            any = true;
+                        }
+                    }
+                }
+            }
+            for &v in never_values {
+                degree.insert(v, all[v as usize]);
+            }
+        } else if !degree.is_empty() {
+            for l in &self.links {
+                for end in [l.anchor, l.other] {
+                    if let Some(d) = degree.get_mut(&end) {
+                        *d += 1;
                     }
                 }
             }
@@ -1738,7 +1755,8 @@ fn rem_unite(parent: &mut [u32], x: u32, y: u32) {
 #[derive(Debug, Clone)]
 pub struct Stitching {
     pub links: Vec<Link>,
-    pub degree: Vec<u32>,
+    /// Each quarantined identity's degree (distinct identities directly linked).
+    pub degree: HashMap<u32, u32>,
     pub quarantine: Vec<Option<Quarantine>>,
     pub roots: Vec<u32>,
 }
@@ -1776,6 +1794,55 @@ mod tests {
         assert_eq!(s.roots[a as usize], s.roots[bb as usize]);
         assert_ne!(s.roots[a as usize], s.roots[c as usize]);
         assert_eq!(s.links[0].ts, 5, "the newest time is kept");
+    }
+
+    /// A quarantined identity's degree counts its distinct neighbours, with
+    /// or without a `max_links` somewhere (without one, only the never-link
+    /// values' degrees are counted).
+    #[test]
+    fn identity_quarantined_degrees_with_and_without_limits() {
+        let build = || {
+            let mut b = GraphBuilder::new(1, 1);
+            b.add_row(Class::Customer, 1, 0, [(0, "hub"), (1, "x")])
+                .unwrap();
+            b.add_row(Class::Customer, 2, 0, [(0, "hub"), (1, "y")])
+                .unwrap();
+            b.add_row(Class::Customer, 3, 0, [(0, "hub"), (1, "y")])
+                .unwrap();
+            b.add_row(Class::Customer, 4, 0, [(0, "lone"), (1, "x")])
+                .unwrap();
+            // The hub as a link's other end too.
+            b.add_row(Class::Customer, 5, 0, [(1, "z"), (0, "hub")])
+                .unwrap();
+            b.finish().unwrap()
+        };
+        let limited = NsRules {
+            max_links: Some(1),
+            ..NsRules::default()
+        };
+        for rules in [
+            vec![NsRules::default(), NsRules::default()],
+            vec![limited.clone(), NsRules::default()],
+            vec![NsRules::default(), limited],
+        ] {
+            let mut g = build();
+            let (hub, lone) = (
+                g.get(Class::Customer, 0, "hub").unwrap(),
+                g.get(Class::Customer, 0, "lone").unwrap(),
+            );
+            let x = g.get(Class::Customer, 1, "x").unwrap();
+            let s = g.stitch(&rules, &[hub], &[], &|_| false);
+            assert_eq!(s.degree.get(&hub), Some(&3), "{rules:?}");
+            assert_eq!(s.quarantine[hub as usize], Some(Quarantine::NeverLink));
+            match rules[1].max_links {
+                Some(_) => {
+                    assert_eq!(s.quarantine[x as usize], Some(Quarantine::MaxLinks));
+                    assert_eq!(s.degree.get(&x), Some(&2));
+                }
+                None => assert_eq!(s.degree.get(&x), None, "not quarantined, not kept"),
+            }
+            assert_eq!(s.degree.get(&lone), None);
+        }
     }
 
     #[test]

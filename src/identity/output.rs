@@ -540,7 +540,7 @@ pub(super) async fn finish(
     let reason = |i: u32| match st.quarantine[i as usize] {
         Some(Quarantine::MaxLinks) => format!(
             "linked to {} distinct identities, more than max_links = {}",
-            st.degree[i as usize],
+            st.degree.get(&i).copied().unwrap_or_default(),
             rules[graph.ns(i) as usize].max_links.unwrap_or_default()
         ),
         _ => "named by a never-link rule".to_string(),
@@ -560,9 +560,9 @@ pub(super) async fn finish(
             identity_columns(&graph, &ns_names, q.iter().copied()).to_vec(),
             vec![
                 strings(q.iter().map(|&i| pid(i))),
-                Arc::new(UInt64Array::from_iter_values(
-                    q.iter().map(|&i| u64::from(st.degree[i as usize])),
-                )),
+                Arc::new(UInt64Array::from_iter_values(q.iter().map(|&i| {
+                    u64::from(st.degree.get(&i).copied().unwrap_or_default())
+                }))),
                 strings(
                     q.iter()
                         .map(|&i| reason(i))
