@@ -1588,16 +1588,15 @@ impl IdentityGraph {
         for &v in never_values {
             quarantine[v as usize] = Some(Quarantine::NeverLink);
         }
+        // Every link is `Used` until here.
         let mut links = std::mem::take(&mut self.links);
-        for l in &mut links {
-            l.status = if any
-                && (quarantine[l.anchor as usize].is_some()
-                    || quarantine[l.other as usize].is_some())
-            {
-                LinkStatus::Quarantined
-            } else {
-                LinkStatus::Used
-            };
+        if any {
+            for l in &mut links {
+                if quarantine[l.anchor as usize].is_some() || quarantine[l.other as usize].is_some()
+                {
+                    l.status = LinkStatus::Quarantined;
+                }
+            }
         }
         Stitching {
             links,
