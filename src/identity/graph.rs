@@ -1548,7 +1548,8 @@ impl IdentityGraph {
         let mut quarantine: Vec<Option<Quarantine>> = vec![None; n];
         let mut any = !never_values.is_empty();
         // Every identity's degree when a namespace has a limit; otherwise
-        // only the never-link values' (the 4 bytes an identity are not taken).
+        // only the never-link values' (4 bytes an identity and a pass with
+        // random writes saved). Kept for the quarantined identities only.
         let mut degree: HashMap<u32, u32> = never_values.iter().map(|&v| (v, 0)).collect();
         if rules.iter().any(|r| r.max_links.is_some()) {
             let mut all = vec![0u32; n];
