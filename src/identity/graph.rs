@@ -589,6 +589,12 @@ impl Sorted {
     fn key(&self, pos: usize) -> u128 {
         rank_key(&head(self.class[pos], self.ns[pos]), self.value(pos))
     }
+
+    /// Ask for the lines of `pos`'s value end and last-seen time.
+    fn prefetch_value_and_seen(&self, pos: usize) {
+        prefetch(self.ends.as_ptr().wrapping_add(pos.saturating_sub(1)));
+        prefetch(self.last_seen.as_ptr().wrapping_add(pos));
+    }
 }
 
 /// The top of a rank key: class, then namespace index (big-endian).
@@ -651,7 +657,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// How far ahead in its run the merge prefetches (positions).
-const AHEAD: usize = 16;
+pub(crate) const AHEAD: usize = 16;
 
 /// Merge the rank-ordered partitions, `ranges[p]` of partition `p`,
 /// numbering identities from `base`: `ranks[p]` (which covers `ranges[p]`)
@@ -726,7 +732,7 @@ fn merge_runs(
 /// Ask for the cache line holding `p` ahead of its use. Only a hint: it
 /// never faults, so `p` may be past the end of its array.
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch reads nothing architecturally and cannot fault.
     unsafe {
@@ -1396,6 +1402,27 @@ impl IdentityGraph {
     pub fn ns(&self, id: u32) -> u16 {
         let (p, i) = self.at(id);
         p.ns[i]
+    }
+
+    /// Ask for where `id`'s value ends and when it was last seen (the
+    /// value itself is asked for through [`Self::prefetch_value`]).
+    pub fn prefetch_identity(&self, id: u32) {
+        if let Some(&e) = self.locate.get(id as usize) {
+            self.parts[(e >> LOCAL_BITS) as usize]
+                .prefetch_value_and_seen((e & LOCAL_MASK) as usize);
+        }
+    }
+
+    /// Ask for the first line of `id`'s value (its end must be in cache).
+    pub fn prefetch_value(&self, id: u32) {
+        if let Some(&e) = self.locate.get(id as usize) {
+            let (part, pos) = (
+                &self.parts[(e >> LOCAL_BITS) as usize],
+                (e & LOCAL_MASK) as usize,
+            );
+            let start = pos.checked_sub(1).map_or(0, |p| part.ends[p] as usize);
+            prefetch(part.arena.as_ptr().wrapping_add(start));
+        }
     }
 
     /// The ids of one class and namespace: a range, since ids are ranks.

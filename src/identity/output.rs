@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 
-use super::graph::{self, IdentityGraph, Link, LinkStatus, Quarantine};
+use super::graph::{self, AHEAD, IdentityGraph, Link, LinkStatus, Quarantine, prefetch};
 use super::lookup::IdentityLookup;
 use super::{GraphHealth, LargeProfile, Rejections, Stitched, ids, previous_ids, store};
 use crate::config::{Class, Project};
@@ -675,9 +675,27 @@ fn skeletons(
         let column = |k: usize| -> Result<(ArrayRef, ArrayRef)> {
             let ids = graph.ns_ids(class, k as u16);
             let profile = |i: u32| out_pos[profile_of[i as usize] as usize] as usize;
+            // Every pass below reads each id's profile, its place and the
+            // graph's columns at random (ranks of one namespace are spread
+            // over every partition): each is asked for ahead, in stages.
+            let ahead =
+                |i: u32, by: usize| (i as usize + by < ids.end as usize).then(|| i + by as u32);
+            let ask_profile = |i: u32| {
+                if let Some(k) = ahead(i, AHEAD) {
+                    prefetch(
+                        out_pos
+                            .as_ptr()
+                            .wrapping_add(profile_of[k as usize] as usize),
+                    );
+                }
+            };
             // List offsets: identities per profile, in output order.
             let mut offsets = vec![0i32; m + 1];
             for i in ids.clone() {
+                ask_profile(i);
+                if let Some(k) = ahead(i, AHEAD / 2) {
+                    prefetch(offsets.as_ptr().wrapping_add(profile(k) + 1));
+                }
                 offsets[profile(i) + 1] += 1;
             }
             for q in 0..m {
@@ -692,6 +710,15 @@ fn skeletons(
             let mut ends = vec![0i32; ids.len() + 1];
             let mut best: Vec<(i64, u32)> = vec![(i64::MIN, u32::MAX); m];
             for (j, i) in ids.clone().enumerate() {
+                ask_profile(i);
+                if let Some(k) = ahead(i, AHEAD) {
+                    graph.prefetch_identity(k);
+                }
+                if let Some(k) = ahead(i, AHEAD / 2) {
+                    let q = profile(k);
+                    prefetch(fill.as_ptr().wrapping_add(q));
+                    prefetch(best.as_ptr().wrapping_add(q));
+                }
                 let q = profile(i);
                 let s = fill[q] as u32;
                 fill[q] += 1;
@@ -710,7 +737,19 @@ fn skeletons(
                     .ok_or_else(|| too_big("values"))?;
             }
             let mut bytes = vec![0u8; ends[ids.len()] as usize];
-            for (j, i) in ids.enumerate() {
+            for (j, i) in ids.clone().enumerate() {
+                if let Some(k) = ahead(i, AHEAD) {
+                    graph.prefetch_identity(k);
+                    prefetch(ends.as_ptr().wrapping_add(slot[j + AHEAD] as usize));
+                }
+                if let Some(k) = ahead(i, AHEAD / 2) {
+                    graph.prefetch_value(k);
+                    prefetch(
+                        bytes
+                            .as_ptr()
+                            .wrapping_add(ends[slot[j + AHEAD / 2] as usize] as usize),
+                    );
+                }
                 let s = slot[j] as usize;
                 bytes[ends[s] as usize..ends[s + 1] as usize]
                     .copy_from_slice(graph.value(i).as_bytes());
