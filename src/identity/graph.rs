@@ -572,13 +572,13 @@ impl Sorted {
         self.ends.len()
     }
 
+    /// Where `pos`'s value starts in `arena` (where the previous one ends).
+    fn start(&self, pos: usize) -> usize {
+        pos.checked_sub(1).map_or(0, |p| self.ends[p] as usize)
+    }
+
     fn value(&self, pos: usize) -> &[u8] {
-        let start = if pos == 0 {
-            0
-        } else {
-            self.ends[pos - 1] as usize
-        };
-        &self.arena[start..self.ends[pos] as usize]
+        &self.arena[self.start(pos)..self.ends[pos] as usize]
     }
 
     /// Rank order within and across partitions: class, namespace index, value bytes.
@@ -1420,8 +1420,7 @@ impl IdentityGraph {
                 &self.parts[(e >> LOCAL_BITS) as usize],
                 (e & LOCAL_MASK) as usize,
             );
-            let start = pos.checked_sub(1).map_or(0, |p| part.ends[p] as usize);
-            prefetch(part.arena.as_ptr().wrapping_add(start));
+            prefetch(part.arena.as_ptr().wrapping_add(part.start(pos)));
         }
     }
 
