@@ -1407,21 +1407,14 @@ impl IdentityGraph {
     /// Ask for where `id`'s value ends and when it was last seen (the
     /// value itself is asked for through [`Self::prefetch_value`]).
     pub fn prefetch_identity(&self, id: u32) {
-        if let Some(&e) = self.locate.get(id as usize) {
-            self.parts[(e >> LOCAL_BITS) as usize]
-                .prefetch_value_and_seen((e & LOCAL_MASK) as usize);
-        }
+        let (part, pos) = self.at(id);
+        part.prefetch_value_and_seen(pos);
     }
 
     /// Ask for the first line of `id`'s value (its end must be in cache).
     pub fn prefetch_value(&self, id: u32) {
-        if let Some(&e) = self.locate.get(id as usize) {
-            let (part, pos) = (
-                &self.parts[(e >> LOCAL_BITS) as usize],
-                (e & LOCAL_MASK) as usize,
-            );
-            prefetch(part.arena.as_ptr().wrapping_add(part.start(pos)));
-        }
+        let (part, pos) = self.at(id);
+        prefetch(part.arena.as_ptr().wrapping_add(part.start(pos)));
     }
 
     /// The ids of one class and namespace: a range, since ids are ranks.
