@@ -505,6 +505,122 @@ mod tests {
         );
     }
 
+    /// Inputs for [`identity_phone_answers_match_upstream`]: every example
+    /// number of every region (the crate's own metadata), as written
+    /// nationally, with a national prefix, internationally and with
+    /// separators, each also with a digit changed, added, dropped or a space
+    /// put in, parsed with the region's code and without one; then digit
+    /// strings of random lengths in random regions. Deterministic.
+    fn phone_corpus() -> Vec<(Option<Region>, String)> {
+        use phonenumber::Type;
+        let mut x: u64 = 0x5EED;
+        let mut rnd = move || {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            x >> 33
+        };
+        let db = &*phonenumber::metadata::DATABASE;
+        let mut metas: Vec<&phonenumber::Metadata> = db.iter().collect();
+        metas.sort_by_key(|m| m.id().to_string());
+        let regions: Vec<Option<Region>> = metas.iter().map(|m| m.id().parse().ok()).collect();
+        let types = [
+            Type::FixedLine,
+            Type::Mobile,
+            Type::TollFree,
+            Type::PremiumRate,
+            Type::SharedCost,
+            Type::PersonalNumber,
+            Type::Voip,
+            Type::Pager,
+            Type::Uan,
+            Type::Voicemail,
+        ];
+        let mut out = Vec::new();
+        for (m, region) in metas.iter().zip(&regions) {
+            let cc = m.country_code();
+            for t in types {
+                let Some(ex) = m.descriptors().get(t).and_then(|d| d.example()) else {
+                    continue;
+                };
+                let np = m.national_prefix().unwrap_or("0");
+                let mut vs = vec![
+                    ex.to_string(),
+                    format!("{np}{ex}"),
+                    format!("+{cc}{ex}"),
+                    format!("+{cc} {ex}"),
+                    format!("({np}) {ex}"),
+                ];
+                for _ in 0..4 {
+                    let mut d: Vec<u8> = ex.bytes().collect();
+                    let at = rnd() as usize % d.len();
+                    match rnd() % 4 {
+                        0 => d[at] = b'0' + (rnd() % 10) as u8,
+                        1 => d.push(b'0' + (rnd() % 10) as u8),
+                        2 => {
+                            d.remove(at);
+                        }
+                        _ => d.insert(at, b' '),
+                    }
+                    let v = String::from_utf8(d).unwrap_or_default();
+                    vs.push(format!("+{cc}{v}"));
+                    vs.push(v);
+                }
+                for v in vs {
+                    out.push((*region, v.clone()));
+                    out.push((None, v));
+                }
+            }
+        }
+        for _ in 0..16_000 {
+            let digits: String = (0..3 + rnd() % 14)
+                .map(|_| char::from(b'0' + (rnd() % 10) as u8))
+                .collect();
+            let v = match rnd() % 3 {
+                0 => format!("+{digits}"),
+                1 => format!("0{digits}"),
+                _ => digits,
+            };
+            out.push((regions[rnd() as usize % regions.len()], v));
+        }
+        out
+    }
+
+    /// `vendor/phonenumber` is libphonenumber patched for speed, not for
+    /// different answers: over [`phone_corpus`] it gives exactly the E.164
+    /// forms (or invalid) that the crate as published gives, recorded in
+    /// `vendor/phonenumber/answers.txt` (see its PATCHED.md for how).
+    #[test]
+    fn identity_phone_answers_match_upstream() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/phonenumber/answers.txt");
+        let db = Database::parse(PHONE_METADATA).expect("metadata parses");
+        let corpus = phone_corpus();
+        let got: Vec<String> = corpus
+            .iter()
+            .map(|(region, v)| parse_phone(&db, *region, v).unwrap_or_else(|| "-".into()))
+            .collect();
+        if std::env::var_os("AUDIENCE_WRITE_PHONE_ANSWERS").is_some() {
+            std::fs::write(&path, got.join("\n") + "\n").expect("write answers");
+            return;
+        }
+        let want = std::fs::read_to_string(&path).expect("vendor/phonenumber/answers.txt");
+        let want: Vec<&str> = want.lines().collect();
+        assert_eq!(want.len(), corpus.len(), "answers for another corpus");
+        let wrong: Vec<String> = corpus
+            .iter()
+            .zip(want.iter().zip(&got))
+            .filter(|(_, (w, g))| **w != g.as_str())
+            .take(10)
+            .map(|((r, v), (w, g))| format!("{r:?} {v:?}: published {w}, patched {g}"))
+            .collect();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(
+            got.iter().filter(|g| g.as_str() != "-").count() > 10_000,
+            "the corpus holds valid numbers too"
+        );
+    }
+
     #[test]
     fn identity_phone_cache_warms_on_threads() {
         let n = ns(NormaliserKind::Phone, Some("GB"), &[]);
