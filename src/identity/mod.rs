@@ -222,9 +222,34 @@ pub async fn stitch(
             .await
             .map_err(Error::engine("identity"))?;
         let mut rows = 0u64;
-        while let Some(batch) = stream.next().await {
+        // Phone numbers new to this run are parsed side by side on the phone
+        // threads, a batch ahead: the next batch's while this one is
+        // normalised (the cache then holds this batch's).
+        let start_warm = |batch: &RecordBatch| -> Result<Vec<normalise::Warming<'_>>> {
+            let mut warming = Vec::new();
+            for (i, ((_, _, norm), sql)) in cols.iter().zip(&sql_col).enumerate() {
+                if sql.is_none() {
+                    let arr = StrCol::new(batch.column(i))?;
+                    let raws = (0..batch.num_rows()).filter(|&r| !arr.is_null(r));
+                    warming.extend(norm.start_warm(raws.map(|r| arr.value(r)), threads));
+                }
+            }
+            Ok(warming)
+        };
+        let mut next = stream.next().await;
+        let mut warming = match &next {
+            Some(Ok(b)) => start_warm(b)?,
+            _ => Vec::new(),
+        };
+        while let Some(batch) = next {
             let batch = batch
                 .map_err(|e| Error::input(&ds.name, None, None, format!("reading failed: {e}")))?;
+            warming.into_iter().for_each(normalise::Warming::finish);
+            next = stream.next().await;
+            warming = match &next {
+                Some(Ok(b)) => start_warm(b)?,
+                _ => Vec::new(),
+            };
             let ids: Vec<StrCol> = (0..cols.len())
                 .map(|i| StrCol::new(batch.column(i)))
                 .collect::<Result<_>>()?;
@@ -271,13 +296,6 @@ pub async fn stitch(
                 );
                 serde_json::Value::Object(m)
             };
-            // Phone numbers new to this run are parsed side by side first.
-            for ((_, _, norm), (arr, sql)) in cols.iter().zip(ids.iter().zip(&sql_col)) {
-                if sql.is_none() {
-                    let raws = (0..batch.num_rows()).filter(|&r| !arr.is_null(r));
-                    norm.warm(raws.map(|r| arr.value(r)), threads);
-                }
-            }
             let mut found: Vec<(u16, std::borrow::Cow<'_, str>)> = Vec::with_capacity(cols.len());
             for row in 0..batch.num_rows() {
                 if ts.is_null(row) {

@@ -98,11 +98,14 @@ fn with_phone_db<T>(f: impl FnOnce(&Database) -> T) -> T {
 
 /// A batch for a phone thread: the region for national numbers, the trimmed
 /// raw values, and where to send their E.164 forms (`None`: invalid), in order.
-type PhoneJob = (
-    Option<Region>,
-    Vec<Box<str>>,
-    mpsc::Sender<Vec<Option<String>>>,
-);
+type PhoneJob = (Option<Region>, Vec<Box<str>>, mpsc::Sender<Parsed>);
+
+/// A phone job's answers: each value's E.164 form (`None`: invalid), in order.
+type Parsed = Vec<Option<String>>;
+
+/// A job's raw values, and where its answers come from (`None`: no phone
+/// thread took it).
+type SentJob = (Vec<Box<str>>, Option<mpsc::Receiver<Parsed>>);
 
 /// The phone threads: started when first needed and then kept, all taking
 /// jobs from one queue. Each parses with a database of its own, used by that
@@ -210,6 +213,10 @@ impl PhoneCache {
         &self.shards[(h >> 60) as usize]
     }
 
+    fn contains(&self, key: &str) -> bool {
+        self.shard(key).read().is_ok_and(|m| m.contains_key(key))
+    }
+
     fn get(&self, key: &str) -> Option<Option<Box<str>>> {
         self.shard(key).read().ok()?.get(key).cloned()
     }
@@ -217,6 +224,39 @@ impl PhoneCache {
     fn insert(&self, key: &str, value: Option<&str>) {
         if let Ok(mut m) = self.shard(key).write() {
             m.insert(key.into(), value.map(Into::into));
+        }
+    }
+}
+
+/// Phone numbers on their way through the phone threads
+/// ([`Normaliser::start_warm`]); [`Warming::finish`] waits for them and puts
+/// them in the cache. Dropped unfinished, the answers are thrown away.
+#[derive(Debug)]
+#[must_use = "the numbers reach the cache only through `finish`"]
+pub struct Warming<'a> {
+    cache: &'a PhoneCache,
+    region: Option<Region>,
+    parts: Vec<SentJob>,
+}
+
+impl Warming<'_> {
+    /// Wait for the answers and remember them; a job no phone thread
+    /// answered (none could start, or its parse panicked) is parsed here.
+    pub fn finish(self) {
+        for (values, answer) in self.parts {
+            match answer.and_then(|a| a.recv().ok()) {
+                Some(parsed) => {
+                    for (v, e164) in values.iter().zip(parsed) {
+                        self.cache.insert(v, e164.as_deref());
+                    }
+                }
+                None => with_phone_db(|db| {
+                    for v in &values {
+                        self.cache
+                            .insert(v, parse_phone(db, self.region, v).as_deref());
+                    }
+                }),
+            }
         }
     }
 }
@@ -259,46 +299,50 @@ impl<'a> Normaliser<'a> {
     /// there. Does nothing for other namespaces, without a cache, or for few
     /// new numbers.
     pub fn warm<'r>(&self, raws: impl Iterator<Item = &'r str>, threads: usize) {
-        let Some(cache) = self.cache else { return };
+        if let Some(w) = self.start_warm(raws, threads) {
+            w.finish();
+        }
+    }
+
+    /// [`Self::warm`] in two halves: hand the new phone numbers among `raws`
+    /// to the phone threads and return at once; [`Warming::finish`] waits
+    /// for them. The identity stage normalises one batch while the next
+    /// batch's numbers are parsed.
+    pub fn start_warm<'r>(
+        &self,
+        raws: impl Iterator<Item = &'r str>,
+        threads: usize,
+    ) -> Option<Warming<'a>> {
+        let cache = self.cache?;
         if self.ns.normaliser != NormaliserKind::Phone || threads < 2 {
-            return;
+            return None;
         }
         let mut seen = hashbrown::HashSet::new();
         let todo: Vec<&str> = raws
             .map(str::trim)
-            .filter(|v| v.len() <= MAX_LEN && cache.get(v).is_none() && seen.insert(*v))
+            .filter(|v| v.len() <= MAX_LEN && !cache.contains(v) && seen.insert(*v))
             .collect();
         if todo.len() < 64 {
-            return;
+            return None;
         }
         let (per, region) = (todo.len().div_ceil(threads), self.region);
         let jobs = phone_jobs(threads);
-        let replies: Vec<_> = todo
+        let parts = todo
             .chunks(per)
             .map(|chunk| {
-                let (reply, answer) = mpsc::channel();
                 let values: Vec<Box<str>> = chunk.iter().map(|v| Box::from(*v)).collect();
+                let (reply, answer) = mpsc::channel();
                 let sent = jobs
                     .as_ref()
-                    .is_some_and(|tx| tx.send((region, values, reply)).is_ok());
-                (chunk, sent.then_some(answer))
+                    .is_some_and(|tx| tx.send((region, values.clone(), reply)).is_ok());
+                (values, sent.then_some(answer))
             })
             .collect();
-        for (chunk, answer) in replies {
-            match answer.and_then(|a| a.recv().ok()) {
-                Some(parsed) => {
-                    for (v, e164) in chunk.iter().zip(parsed) {
-                        cache.insert(v, e164.as_deref());
-                    }
-                }
-                // No phone thread answered (it could not start or panicked): here.
-                None => with_phone_db(|db| {
-                    for v in chunk {
-                        cache.insert(v, parse_phone(db, region, v).as_deref());
-                    }
-                }),
-            }
-        }
+        Some(Warming {
+            cache,
+            region,
+            parts,
+        })
     }
 
     /// Normalise one raw value into the identity value, or say why it is rejected.
