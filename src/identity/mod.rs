@@ -32,6 +32,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::error::Result as DFResult;
 use datafusion::logical_expr::{Expr, ident};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -225,31 +226,29 @@ pub async fn stitch(
         // Phone numbers new to this run are parsed side by side on the phone
         // threads, a batch ahead: the next batch's while this one is
         // normalised (the cache then holds this batch's).
-        let start_warm = |batch: &RecordBatch| -> Result<Vec<normalise::Warming<'_>>> {
-            let mut warming = Vec::new();
-            for (i, ((_, _, norm), sql)) in cols.iter().zip(&sql_col).enumerate() {
-                if sql.is_none() {
-                    let arr = StrCol::new(batch.column(i))?;
-                    let raws = (0..batch.num_rows()).filter(|&r| !arr.is_null(r));
-                    warming.extend(norm.start_warm(raws.map(|r| arr.value(r)), threads));
+        let start_warm =
+            |next: &Option<DFResult<RecordBatch>>| -> Result<Vec<normalise::Warming<'_>>> {
+                let mut warming = Vec::new();
+                let Some(Ok(batch)) = next else {
+                    return Ok(warming);
+                };
+                for (i, ((_, _, norm), sql)) in cols.iter().zip(&sql_col).enumerate() {
+                    if sql.is_none() {
+                        let arr = StrCol::new(batch.column(i))?;
+                        let raws = (0..batch.num_rows()).filter(|&r| !arr.is_null(r));
+                        warming.extend(norm.start_warm(raws.map(|r| arr.value(r)), threads));
+                    }
                 }
-            }
-            Ok(warming)
-        };
+                Ok(warming)
+            };
         let mut next = stream.next().await;
-        let mut warming = match &next {
-            Some(Ok(b)) => start_warm(b)?,
-            _ => Vec::new(),
-        };
+        let mut warming = start_warm(&next)?;
         while let Some(batch) = next {
             let batch = batch
                 .map_err(|e| Error::input(&ds.name, None, None, format!("reading failed: {e}")))?;
             warming.into_iter().for_each(normalise::Warming::finish);
             next = stream.next().await;
-            warming = match &next {
-                Some(Ok(b)) => start_warm(b)?,
-                _ => Vec::new(),
-            };
+            warming = start_warm(&next)?;
             let ids: Vec<StrCol> = (0..cols.len())
                 .map(|i| StrCol::new(batch.column(i)))
                 .collect::<Result<_>>()?;

@@ -294,20 +294,12 @@ impl<'a> Normaliser<'a> {
         self
     }
 
-    /// Parse, on up to `threads` threads, the phone numbers among `raws`
-    /// that the cache does not hold yet, so that [`Self::apply`] finds them
-    /// there. Does nothing for other namespaces, without a cache, or for few
-    /// new numbers.
-    pub fn warm<'r>(&self, raws: impl Iterator<Item = &'r str>, threads: usize) {
-        if let Some(w) = self.start_warm(raws, threads) {
-            w.finish();
-        }
-    }
-
-    /// [`Self::warm`] in two halves: hand the new phone numbers among `raws`
-    /// to the phone threads and return at once; [`Warming::finish`] waits
-    /// for them. The identity stage normalises one batch while the next
-    /// batch's numbers are parsed.
+    /// Hand the phone numbers among `raws` that the cache does not hold yet
+    /// to the phone threads (up to `threads` of them side by side) and
+    /// return at once; [`Warming::finish`] waits for them and puts them in
+    /// the cache, where [`Self::apply`] finds them. The identity stage
+    /// normalises one batch while the next batch's numbers are parsed.
+    /// `None` for other namespaces, without a cache, or for few new numbers.
     pub fn start_warm<'r>(
         &self,
         raws: impl Iterator<Item = &'r str>,
@@ -675,7 +667,10 @@ mod tests {
                 _ => format!("12{i}"),
             })
             .collect();
-        cached.warm(raws.iter().map(String::as_str), 2);
+        cached
+            .start_warm(raws.iter().map(String::as_str), 2)
+            .expect("new numbers to parse")
+            .finish();
         assert!(
             cache.get("+44 7900 100000").is_some(),
             "parsed ahead, by the trimmed value"
