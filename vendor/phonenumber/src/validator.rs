@@ -96,33 +96,17 @@ pub fn is_valid(number: &PhoneNumber) -> bool {
 pub fn is_valid_with(database: &Database, number: &PhoneNumber) -> bool {
     let code = number.country().code();
     let national = number.national.to_string();
-    // Patched: as `source_for`, then the type of the number in the region
-    // found, but a region chosen because the number has a type there is
-    // not asked again, and only whether it has a type is asked.
-    let Some(regions) = database.region(&code) else {
-        return false;
-    };
-    if regions.len() == 1 {
-        return source_for(database, code, &national)
-            .and_then(|meta| match meta {
-                Left(region) => database.by_id(region.as_ref()),
-                Right(code) => database.by_code(&code).and_then(|m| m.into_iter().next()),
-            })
-            .is_some_and(|meta| has_type(meta, &national));
-    }
-    for region in regions {
-        let meta = database.by_id(region).unwrap();
-        if let Some(pattern) = meta.leading_digits.as_ref() {
-            if let Some(index) = pattern.find(&national) {
-                if index.start() == 0 {
-                    return has_type(meta, &national);
-                }
-            }
-        } else if has_type(meta, &national) {
-            return true;
+    // Patched: a region that `source_for` chose because the number has a
+    // type there is not asked again; and only whether it has a type is asked.
+    match source_and_type(database, code, &national) {
+        None => false,
+        Some((_, true)) => true,
+        Some((source, false)) => match source {
+            Left(region) => database.by_id(region.as_ref()),
+            Right(code) => database.by_code(&code).and_then(|m| m.into_iter().next()),
         }
+        .is_some_and(|meta| has_type(meta, &national)),
     }
-    false
 }
 
 /// Patched: `number_type(meta, value) != Type::Unknown`, asking the most
@@ -187,13 +171,23 @@ pub fn source_for(
     code: u16,
     national: &str,
 ) -> Option<Either<country::Id, u16>> {
+    source_and_type(database, code, national).map(|(source, _)| source)
+}
+
+/// Patched: [`source_for`], and whether it chose the region because the
+/// number has a type there (then the number is valid).
+fn source_and_type(
+    database: &Database,
+    code: u16,
+    national: &str,
+) -> Option<(Either<country::Id, u16>, bool)> {
     let regions = database.region(&code)?;
     if regions.len() == 1 {
         return if regions[0] == "001" {
-            Some(Right(code))
+            Some((Right(code), false))
         } else {
             match regions[0].parse() {
-                Ok(value) => Some(Left(value)),
+                Ok(value) => Some((Left(value), false)),
                 Err(_) => None,
             }
         };
@@ -205,11 +199,11 @@ pub fn source_for(
         if let Some(pattern) = meta.leading_digits.as_ref() {
             if let Some(index) = pattern.find(national) {
                 if index.start() == 0 {
-                    return Some(Left(region.parse().unwrap()));
+                    return Some((Left(region.parse().unwrap()), false));
                 }
             }
         } else if has_type(meta, national) {
-            return Some(Left(region.parse().unwrap()));
+            return Some((Left(region.parse().unwrap()), true));
         }
     }
 
