@@ -244,28 +244,35 @@ struct RawLink {
     dataset: u16,
 }
 
-/// One interned identity of a partition while interning, packed in 32
-/// bytes so that a probe touches one cache line besides the value bytes.
+/// One interned identity of a partition while interning, packed in 24
+/// bytes (the hash is not kept: the table's slots hold 7 of its bits, and
+/// growing the table hashes the values again, in index order).
 #[derive(Debug, Clone, Copy)]
 struct Meta {
     first_seen: i64,
     last_seen: i64,
-    /// The class in the top byte, the [`key_hash`] below it: one comparison
-    /// rules out nearly every other identity in a probe.
-    class_hash: u64,
     /// Where the value is: [`Arena`] page and offset.
     at: u32,
-    len: u16,
+    /// The value's length in bytes (at most [`MAX_VALUE`]) with the class
+    /// in the top bit: a probe compares both at once.
+    len_class: u16,
     ns: u16,
 }
 
+/// Bytes a value may have (the class takes a bit of [`Meta::len_class`]).
+const MAX_VALUE: usize = (1 << 15) - 1;
+
 impl Meta {
-    fn class_hash(class: Class, hash: u64) -> u64 {
-        (u64::from(class as u8) << 56) | hash
+    fn len_class(class: Class, len: u16) -> u16 {
+        (u16::from(class as u8) << 15) | len
+    }
+
+    fn len(&self) -> u16 {
+        self.len_class & MAX_VALUE as u16
     }
 
     fn class(&self) -> Class {
-        class_of((self.class_hash >> 56) as u8)
+        class_of((self.len_class >> 15) as u8)
     }
 }
 
@@ -435,21 +442,31 @@ impl Part {
 
     fn value(&self, local: usize) -> &[u8] {
         let m = self.meta.get(local);
-        self.arena.get(m.at, m.len)
+        self.arena.get(m.at, m.len())
     }
 
     /// Intern one occurrence; returns the local index.
     ///
     /// # Errors
     /// When the partition outgrows 2^[`LOCAL_BITS`] identities or 4 GiB of
-    /// values, or the value 64 KiB.
-    fn intern(&mut self, e: &Entry, value: &[u8], words: usize) -> std::result::Result<u32, ()> {
-        let class_hash = Meta::class_hash(e.class, e.hash);
+    /// values, or the value [`MAX_VALUE`] bytes.
+    fn intern(
+        &mut self,
+        hasher: &DefaultHashBuilder,
+        e: &Entry,
+        value: &[u8],
+        words: usize,
+    ) -> std::result::Result<u32, ()> {
+        let len = u16::try_from(value.len())
+            .ok()
+            .filter(|&l| usize::from(l) <= MAX_VALUE)
+            .ok_or(())?;
+        let len_class = Meta::len_class(e.class, len);
         let found = {
             let (arena, meta) = (&self.arena, &self.meta);
             self.table.probe(e.hash as u32, |l| {
                 let m = meta.get(l as usize);
-                m.class_hash == class_hash && m.ns == e.ns && arena.get(m.at, m.len) == value
+                m.len_class == len_class && m.ns == e.ns && arena.get(m.at, len) == value
             })
         };
         let local = match found {
@@ -466,22 +483,23 @@ impl Part {
                 }
                 // `Sorted` keeps a partition's values in one array with u32 ends.
                 u32::try_from(self.arena.bytes + value.len()).map_err(|_| ())?;
-                let len = u16::try_from(value.len()).map_err(|_| ())?;
                 let at = self.arena.push(value).ok_or(())?;
                 self.meta.push(Meta {
                     first_seen: e.ts,
                     last_seen: e.ts,
-                    class_hash,
                     at,
-                    len,
+                    len_class,
                     ns: e.ns,
                 });
                 for _ in 0..words {
                     self.datasets.push(0);
                 }
-                let meta = &self.meta;
+                // Growing the table hashes each key again (records and
+                // values are read in the order they were added).
+                let (arena, meta) = (&self.arena, &self.meta);
                 self.table.push(e.hash as u32, (b, k), |i| {
-                    meta.get(i as usize).class_hash as u32
+                    let m = meta.get(i as usize);
+                    key_hash(hasher, m.class(), m.ns, arena.get(m.at, m.len())) as u32
                 });
                 l
             }
@@ -815,6 +833,8 @@ struct Interning {
     min_compact: usize,
     /// Encoded id of each occurrence of the chunk (scratch).
     ids: Vec<AtomicU32>,
+    /// The builder's [`key_hash`] hasher (tables rehash values to grow).
+    hasher: DefaultHashBuilder,
 }
 
 /// Occurrences waiting to be interned, by partition, and their rows.
@@ -867,8 +887,9 @@ struct Row {
 impl GraphBuilder {
     /// A builder for identities from `datasets` datasets, interning on up to `threads` threads.
     pub fn new(datasets: usize, threads: usize) -> Self {
+        let hasher = DefaultHashBuilder::default();
         GraphBuilder {
-            hasher: DefaultHashBuilder::default(),
+            hasher: hasher.clone(),
             fill: Chunk::new(),
             chunk: CHUNK,
             idle: Some(Interning {
@@ -879,6 +900,7 @@ impl GraphBuilder {
                 compact_at: MIN_COMPACT,
                 min_compact: MIN_COMPACT,
                 ids: Vec::new(),
+                hasher,
             }),
             busy: None,
             spare: None,
@@ -1152,7 +1174,7 @@ impl Interning {
         let full = AtomicBool::new(false);
         let threads = if n >= PARALLEL_FROM { self.threads } else { 1 };
         {
-            let (ids, full, words) = (&ids, &full, self.words);
+            let (ids, full, words, hasher) = (&ids, &full, self.words, &self.hasher);
             let work = |parts: &mut [Part], pending: &[Pending], first: usize| {
                 for (k, (part, pending)) in parts.iter_mut().zip(pending).enumerate() {
                     let p = (first + k) as u32;
@@ -1175,7 +1197,7 @@ impl Interning {
                         }
                         let v = &pending.bytes[at..at + e.len as usize];
                         at += e.len as usize;
-                        match part.intern(e, v, words) {
+                        match part.intern(hasher, e, v, words) {
                             Ok(local) => ids[e.occurrence as usize]
                                 .store((p << LOCAL_BITS) | local, Ordering::Relaxed),
                             _ => full.store(true, Ordering::Relaxed),
@@ -1213,7 +1235,7 @@ impl Interning {
                 "(identity graph)",
                 None,
                 None,
-                "more distinct identities or identity bytes than one graph holds (2^32 ids, 1 TiB of values, 64 KiB a value): split the project",
+                "more distinct identities or identity bytes than one graph holds (2^32 ids, 1 TiB of values, 32 KiB a value): split the project",
             ));
         }
         let id = |i: usize| u64::from(ids[i].load(Ordering::Relaxed));
@@ -1371,14 +1393,23 @@ impl IdentityGraph {
         self.value_bytes
     }
 
-    /// Free what only stitching needs (links, union-find, times, dataset sets), keeping lookups.
-    pub fn shrink(&mut self) {
+    /// Free what only stitching and the identity outputs need (links,
+    /// union-find, first-seen times, dataset sets), keeping values and
+    /// last-seen times.
+    pub fn free_history(&mut self) {
         self.links = Vec::new();
         self.parent = Vec::new();
         self.size = Vec::new();
         for p in &mut self.parts {
             p.datasets = Vec::new();
             p.first_seen = Vec::new();
+        }
+    }
+
+    /// [`Self::free_history`], and the last-seen times: what is left serves lookups.
+    pub fn shrink(&mut self) {
+        self.free_history();
+        for p in &mut self.parts {
             p.last_seen = Vec::new();
         }
     }
@@ -1436,7 +1467,7 @@ impl IdentityGraph {
         first_at(at)..first_at(at + 1)
     }
 
-    /// Earliest record time the identity was seen at (until [`Self::shrink`]).
+    /// Earliest record time the identity was seen at (until [`Self::free_history`]).
     pub fn first_seen(&self, id: u32) -> i64 {
         let (p, i) = self.at(id);
         p.first_seen[i]
@@ -1450,7 +1481,7 @@ impl IdentityGraph {
 
     /// Every identity's id and first-seen time, partition by partition
     /// (each read front to back; ids in no particular order). Until
-    /// [`Self::shrink`], like [`Self::first_seen`].
+    /// [`Self::free_history`], like [`Self::first_seen`].
     pub fn first_seen_all(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
         self.parts
             .iter()
@@ -1487,7 +1518,7 @@ impl IdentityGraph {
             .map(|pos| part.rank[pos as usize])
     }
 
-    /// Dataset indexes an identity was seen in (until [`Self::shrink`]).
+    /// Dataset indexes an identity was seen in (until [`Self::free_history`]).
     /// The datasets the identity was seen in, by index, ascending.
     pub fn datasets_of(&self, id: u32) -> impl Iterator<Item = u16> + '_ {
         let (p, i) = self.at(id);
@@ -1915,13 +1946,27 @@ mod tests {
     }
 
     #[test]
-    fn a_value_past_64_kib_is_an_error_not_a_panic() {
-        let mut b = GraphBuilder::new(1, 1);
-        let long = "x".repeat(70_000);
-        b.add_row(Class::Customer, 0, 0, [(0, "a"), (1, long.as_str())])
-            .unwrap();
-        let err = b.finish().unwrap_err().to_string();
-        assert!(err.contains("64 KiB a value"), "{err}");
+    fn a_value_past_32_kib_is_an_error_not_a_panic() {
+        for (len, fits) in [(MAX_VALUE, true), (MAX_VALUE + 1, false), (70_000, false)] {
+            let mut b = GraphBuilder::new(1, 1);
+            let long = "x".repeat(len);
+            for class in [Class::Customer, Class::Prospect] {
+                b.add_row(class, 0, 0, [(0, "a"), (1, long.as_str())])
+                    .unwrap();
+            }
+            match b.finish() {
+                // The class bit beside the length keeps the two apart.
+                Ok(g) => {
+                    assert!(fits, "{len}");
+                    assert_eq!(g.len(), 4);
+                    assert_eq!(g.get(Class::Prospect, 1, &long), Some(3));
+                }
+                Err(e) => {
+                    assert!(!fits, "{len}: {e}");
+                    assert!(e.to_string().contains("32 KiB a value"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -472,6 +472,7 @@ pub(super) async fn finish(
         }
     }
     health.quarantined = st.quarantine.iter().filter(|q| q.is_some()).count() as u64;
+    drop((sizes, in_big));
 
     // The identity map and the links are encoded side by side (each on a
     // task of its own), then the small cut-links file here.
@@ -522,14 +523,12 @@ pub(super) async fn finish(
         task.await
             .map_err(|e| Error::Internal(format!("writing identity outputs: {e}")))??;
     }
-    let (Ok(mut graph), Ok(links), Ok((profile_of, profile_ids))) = (
-        Arc::try_unwrap(graph),
-        Arc::try_unwrap(links),
-        Arc::try_unwrap(pids),
-    ) else {
+    drop(links);
+    let (Ok(mut graph), Ok((profile_of, profile_ids))) =
+        (Arc::try_unwrap(graph), Arc::try_unwrap(pids))
+    else {
         return Err(Error::Internal("identity outputs still in use".into()));
     };
-    st.links = links;
     tracing::debug!("identity: identity map and links written");
     let pid = |i: u32| profile_ids.get(profile_of[i as usize]);
 
@@ -585,6 +584,11 @@ pub(super) async fn finish(
         lines.push(b'\n');
     }
     store::put(&out.join("rejected_sample.jsonl"), lines).await?;
+    // What the skeletons and lookups do not need is freed before the
+    // skeletons are built: their arrays are the run's peak at scale.
+    let quarantined: Vec<bool> = st.quarantine.iter().map(Option::is_some).collect();
+    drop(st);
+    graph.free_history();
 
     let profiles = skeletons(
         project,
@@ -595,8 +599,6 @@ pub(super) async fn finish(
         &profile_class,
     )?;
     tracing::debug!("identity: profile skeletons built");
-    let quarantined: Vec<bool> = st.quarantine.iter().map(Option::is_some).collect();
-    drop(st);
     graph.shrink();
     let lookup = Arc::new(IdentityLookup::new(
         graph,
