@@ -290,8 +290,14 @@ struct Part {
     arena: Arena,
     meta: Paged<Meta>,
     /// `words` bitset words per identity: the datasets it was seen in.
-    datasets: Paged<u64>,
+    datasets: Paged<Word>,
 }
+
+/// A word of an identity's dataset bitset. A byte: most projects have a
+/// few datasets, and the sets are kept for every identity until the
+/// identity map is written (a u64 word took 7 bytes more per identity).
+type Word = u8;
+const WORD_BITS: usize = Word::BITS as usize;
 
 /// Items in a full page of a [`Paged`] array (few in tests, so that every
 /// graph test crosses pages).
@@ -505,7 +511,7 @@ impl Part {
             }
         };
         let d = e.dataset as usize;
-        *self.datasets.get_mut(local as usize * words + d / 64) |= 1 << (d % 64);
+        *self.datasets.get_mut(local as usize * words + d / WORD_BITS) |= 1 << (d % WORD_BITS);
         Ok(local)
     }
 
@@ -580,7 +586,7 @@ struct Sorted {
     first_seen: Vec<i64>,
     last_seen: Vec<i64>,
     /// `words` bitset words per identity: the datasets it was seen in.
-    datasets: Vec<u64>,
+    datasets: Vec<Word>,
     /// Dense id (rank in the whole graph) of each position.
     rank: Vec<u32>,
 }
@@ -895,7 +901,7 @@ impl GraphBuilder {
             idle: Some(Interning {
                 parts: (0..PARTS).map(|_| Part::default()).collect(),
                 links: Vec::new(),
-                words: datasets.div_ceil(64).max(1),
+                words: datasets.div_ceil(WORD_BITS).max(1),
                 threads: threads.max(1),
                 compact_at: MIN_COMPACT,
                 min_compact: MIN_COMPACT,
@@ -1530,7 +1536,7 @@ impl IdentityGraph {
                     let rest = b & (b - 1);
                     (rest != 0).then_some(rest)
                 })
-                .map(move |b| (w * 64 + b.trailing_zeros() as usize) as u16)
+                .map(move |b| (w * WORD_BITS + b.trailing_zeros() as usize) as u16)
             })
     }
 
