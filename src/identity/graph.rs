@@ -511,7 +511,9 @@ impl Part {
             }
         };
         let d = e.dataset as usize;
-        *self.datasets.get_mut(local as usize * words + d / WORD_BITS) |= 1 << (d % WORD_BITS);
+        *self
+            .datasets
+            .get_mut(local as usize * words + d / WORD_BITS) |= 1 << (d % WORD_BITS);
         Ok(local)
     }
 
