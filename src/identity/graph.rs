@@ -105,8 +105,8 @@ fn key_hash(hasher: &DefaultHashBuilder, class: Class, ns: u16, value: &[u8]) ->
 /// few occurrences ahead ([`Table::prefetch`]), and then for the record a
 /// bucket names ([`Table::candidate`]): at 10M people a partition is far
 /// larger than the cache and every lookup would otherwise wait on memory.
-/// Growing reads each key's hash from its record, in index order. Nothing
-/// is ever removed.
+/// Growing asks the caller for each key's hash again, in index order.
+/// Nothing is ever removed.
 #[derive(Debug, Default)]
 struct Table {
     buckets: Vec<Bucket>,
@@ -1526,8 +1526,8 @@ impl IdentityGraph {
             .map(|pos| part.rank[pos as usize])
     }
 
-    /// Dataset indexes an identity was seen in (until [`Self::free_history`]).
-    /// The datasets the identity was seen in, by index, ascending.
+    /// The datasets the identity was seen in, by index, ascending (until
+    /// [`Self::free_history`]).
     pub fn datasets_of(&self, id: u32) -> impl Iterator<Item = u16> + '_ {
         let (p, i) = self.at(id);
         p.datasets[i * self.words..(i + 1) * self.words]

@@ -585,7 +585,7 @@ pub(super) async fn finish(
     }
     store::put(&out.join("rejected_sample.jsonl"), lines).await?;
     // What the skeletons and lookups do not need is freed before the
-    // skeletons are built: their arrays are the run's peak at scale.
+    // skeletons are built, the stage's peak at scale.
     let quarantined: Vec<bool> = st.quarantine.iter().map(Option::is_some).collect();
     drop(st);
     graph.free_history();
