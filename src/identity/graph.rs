@@ -245,8 +245,9 @@ struct RawLink {
 }
 
 /// One interned identity of a partition while interning, packed in 24
-/// bytes (the hash is not kept: the table's slots hold 7 of its bits, and
-/// growing the table hashes the values again, in index order).
+/// bytes (its hash is kept apart, in [`Part::hashes`]: a probe compares
+/// length, class, namespace and value, after the 7 bits of the hash the
+/// table's slots hold).
 #[derive(Debug, Clone, Copy)]
 struct Meta {
     first_seen: i64,
@@ -289,6 +290,10 @@ struct Part {
     table: Table,
     arena: Arena,
     meta: Paged<Meta>,
+    /// The low 32 bits of each identity's [`key_hash`], which the table
+    /// keeps 7 of: for placing the keys again when it grows (hashing the
+    /// values again took 2% of the links-only bench).
+    hashes: Paged<u32>,
     /// `words` bitset words per identity: the datasets it was seen in.
     datasets: Paged<Word>,
 }
@@ -456,13 +461,7 @@ impl Part {
     /// # Errors
     /// When the partition outgrows 2^[`LOCAL_BITS`] identities or 4 GiB of
     /// values, or the value [`MAX_VALUE`] bytes.
-    fn intern(
-        &mut self,
-        hasher: &DefaultHashBuilder,
-        e: &Entry,
-        value: &[u8],
-        words: usize,
-    ) -> std::result::Result<u32, ()> {
+    fn intern(&mut self, e: &Entry, value: &[u8], words: usize) -> std::result::Result<u32, ()> {
         let len = u16::try_from(value.len())
             .ok()
             .filter(|&l| usize::from(l) <= MAX_VALUE)
@@ -500,13 +499,10 @@ impl Part {
                 for _ in 0..words {
                     self.datasets.push(0);
                 }
-                // Growing the table hashes each key again (records and
-                // values are read in the order they were added).
-                let (arena, meta) = (&self.arena, &self.meta);
-                self.table.push(e.hash as u32, (b, k), |i| {
-                    let m = meta.get(i as usize);
-                    key_hash(hasher, m.class(), m.ns, arena.get(m.at, m.len())) as u32
-                });
+                self.hashes.push(e.hash as u32);
+                let hashes = &self.hashes;
+                self.table
+                    .push(e.hash as u32, (b, k), |i| *hashes.get(i as usize));
                 l
             }
         };
@@ -841,8 +837,6 @@ struct Interning {
     min_compact: usize,
     /// Encoded id of each occurrence of the chunk (scratch).
     ids: Vec<AtomicU32>,
-    /// The builder's [`key_hash`] hasher (tables rehash values to grow).
-    hasher: DefaultHashBuilder,
 }
 
 /// Occurrences waiting to be interned, by partition, and their rows.
@@ -895,9 +889,8 @@ struct Row {
 impl GraphBuilder {
     /// A builder for identities from `datasets` datasets, interning on up to `threads` threads.
     pub fn new(datasets: usize, threads: usize) -> Self {
-        let hasher = DefaultHashBuilder::default();
         GraphBuilder {
-            hasher: hasher.clone(),
+            hasher: DefaultHashBuilder::default(),
             fill: Chunk::new(),
             chunk: CHUNK,
             idle: Some(Interning {
@@ -908,7 +901,6 @@ impl GraphBuilder {
                 compact_at: MIN_COMPACT,
                 min_compact: MIN_COMPACT,
                 ids: Vec::new(),
-                hasher,
             }),
             busy: None,
             spare: None,
@@ -1182,7 +1174,7 @@ impl Interning {
         let full = AtomicBool::new(false);
         let threads = if n >= PARALLEL_FROM { self.threads } else { 1 };
         {
-            let (ids, full, words, hasher) = (&ids, &full, self.words, &self.hasher);
+            let (ids, full, words) = (&ids, &full, self.words);
             let work = |parts: &mut [Part], pending: &[Pending], first: usize| {
                 for (k, (part, pending)) in parts.iter_mut().zip(pending).enumerate() {
                     let p = (first + k) as u32;
@@ -1205,7 +1197,7 @@ impl Interning {
                         }
                         let v = &pending.bytes[at..at + e.len as usize];
                         at += e.len as usize;
-                        match part.intern(hasher, e, v, words) {
+                        match part.intern(e, v, words) {
                             Ok(local) => ids[e.occurrence as usize]
                                 .store((p << LOCAL_BITS) | local, Ordering::Relaxed),
                             _ => full.store(true, Ordering::Relaxed),
