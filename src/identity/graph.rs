@@ -462,10 +462,10 @@ impl Part {
     /// When the partition outgrows 2^[`LOCAL_BITS`] identities or 4 GiB of
     /// values, or the value [`MAX_VALUE`] bytes.
     fn intern(&mut self, e: &Entry, value: &[u8], words: usize) -> std::result::Result<u32, ()> {
-        let len = u16::try_from(value.len())
-            .ok()
-            .filter(|&l| usize::from(l) <= MAX_VALUE)
-            .ok_or(())?;
+        if value.len() > MAX_VALUE {
+            return Err(());
+        }
+        let len = value.len() as u16;
         let len_class = Meta::len_class(e.class, len);
         let found = {
             let (arena, meta) = (&self.arena, &self.meta);
