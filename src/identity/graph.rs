@@ -721,7 +721,6 @@ fn merge_runs(
     let mut i = 0usize;
     while cur[winner].pos < cur[winner].end {
         let (p, pos) = (winner, cur[winner].pos);
-        ranks[p][pos - ranges[p].0] = base + i as u32;
         locate[i] = ((p as u32) << LOCAL_BITS) | pos as u32;
         i += 1;
         cur[p] = Cursor::at(&parts[p], pos + 1, ranges[p].1);
@@ -733,7 +732,6 @@ fn merge_runs(
         prefetch(part.ends.as_ptr().wrapping_add(ahead));
         prefetch(part.ns.as_ptr().wrapping_add(ahead));
         prefetch(part.class.as_ptr().wrapping_add(ahead));
-        prefetch(ranks[p].as_ptr().wrapping_add(ahead - ranges[p].0));
         if let Some(&end) = part.ends.get(pos + AHEAD / 4) {
             prefetch(part.arena.as_ptr().wrapping_add(end as usize));
         }
@@ -750,6 +748,13 @@ fn merge_runs(
         winner = cand;
     }
     debug_assert_eq!(i, locate.len());
+    // Dense ids by position, after the merge (out of the tree's chain of
+    // dependent loads): each partition's positions come in order, so these
+    // are as many streams of writes as there are partitions.
+    for (i, &at) in locate.iter().enumerate() {
+        let (p, pos) = ((at >> LOCAL_BITS) as usize, (at & LOCAL_MASK) as usize);
+        ranks[p][pos - ranges[p].0] = base + i as u32;
+    }
 }
 
 /// Ask for the cache line holding `p` ahead of its use. Only a hint: it
