@@ -841,8 +841,41 @@ struct Interning {
     /// Raw links buffered before the next sort-and-deduplicate.
     compact_at: usize,
     min_compact: usize,
+    sample: LinkSample,
     /// Encoded id of each occurrence of the chunk (scratch).
     ids: Vec<AtomicU32>,
+}
+
+/// The raw links whose keys hash into 1/64 of the key space (so every copy
+/// of a sampled link is sampled): tells whether sorting the buffered links
+/// to drop repeats would remove enough of them to pay for the sort.
+#[derive(Debug, Default)]
+struct LinkSample {
+    /// Distinct sampled keys so far.
+    keys: hashbrown::HashSet<u64>,
+    /// Sampled links in the buffer, repeats included.
+    buffered: usize,
+}
+
+impl LinkSample {
+    #[inline]
+    fn add(&mut self, key: u64) {
+        if key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58 == 0 {
+            self.buffered += 1;
+            self.keys.insert(key);
+        }
+    }
+
+    /// Whether a compaction would likely remove at least an eighth of the
+    /// buffered links (yes while the sample is too small to tell).
+    fn worth_compacting(&self) -> bool {
+        self.buffered < 1024 || (self.buffered - self.keys.len()) * 8 >= self.buffered
+    }
+
+    /// After a compaction the buffer holds each key once.
+    fn compacted(&mut self) {
+        self.buffered = self.keys.len();
+    }
 }
 
 /// Occurrences waiting to be interned, by partition, and their rows.
@@ -906,6 +939,7 @@ impl GraphBuilder {
                 threads: threads.max(1),
                 compact_at: MIN_COMPACT,
                 min_compact: MIN_COMPACT,
+                sample: LinkSample::default(),
                 ids: Vec::new(),
             }),
             busy: None,
@@ -1255,15 +1289,22 @@ impl Interning {
             let a = row.first as usize;
             reserve_quarter(&mut self.links, end - a - 1);
             for o in a + 1..end {
+                let key = (id(a) << 32) | id(o);
+                self.sample.add(key);
                 self.links.push(RawLink {
-                    key: (id(a) << 32) | id(o),
+                    key,
                     ts: row.ts,
                     dataset: row.dataset,
                 });
             }
         }
         self.ids = ids;
-        if self.links.len() >= self.compact_at {
+        if self.links.len() >= self.compact_at && !self.sample.worth_compacting() {
+            // Too few repeats to pay for sorting every link: wait as long
+            // as after a compaction that removed little.
+            self.compact_at = (4 * self.links.len()).max(self.min_compact);
+        } else if self.links.len() >= self.compact_at {
+            self.sample.compacted();
             let before = self.links.len();
             dedup_links(&mut self.links, self.threads);
             // Each compaction sorts every link so far: when it removed less
@@ -1981,6 +2022,26 @@ mod tests {
         for k in 0..n {
             assert_eq!(t.find(hash(k), |i| i == n - 1 - k), Some(n - 1 - k));
         }
+    }
+
+    #[test]
+    fn link_sample_tells_repeated_links_from_distinct_ones() {
+        let mut distinct = LinkSample::default();
+        for k in 0..1_000_000u64 {
+            distinct.add(k * 7919);
+        }
+        assert!(!distinct.worth_compacting());
+        let mut repeated = LinkSample::default();
+        for k in 0..1_000_000u64 {
+            repeated.add((k % 500_000) * 7919);
+        }
+        assert!(repeated.worth_compacting(), "half the links are repeats");
+        repeated.compacted();
+        assert!(!repeated.worth_compacting());
+        // A sample too small to tell: compact, as before sampling.
+        let mut few = LinkSample::default();
+        (0..1_000u64).for_each(|k| few.add(k));
+        assert!(few.worth_compacting());
     }
 
     #[test]
