@@ -1299,22 +1299,24 @@ impl Interning {
             }
         }
         self.ids = ids;
-        if self.links.len() >= self.compact_at && !self.sample.worth_compacting() {
-            // Too few repeats to pay for sorting every link: wait as long
-            // as after a compaction that removed little.
-            self.compact_at = (4 * self.links.len()).max(self.min_compact);
-        } else if self.links.len() >= self.compact_at {
-            self.sample.compacted();
-            let before = self.links.len();
-            dedup_links(&mut self.links, self.threads);
-            // Each compaction sorts every link so far: when it removed less
-            // than a quarter, the next one waits longer.
-            let grow = if self.links.len() * 4 > before * 3 {
-                4
+        if self.links.len() >= self.compact_at {
+            if self.sample.worth_compacting() {
+                self.sample.compacted();
+                let before = self.links.len();
+                dedup_links(&mut self.links, self.threads);
+                // Each compaction sorts every link so far: when it removed
+                // less than a quarter, the next one waits longer.
+                let grow = if self.links.len() * 4 > before * 3 {
+                    4
+                } else {
+                    2
+                };
+                self.compact_at = (grow * self.links.len()).max(self.min_compact);
             } else {
-                2
-            };
-            self.compact_at = (grow * self.links.len()).max(self.min_compact);
+                // Too few repeats to pay for sorting every link: wait as
+                // long as after a compaction that removed little.
+                self.compact_at = (4 * self.links.len()).max(self.min_compact);
+            }
         }
         Ok(())
     }
