@@ -143,8 +143,10 @@ fn child_links(dir: &Path) {
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let file =
         std::fs::File::open(dir.join("links_for_peers.parquet")).expect("run the plain case first");
+    // DataFusion's batch size (the reader's default is 1,024 rows).
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .expect("parquet")
+        .with_batch_size(8192)
         .build()
         .expect("reader");
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
