@@ -11,8 +11,10 @@
 //!
 //! Variants: `plain` (no unique namespace, no hub limit: connected components),
 //! `links-only` (like for like with the peers: components of the string links
-//! file, from Parquet to a label per identity), and `constrained` (the generated
-//! config: unique crm_id, cookie max_links).
+//! file, from Parquet to a label per identity), `floor` (the reference
+//! floor on the same file: one thread, radix-partitioned interning, union-find,
+//! no rank order, times or link deduplication), and `constrained` (the
+//! generated config: unique crm_id, cookie max_links).
 //!
 //! Scales: `AUDIENCE_BENCH_PEOPLE=1000000,5000000,10000000` (default `1000000`).
 
@@ -207,11 +209,143 @@ fn child_links(dir: &Path) {
     );
 }
 
+/// The reference floor, measured here on the same file as
+/// `links-only`: one thread; Parquet decoding, radix-partitioned interning
+/// (every occurrence hashed and buffered in one of 256 partitions, then each
+/// partition interned in its own hash table), union-find, a label per
+/// identity. No rank order, no link deduplication, no times or datasets:
+/// what stitching costs at least, not what the product does.
+fn child_floor(dir: &Path) {
+    use std::hash::BuildHasher;
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let file =
+        std::fs::File::open(dir.join("links_for_peers.parquet")).expect("run the plain case first");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .with_batch_size(8192)
+        .build()
+        .expect("reader");
+    #[derive(Default)]
+    struct Part {
+        hashes: Vec<u64>,
+        occurrence: Vec<u32>,
+        ends: Vec<u32>,
+        bytes: Vec<u8>,
+    }
+    let hasher = hashbrown::DefaultHashBuilder::default();
+    let mut parts: Vec<Part> = (0..256).map(|_| Part::default()).collect();
+    let mut occurrences = 0u32;
+    for batch in reader {
+        let batch = batch.expect("batch");
+        let col = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .expect("utf8")
+                .clone()
+        };
+        let (src, dst) = (col(0), col(1));
+        for i in 0..batch.num_rows() {
+            for v in [src.value(i), dst.value(i)] {
+                let h = hasher.hash_one(v.as_bytes());
+                let p = &mut parts[(h >> 56) as usize];
+                p.hashes.push(h);
+                p.occurrence.push(occurrences);
+                p.bytes.extend_from_slice(v.as_bytes());
+                p.ends.push(p.bytes.len() as u32);
+                occurrences += 1;
+            }
+        }
+    }
+    let read = t0.elapsed().as_secs_f64();
+    // Each partition interned in cache: ids by partition, then first appearance.
+    let mut ids = vec![0u32; occurrences as usize];
+    let mut n = 0u32;
+    for p in &parts {
+        let mut table = hashbrown::HashTable::<(u32, u32)>::with_capacity(p.hashes.len() / 2);
+        let value = |k: usize| {
+            let start = if k == 0 { 0 } else { p.ends[k - 1] as usize };
+            &p.bytes[start..p.ends[k] as usize]
+        };
+        let mut distinct = Vec::new();
+        for (k, &h) in p.hashes.iter().enumerate() {
+            let v = value(k);
+            let id = match table.find(h, |&(first, _)| value(first as usize) == v) {
+                Some(&(_, id)) => id,
+                None => {
+                    let id = n + distinct.len() as u32;
+                    distinct.push(k);
+                    table.insert_unique(h, (k as u32, id), |&(first, _)| {
+                        hasher.hash_one(value(first as usize))
+                    });
+                    id
+                }
+            };
+            ids[p.occurrence[k] as usize] = id;
+        }
+        n += distinct.len() as u32;
+    }
+    drop(parts);
+    let interned = t0.elapsed().as_secs_f64();
+    // Union-find, linking the larger root under the smaller, with path halving.
+    let mut parent: Vec<u32> = (0..n).collect();
+    let find = |parent: &mut [u32], mut x: u32| {
+        while parent[x as usize] != x {
+            let up = parent[parent[x as usize] as usize];
+            parent[x as usize] = up;
+            x = up;
+        }
+        x
+    };
+    for pair in ids.chunks_exact(2) {
+        let (a, b) = (find(&mut parent, pair[0]), find(&mut parent, pair[1]));
+        if a != b {
+            parent[a.max(b) as usize] = a.min(b);
+        }
+    }
+    for i in 0..n as usize {
+        parent[i] = parent[parent[i] as usize];
+    }
+    let labels = arrow::array::UInt32Array::from(parent);
+    let links = u64::from(occurrences / 2);
+    let (wall, cpu, peak) = (
+        t0.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu0,
+        peak_rss_mb(),
+    );
+    if std::env::var_os("AUDIENCE_BENCH_PHASES").is_some() {
+        eprintln!(
+            "read and partitioned {read:.2}s, interned {:.2}s, union-find and labels {:.2}s",
+            interned - read,
+            wall - interned
+        );
+    }
+    let components = labels
+        .values()
+        .iter()
+        .enumerate()
+        .filter(|&(i, &r)| i as u32 == r)
+        .count();
+    println!(
+        "{{\"case\":\"identity/floor/{}\",\"links\":{links},\"identities\":{},\"components\":{components},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0}}}",
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .trim_start_matches('p'),
+        labels.len(),
+        links as f64 / wall,
+        peak,
+    );
+}
+
 fn main() {
     if let Some((dir, variant)) = common::child() {
         common::phases();
         if variant == "links-only" {
             child_links(&dir);
+        } else if variant == "floor" {
+            child_floor(&dir);
         } else {
             child(&dir, &variant);
         }
@@ -220,7 +354,7 @@ fn main() {
     let filter = common::filter();
     for people in common::scales("AUDIENCE_BENCH_PEOPLE", "1000000") {
         let dir = ensure_project(people);
-        for variant in ["plain", "links-only", "constrained"] {
+        for variant in ["plain", "links-only", "floor", "constrained"] {
             let case = format!("identity/{variant}/{people}");
             if filter.as_ref().is_some_and(|f| !case.contains(f.as_str())) {
                 continue;
