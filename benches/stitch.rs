@@ -21,6 +21,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use arrow::array::Array;
+
 use audience::config::Project;
 use audience::generate::{GenerateOptions, generate};
 
@@ -81,10 +83,7 @@ fn child(dir: &Path, variant: &str) {
     let rows: u64 = stitched.rows_read.values().sum();
     println!(
         "{{\"case\":\"identity/{variant}/{}\",\"rows\":{rows},\"identities\":{},\"links\":{},\"cut\":{},\"quarantined\":{},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0},\"model_mb\":{:.0}}}",
-        dir.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?")
-            .trim_start_matches('p'),
+        people(dir),
         h.identities,
         h.links,
         h.links_cut,
@@ -138,34 +137,50 @@ fn child(dir: &Path, variant: &str) {
     }
 }
 
+/// The scale in a project directory's name (`p1000000` → `1000000`).
+fn people(dir: &Path) -> &str {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("?")
+        .trim_start_matches('p')
+}
+
+/// The string links file's two columns (`src`, `dst`), batch by batch, in
+/// DataFusion's batch size (the reader's default is 1,024 rows).
+fn peer_links(
+    dir: &Path,
+) -> impl Iterator<Item = (arrow::array::StringArray, arrow::array::StringArray)> {
+    let file =
+        std::fs::File::open(dir.join("links_for_peers.parquet")).expect("run the plain case first");
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .with_batch_size(8192)
+        .build()
+        .expect("reader")
+        .map(|batch| {
+            let batch = batch.expect("batch");
+            let col = |i: usize| {
+                batch
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .expect("utf8")
+                    .clone()
+            };
+            (col(0), col(1))
+        })
+}
+
 /// Like for like with the peers: connected components from the string links
 /// file (Parquet decoding, interning, union-find, a label per identity).
 fn child_links(dir: &Path) {
     use audience::identity::graph::{GraphBuilder, NsRules};
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let file =
-        std::fs::File::open(dir.join("links_for_peers.parquet")).expect("run the plain case first");
-    // DataFusion's batch size (the reader's default is 1,024 rows).
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("parquet")
-        .with_batch_size(8192)
-        .build()
-        .expect("reader");
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut b = GraphBuilder::new(1, threads);
     let mut links = 0u64;
-    for batch in reader {
-        let batch = batch.expect("batch");
-        let col = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .expect("utf8")
-                .clone()
-        };
-        let (src, dst) = (col(0), col(1));
-        for i in 0..batch.num_rows() {
+    for (src, dst) in peer_links(dir) {
+        for i in 0..src.len() {
             b.add_row(
                 audience::config::Class::Customer,
                 0,
@@ -199,10 +214,7 @@ fn child_links(dir: &Path) {
     }
     println!(
         "{{\"case\":\"identity/links-only/{}\",\"links\":{links},\"identities\":{},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0}}}",
-        dir.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?")
-            .trim_start_matches('p'),
+        people(dir),
         labels.len(),
         links as f64 / wall,
         peak,
@@ -218,13 +230,6 @@ fn child_links(dir: &Path) {
 fn child_floor(dir: &Path) {
     use std::hash::BuildHasher;
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let file =
-        std::fs::File::open(dir.join("links_for_peers.parquet")).expect("run the plain case first");
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("parquet")
-        .with_batch_size(8192)
-        .build()
-        .expect("reader");
     #[derive(Default)]
     struct Part {
         hashes: Vec<u64>,
@@ -235,18 +240,8 @@ fn child_floor(dir: &Path) {
     let hasher = hashbrown::DefaultHashBuilder::default();
     let mut parts: Vec<Part> = (0..256).map(|_| Part::default()).collect();
     let mut occurrences = 0u32;
-    for batch in reader {
-        let batch = batch.expect("batch");
-        let col = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .expect("utf8")
-                .clone()
-        };
-        let (src, dst) = (col(0), col(1));
-        for i in 0..batch.num_rows() {
+    for (src, dst) in peer_links(dir) {
+        for i in 0..src.len() {
             for v in [src.value(i), dst.value(i)] {
                 let h = hasher.hash_one(v.as_bytes());
                 let p = &mut parts[(h >> 56) as usize];
@@ -329,10 +324,7 @@ fn child_floor(dir: &Path) {
         .count();
     println!(
         "{{\"case\":\"identity/floor/{}\",\"links\":{links},\"identities\":{},\"components\":{components},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0}}}",
-        dir.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?")
-            .trim_start_matches('p'),
+        people(dir),
         labels.len(),
         links as f64 / wall,
         peak,
