@@ -83,7 +83,7 @@ fn child(dir: &Path, variant: &str) {
     let rows: u64 = stitched.rows_read.values().sum();
     println!(
         "{{\"case\":\"identity/{variant}/{}\",\"rows\":{rows},\"identities\":{},\"links\":{},\"cut\":{},\"quarantined\":{},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0},\"model_mb\":{:.0}}}",
-        people(dir),
+        scale_name(dir),
         h.identities,
         h.links,
         h.links_cut,
@@ -138,7 +138,7 @@ fn child(dir: &Path, variant: &str) {
 }
 
 /// The scale in a project directory's name (`p1000000` → `1000000`).
-fn people(dir: &Path) -> &str {
+fn scale_name(dir: &Path) -> &str {
     dir.file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("?")
@@ -214,7 +214,7 @@ fn child_links(dir: &Path) {
     }
     println!(
         "{{\"case\":\"identity/links-only/{}\",\"links\":{links},\"identities\":{},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0}}}",
-        people(dir),
+        scale_name(dir),
         labels.len(),
         links as f64 / wall,
         peak,
@@ -263,23 +263,20 @@ fn child_floor(dir: &Path) {
             let start = if k == 0 { 0 } else { p.ends[k - 1] as usize };
             &p.bytes[start..p.ends[k] as usize]
         };
-        let mut distinct = Vec::new();
         for (k, &h) in p.hashes.iter().enumerate() {
             let v = value(k);
             let id = match table.find(h, |&(first, _)| value(first as usize) == v) {
                 Some(&(_, id)) => id,
                 None => {
-                    let id = n + distinct.len() as u32;
-                    distinct.push(k);
-                    table.insert_unique(h, (k as u32, id), |&(first, _)| {
+                    table.insert_unique(h, (k as u32, n), |&(first, _)| {
                         hasher.hash_one(value(first as usize))
                     });
-                    id
+                    n += 1;
+                    n - 1
                 }
             };
             ids[p.occurrence[k] as usize] = id;
         }
-        n += distinct.len() as u32;
     }
     drop(parts);
     let interned = t0.elapsed().as_secs_f64();
@@ -324,7 +321,7 @@ fn child_floor(dir: &Path) {
         .count();
     println!(
         "{{\"case\":\"identity/floor/{}\",\"links\":{links},\"identities\":{},\"components\":{components},\"wall_s\":{wall:.2},\"cpu_s\":{cpu:.2},\"links_per_s\":{:.0},\"peak_rss_mb\":{:.0}}}",
-        people(dir),
+        scale_name(dir),
         labels.len(),
         links as f64 / wall,
         peak,
