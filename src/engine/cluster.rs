@@ -303,11 +303,13 @@ pub async fn connect(
     scheduler: Option<&str>,
 ) -> Result<SessionContext> {
     let config = with_codecs(config.upgrade_for_ballista());
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .build();
+    let state = |config: SessionConfig| {
+        SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime.clone())
+            .with_default_features()
+            .build()
+    };
     let problem = |e: DataFusionError| {
         let mut p = crate::error::Problems::default();
         p.push(
@@ -325,14 +327,129 @@ pub async fn connect(
             reachable(url)
                 .await
                 .map_err(|e| problem(DataFusionError::Configuration(e)))?;
-            SessionContext::remote_with_state(url, state)
+            SessionContext::remote_with_state(url, state(config))
                 .await
                 .map_err(problem)
         }
-        None => SessionContext::standalone_with_state(state)
-            .await
-            .map_err(problem),
+        None => {
+            let (url, shuffle) = in_process(&state(config.clone())).await.map_err(problem)?;
+            // The client's session keeps the shuffle directory until it is
+            // dropped; the in-process cluster's copy of the state does not.
+            let config = config.with_extension(Arc::new(shuffle));
+            SessionContext::remote_with_state(&url, state(config))
+                .await
+                .map_err(problem)
+        }
     }
+}
+
+/// The shuffle files of an in-process cluster: a private directory (mode
+/// 0700) under the system's temporary directory, removed with the session.
+/// (Ballista's own in-process executor leaves its files behind, readable by
+/// everyone.)
+#[derive(Debug)]
+pub struct ShuffleDir(tempfile::TempDir);
+
+impl ShuffleDir {
+    fn new() -> std::io::Result<Self> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("audience-shuffle-");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            builder.permissions(std::fs::Permissions::from_mode(0o700));
+        }
+        builder.tempdir()
+            .map(ShuffleDir)
+    }
+
+    /// Where the shuffle files are.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+/// Start a scheduler and one executor in this process, the executor's files
+/// in a fresh [`ShuffleDir`]: the scheduler's URL and the directory.
+async fn in_process(state: &SessionState) -> DfResult<(String, ShuffleDir)> {
+    use ballista_core::serde::protobuf::{ExecutorRegistration, scheduler_grpc_client::SchedulerGrpcClient};
+    use ballista_core::serde::scheduler::{ExecutorOperatingSystemSpecification, ExecutorSpecification};
+    use ballista_core::utils::{GrpcServerConfig, create_grpc_server, create_grpc_server_incoming};
+    use ballista_executor::{executor::Executor, flight_service::BallistaFlightService};
+    let config_err = |what: &str, e: &dyn std::fmt::Display| {
+        DataFusionError::Configuration(format!("in-process cluster: {what}: {e}"))
+    };
+    let shuffle = ShuffleDir::new()
+        .map_err(|e| config_err("cannot create a shuffle directory under the system's temporary directory (TMPDIR)", &e))?;
+    let work_dir = shuffle
+        .path()
+        .to_str()
+        .ok_or_else(|| config_err("the temporary directory is not UTF-8", &shuffle.path().display()))?
+        .to_string();
+    let addr = ballista_scheduler::standalone::new_standalone_scheduler_from_state(state)
+        .await
+        .map_err(|e| config_err("scheduler", &e))?;
+    let scheduler_url = format!("http://localhost:{}", addr.port());
+    let started = std::time::Instant::now();
+    let scheduler = loop {
+        match SchedulerGrpcClient::connect(scheduler_url.clone()).await {
+            Ok(client) => break client,
+            Err(e) if started.elapsed() > std::time::Duration::from_secs(10) => {
+                return Err(config_err("the scheduler does not answer", &e));
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    // The executor's flight service, on a port the system picks.
+    let grpc = GrpcServerConfig::default();
+    let incoming = create_grpc_server_incoming(([127, 0, 0, 1], 0).into(), &grpc)
+        .map_err(|e| config_err("executor port", &e))?;
+    let port = incoming
+        .local_addr()
+        .map_err(|e| config_err("executor port", &e))?
+        .port();
+    let vcores = state.config().ballista_standalone_parallelism();
+    let registration = ExecutorRegistration {
+        id: ballista_core::ids::new_instance_id(),
+        host: Some("localhost".into()),
+        port: u32::from(port),
+        grpc_port: 0,
+        specification: Some(ExecutorSpecification::default().with_vcores(vcores as u32).into()),
+        os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
+        ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
+    };
+    let config = state.config().clone();
+    let runtime = state.runtime_env().clone();
+    let executor = Arc::new(Executor::with_default_execution_engine(
+        registration,
+        &work_dir,
+        Arc::new(move |_| Ok(runtime.clone())),
+        Arc::new(move || config.clone()),
+        Arc::new(state.into()),
+        Arc::new(ballista_executor::metrics::LoggingMetricsCollector::default()),
+        vcores,
+    ));
+    let flight = arrow_flight::flight_service_server::FlightServiceServer::new(
+        BallistaFlightService::new(work_dir),
+    );
+    let limit = state.config().ballista_grpc_client_max_message_size();
+    let flight = flight
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    tokio::spawn(create_grpc_server(&grpc).add_service(flight).serve_with_incoming(incoming));
+    let codec: ballista_core::serde::BallistaCodec = ballista_core::serde::BallistaCodec::new(
+        state.config().ballista_logical_extension_codec(),
+        state.config().ballista_physical_extension_codec(),
+    );
+    tokio::spawn(ballista_executor::execution_loop::poll_loop(
+        scheduler,
+        executor,
+        codec,
+        None,
+        None,
+        ballista_executor::health::ExecutorHealth::new(),
+    ));
+    Ok((format!("df://localhost:{}", addr.port()), shuffle))
 }
 
 /// Whether a scheduler listens at `url` (`df://host:port`), tried for 10 s.
@@ -414,6 +531,22 @@ pub async fn executor(o: ExecutorOptions) -> Result<()> {
     use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
     let runtime = super::runtime(o.memory_limit)?;
     let codec = Arc::new(Codec::default());
+    // Without `--work-dir`, a private directory removed when the executor
+    // stops (Ballista's default leaves the files behind, readable by everyone).
+    let (work_dir, _shuffle) = match o.work_dir {
+        Some(dir) => (dir, None),
+        None => {
+            let shuffle = ShuffleDir::new().map_err(|e| {
+                Error::Internal(format!(
+                    "executor: cannot create a work directory under the system's temporary directory (TMPDIR; or pass --work-dir): {e}"
+                ))
+            })?;
+            let dir = shuffle.path().to_str().map(str::to_string).ok_or_else(|| {
+                Error::Internal("executor: the temporary directory is not UTF-8; pass --work-dir".into())
+            })?;
+            (dir, Some(shuffle))
+        }
+    };
     let mut config = ExecutorProcessConfig {
         scheduler_host: o.scheduler.ip().to_string(),
         scheduler_port: o.scheduler.port(),
@@ -421,7 +554,7 @@ pub async fn executor(o: ExecutorOptions) -> Result<()> {
         port: o.port,
         grpc_port: o.grpc_port,
         vcores: o.concurrent_tasks,
-        work_dir: o.work_dir,
+        work_dir: Some(work_dir),
         scheduler_connect_timeout_seconds: 30,
         ..Default::default()
     };

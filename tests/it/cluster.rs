@@ -112,6 +112,55 @@ fn cluster_in_process_exports_match_embedded() {
     eprintln!("connected components on the in-process cluster: {rounds} rounds");
 }
 
+/// Every entry (files and directories) under `dir`, relative.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).expect("under").display().to_string());
+            if p.is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Shuffle files hold customer data: an in-process cluster keeps them in a
+/// private directory of its own and removes it when the run ends.
+#[test]
+fn cluster_in_process_leaves_no_shuffle_files() {
+    // Plain stitching, so that the components' rounds shuffle on the cluster.
+    let (dir, _) = two_samples(true);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let project = dir.path().to_str().expect("utf-8");
+    let out = Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args([
+            "--quiet", "run", "--project", project, "--as-of", AS_OF, "--run-id", "r1", "--engine",
+            "ballista",
+        ])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run audience");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        component_rounds(dir.path()).is_some(),
+        "the components ran on the cluster"
+    );
+    assert_eq!(
+        entries(tmp.path()),
+        Vec::<String>::new(),
+        "nothing left in TMPDIR"
+    );
+}
+
 /// A child process killed when dropped.
 struct Proc(Child);
 impl Drop for Proc {
@@ -200,6 +249,85 @@ fn cluster_processes_on_loopback_export_like_embedded() {
     assert_same_exports(embedded.path(), cluster.path());
     let rounds = component_rounds(cluster.path()).expect("rounds recorded");
     eprintln!("connected components on scheduler + 2 executor processes: {rounds} rounds");
+}
+
+/// An executor started without `--work-dir` keeps its shuffle files in a
+/// private directory (mode 0700) and removes it when it is stopped.
+#[test]
+fn cluster_executor_default_work_dir_is_private_and_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let logs = tempfile::tempdir().expect("logs");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sched: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let sched_log = logs.path().join("scheduler.log");
+    let _scheduler = spawn(
+        &["cluster", "scheduler", "--bind", &sched.to_string()],
+        &sched_log,
+    );
+    wait_for(sched, "the scheduler", &sched_log);
+    let (port, grpc) = (free_port(), free_port());
+    let log = logs.path().join("executor.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args([
+            "cluster",
+            "executor",
+            "--scheduler",
+            &sched.to_string(),
+            "--port",
+            &port.to_string(),
+            "--grpc-port",
+            &grpc.to_string(),
+        ])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start executor");
+    let mut executor = Proc(child);
+    wait_for(
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        "the executor",
+        &log,
+    );
+    let (dir, _) = two_samples(true);
+    run_sample(
+        dir.path(),
+        &["--engine", "ballista", "--scheduler", &format!("df://{sched}")],
+    );
+    let work: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(work.len(), 1, "one work directory: {work:?}");
+    assert!(
+        work[0]
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("audience-shuffle-")),
+        "{work:?}"
+    );
+    let mode = std::fs::metadata(&work[0]).expect("work dir").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "private to the executor's user");
+    assert!(!entries(&work[0]).is_empty(), "the rounds shuffled through it");
+    // Stopped like Ctrl-C: the executor shuts down and removes its directory.
+    let pid = i32::try_from(executor.0.id()).expect("pid");
+    // SAFETY: `pid` is our own child process, still running.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let start = Instant::now();
+    while executor.0.try_wait().expect("wait").is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the executor did not stop on SIGINT: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        entries(tmp.path()),
+        Vec::<String>::new(),
+        "nothing left in TMPDIR: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 #[test]

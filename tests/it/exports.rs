@@ -852,10 +852,8 @@ fields = ["profile_id", "loyalty_tier"]
 #[test]
 fn export_multipart_upload_to_emulators() {
     use audience::export::publish::{MULTIPART_THRESHOLD, RetryPolicy, upload};
-    let mut bases = vec![format!(
-        "file://{}",
-        tempfile::tempdir().expect("tmp").keep().display()
-    )];
+    let local = tempfile::tempdir().expect("tmp");
+    let mut bases = vec![format!("file://{}", local.path().display())];
     bases.extend(emulator("AUDIENCE_TEST_S3_URL"));
     bases.extend(emulator("AUDIENCE_TEST_AZ_URL"));
     // 20 MiB in uneven chunks, deterministic content.
