@@ -34,9 +34,16 @@ MOTO_PID=$!
 "$EMU/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZ_PORT" \
     --inMemoryPersistence --skipApiVersionCheck --loose --silent >"$LOGS/azurite.log" 2>&1 &
 AZ_PID=$!
+# The emulators' logs are kept when the command fails, for a look; else removed.
 cleanup() {
+    local status=$?
     kill "$MOTO_PID" "$AZ_PID" 2>/dev/null || true
     wait "$MOTO_PID" "$AZ_PID" 2>/dev/null || true
+    if [ "$status" -eq 0 ]; then
+        rm -rf "$LOGS"
+    else
+        echo "emulators: their logs are in $LOGS" >&2
+    fi
 }
 trap cleanup EXIT
 
