@@ -359,8 +359,7 @@ impl ShuffleDir {
             use std::os::unix::fs::PermissionsExt as _;
             builder.permissions(std::fs::Permissions::from_mode(0o700));
         }
-        builder.tempdir()
-            .map(ShuffleDir)
+        builder.tempdir().map(ShuffleDir)
     }
 
     /// Where the shuffle files are.
@@ -372,19 +371,32 @@ impl ShuffleDir {
 /// Start a scheduler and one executor in this process, the executor's files
 /// in a fresh [`ShuffleDir`]: the scheduler's URL and the directory.
 async fn in_process(state: &SessionState) -> DfResult<(String, ShuffleDir)> {
-    use ballista_core::serde::protobuf::{ExecutorRegistration, scheduler_grpc_client::SchedulerGrpcClient};
-    use ballista_core::serde::scheduler::{ExecutorOperatingSystemSpecification, ExecutorSpecification};
+    use ballista_core::serde::protobuf::{
+        ExecutorRegistration, scheduler_grpc_client::SchedulerGrpcClient,
+    };
+    use ballista_core::serde::scheduler::{
+        ExecutorOperatingSystemSpecification, ExecutorSpecification,
+    };
     use ballista_core::utils::{GrpcServerConfig, create_grpc_server, create_grpc_server_incoming};
     use ballista_executor::{executor::Executor, flight_service::BallistaFlightService};
     let config_err = |what: &str, e: &dyn std::fmt::Display| {
         DataFusionError::Configuration(format!("in-process cluster: {what}: {e}"))
     };
-    let shuffle = ShuffleDir::new()
-        .map_err(|e| config_err("cannot create a shuffle directory under the system's temporary directory (TMPDIR)", &e))?;
+    let shuffle = ShuffleDir::new().map_err(|e| {
+        config_err(
+            "cannot create a shuffle directory under the system's temporary directory (TMPDIR)",
+            &e,
+        )
+    })?;
     let work_dir = shuffle
         .path()
         .to_str()
-        .ok_or_else(|| config_err("the temporary directory is not UTF-8", &shuffle.path().display()))?
+        .ok_or_else(|| {
+            config_err(
+                "the temporary directory is not UTF-8",
+                &shuffle.path().display(),
+            )
+        })?
         .to_string();
     let addr = ballista_scheduler::standalone::new_standalone_scheduler_from_state(state)
         .await
@@ -414,7 +426,11 @@ async fn in_process(state: &SessionState) -> DfResult<(String, ShuffleDir)> {
         host: Some("localhost".into()),
         port: u32::from(port),
         grpc_port: 0,
-        specification: Some(ExecutorSpecification::default().with_vcores(vcores as u32).into()),
+        specification: Some(
+            ExecutorSpecification::default()
+                .with_vcores(vcores as u32)
+                .into(),
+        ),
         os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
         ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
     };
@@ -436,7 +452,11 @@ async fn in_process(state: &SessionState) -> DfResult<(String, ShuffleDir)> {
     let flight = flight
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    tokio::spawn(create_grpc_server(&grpc).add_service(flight).serve_with_incoming(incoming));
+    tokio::spawn(
+        create_grpc_server(&grpc)
+            .add_service(flight)
+            .serve_with_incoming(incoming),
+    );
     let codec: ballista_core::serde::BallistaCodec = ballista_core::serde::BallistaCodec::new(
         state.config().ballista_logical_extension_codec(),
         state.config().ballista_physical_extension_codec(),
@@ -542,7 +562,9 @@ pub async fn executor(o: ExecutorOptions) -> Result<()> {
                 ))
             })?;
             let dir = shuffle.path().to_str().map(str::to_string).ok_or_else(|| {
-                Error::Internal("executor: the temporary directory is not UTF-8; pass --work-dir".into())
+                Error::Internal(
+                    "executor: the temporary directory is not UTF-8; pass --work-dir".into(),
+                )
             })?;
             (dir, Some(shuffle))
         }

@@ -135,6 +135,12 @@ pub async fn session(project: &Project, as_of: DateTime<Utc>) -> Result<SessionC
     if let Some(n) = project.engine.target_partitions {
         config = config.with_target_partitions(n);
     }
+    // A dataset folder is read at any depth (`ingest` lists it so; the table
+    // of a hive-partitioned dataset lists it again).
+    config
+        .options_mut()
+        .execution
+        .listing_table_ignore_subdirectory = false;
     let runtime = runtime(project.engine.memory_limit)?;
     let ctx = match &project.engine.mode {
         EngineMode::Embedded => {

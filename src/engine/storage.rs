@@ -48,7 +48,20 @@ impl Location {
                     crate::error::one_of(scheme, SCHEMES)
                 ));
             }
-            let url = Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+            // `?` is a wildcard and `#` a character of a key, never a query
+            // or a fragment. A query-like tail (`?k=v`) is refused unechoed:
+            // it may be a signature (a SAS token, a presigned URL).
+            if text
+                .split_once('?')
+                .is_some_and(|(_, tail)| tail.contains('='))
+            {
+                return Err(format!(
+                    "a `{scheme}://` URL must not carry a query string (`?name=value`): credentials such as SAS tokens come from the environment (e.g. AZURE_STORAGE_SAS_TOKEN) or the provider chain; for a one-character wildcard before a `key=value` folder, write `[!/]` instead of `?`"
+                ));
+            }
+            let escaped = text.replace('?', "%3F").replace('#', "%23");
+            let url =
+                Url::parse(&escaped).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
             if !url.username().is_empty() || url.password().is_some() {
                 // Never echo the text: it holds a secret.
                 return Err(format!(
@@ -109,6 +122,18 @@ impl Location {
         Location { url }
     }
 
+    /// A location with a wildcard (`*`, `?` or `[` in its path) split into
+    /// the folder to list (the path up to the last `/` before the first
+    /// wildcard) and the pattern files below it must match; `None` without one.
+    pub fn glob(&self) -> Option<(Location, String)> {
+        let path = percent_decode(self.url.path());
+        let first = path.find(['*', '?', '['])?;
+        let cut = path[..first].rfind('/').map_or(0, |s| s + 1);
+        let mut url = self.url.clone();
+        url.set_path(&path[..cut]);
+        Some((Location { url }, path[cut..].to_string()))
+    }
+
     /// The text to show users: the local path for files, the URL otherwise.
     pub fn display(&self) -> String {
         if self.is_local() {
@@ -131,11 +156,13 @@ impl std::fmt::Display for Location {
 }
 
 /// Characters escaped in a local path turned into a `file://` URL. Glob
-/// characters and `=` (hive partitions) stay literal.
+/// characters `*` and `[` and `=` (hive partitions) stay literal; `?` is
+/// escaped so that it stays in the path (see [`Location::glob`]).
 const PATH_ESCAPES: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')
+    .add(b'?')
     .add(b'%')
     .add(b'<')
     .add(b'>')
@@ -319,5 +346,49 @@ mod tests {
         assert!(secret.contains("must not carry credentials") && !secret.contains("hunter2"));
         let spaced = Location::parse("my data/x.parquet", root).unwrap();
         assert_eq!(spaced.display(), "/proj/my data/x.parquet");
+    }
+
+    #[test]
+    fn wildcards_stay_in_the_path_and_split_off() {
+        let root = Path::new("/proj");
+        let none = Location::parse("data/crm/", root).unwrap();
+        assert!(none.glob().is_none());
+        for (text, folder, pattern) in [
+            ("data/crm/*.parquet", "/proj/data/crm/", "*.parquet"),
+            (
+                "data/crm/part-?.parquet",
+                "/proj/data/crm/",
+                "part-?.parquet",
+            ),
+            (
+                "data/c#rm/day=[0-9]*/x.parquet",
+                "/proj/data/c#rm/",
+                "day=[0-9]*/x.parquet",
+            ),
+            (
+                "s3://b/events/part-?.parquet",
+                "s3://b/events/",
+                "part-?.parquet",
+            ),
+            ("s3://b/ev#1/*/x.parquet", "s3://b/ev%231/", "*/x.parquet"),
+            ("gs://b/*.parquet", "gs://b/", "*.parquet"),
+        ] {
+            let l = Location::parse(text, root).unwrap();
+            assert!(
+                l.url().query().is_none() && l.url().fragment().is_none(),
+                "{text}"
+            );
+            let (base, glob) = l.glob().unwrap_or_else(|| panic!("{text}: no wildcard"));
+            assert_eq!(
+                (base.display().as_str(), glob.as_str()),
+                (folder, pattern),
+                "{text}"
+            );
+        }
+        let sas = Location::parse("az://c/x/?sv=2024&sig=SeCrEt", root).unwrap_err();
+        assert!(
+            sas.contains("query string") && !sas.contains("SeCrEt"),
+            "{sas}"
+        );
     }
 }

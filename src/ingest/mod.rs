@@ -20,7 +20,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectMeta;
+use object_store::{ObjectMeta, ObjectStoreExt as _};
 
 use crate::config::{Class, Dataset, DatasetKind, Project};
 use crate::error::{Error, Result};
@@ -83,42 +83,88 @@ pub async fn ingest(ctx: &SessionContext, project: &Project) -> Result<Vec<Inges
     Ok(out)
 }
 
+/// The dataset's Parquet files, sorted: the file its path names; every
+/// `.parquet` (or `.parq`) file below a folder, at any depth; or every file
+/// below the folder before the first wildcard that matches the pattern
+/// (DataFusion's rules: `*` also crosses `/`, and `key=value` folders are
+/// left out of the match). Names starting with `.` or `_` are skipped, and so
+/// is everything in folders named that way (`_temporary/`, `.spark-staging/`).
 async fn list_files(
     ctx: &SessionContext,
     ds: &Dataset,
 ) -> Result<(ListingTableUrl, Vec<ObjectMeta>)> {
-    let url = ListingTableUrl::parse(ds.location.url().as_str()).map_err(|e| {
+    let unusable = |e: &dyn std::fmt::Display| {
         Error::input(
             &ds.name,
             None,
             None,
             format!("path `{}` is not usable: {e}", ds.path),
         )
-    })?;
+    };
+    let url = match ds.location.glob() {
+        None => ListingTableUrl::parse(ds.location.url().as_str()),
+        Some((folder, pattern)) => {
+            ListingTableUrl::parse(folder.url().as_str()).and_then(|u| u.with_glob(&pattern))
+        }
+    }
+    .map_err(|e| unusable(&e))?;
     let store = ctx
         .runtime_env()
         .object_store(url.object_store())
         .map_err(Error::engine("ingest"))?;
-    let state = ctx.state();
-    let listed: Vec<ObjectMeta> = match url
-        .list_all_files(&state as &dyn Session, store.as_ref(), "")
-        .await
-    {
-        Ok(stream) => stream.try_collect().await.unwrap_or_default(),
-        Err(_) => Vec::new(),
+    let cannot_list = |e: object_store::Error| {
+        Error::input(
+            &ds.name,
+            None,
+            None,
+            format!(
+                "cannot list `{}`: {e}; check datasets.{}.path and that this process may read it (credentials come from the environment: AWS_*, GOOGLE_*, AZURE_*, or the provider chain)",
+                ds.location, ds.name
+            ),
+        )
     };
-    let mut files: Vec<ObjectMeta> = listed
-        .into_iter()
-        .filter(|m| {
-            let name = m.location.filename().unwrap_or_default();
-            !name.starts_with('.')
-                && !name.starts_with('_')
-                && (name.ends_with(".parquet")
-                    || name.ends_with(".parq")
-                    || url.get_glob().is_some()
-                    || !url.is_collection())
-        })
-        .collect();
+    let prefix = url.prefix();
+    let single = url.get_glob().is_none() && !url.is_collection();
+    let head = if single {
+        match store.head(prefix).await {
+            Ok(m) => Some(m),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(cannot_list(e)),
+        }
+    } else {
+        None
+    };
+    let listed: Vec<ObjectMeta> = match head {
+        Some(m) => vec![m],
+        // A folder (named with or without its trailing `/`) or a pattern.
+        None => store
+            .list(Some(prefix))
+            .try_filter(|m| {
+                let below: Vec<String> = m
+                    .location
+                    .prefix_match(prefix)
+                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+                    .unwrap_or_default();
+                let hidden = below
+                    .iter()
+                    .any(|p| p.starts_with('.') || p.starts_with('_'));
+                let keep = !hidden
+                    && match url.get_glob() {
+                        Some(_) => url.contains(&m.location, false),
+                        None => below.last().is_some_and(|name| {
+                            name.ends_with(".parquet") || name.ends_with(".parq")
+                        }),
+                    };
+                std::future::ready(keep)
+            })
+            .try_collect()
+            .await
+            .or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(Vec::new()),
+                e => Err(cannot_list(e)),
+            })?,
+    };
+    let mut files = listed;
     files.sort_by(|a, b| a.location.cmp(&b.location));
     if files.is_empty() {
         return Err(Error::input(

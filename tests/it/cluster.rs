@@ -139,7 +139,15 @@ fn cluster_in_process_leaves_no_shuffle_files() {
     let project = dir.path().to_str().expect("utf-8");
     let out = Command::new(env!("CARGO_BIN_EXE_audience"))
         .args([
-            "--quiet", "run", "--project", project, "--as-of", AS_OF, "--run-id", "r1", "--engine",
+            "--quiet",
+            "run",
+            "--project",
+            project,
+            "--as-of",
+            AS_OF,
+            "--run-id",
+            "r1",
+            "--engine",
             "ballista",
         ])
         .env("TMPDIR", tmp.path())
@@ -292,7 +300,12 @@ fn cluster_executor_default_work_dir_is_private_and_removed() {
     let (dir, _) = two_samples(true);
     run_sample(
         dir.path(),
-        &["--engine", "ballista", "--scheduler", &format!("df://{sched}")],
+        &[
+            "--engine",
+            "ballista",
+            "--scheduler",
+            &format!("df://{sched}"),
+        ],
     );
     let work: Vec<_> = std::fs::read_dir(tmp.path())
         .expect("tmp")
@@ -306,9 +319,15 @@ fn cluster_executor_default_work_dir_is_private_and_removed() {
             .is_some_and(|n| n.to_string_lossy().starts_with("audience-shuffle-")),
         "{work:?}"
     );
-    let mode = std::fs::metadata(&work[0]).expect("work dir").permissions().mode();
+    let mode = std::fs::metadata(&work[0])
+        .expect("work dir")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700, "private to the executor's user");
-    assert!(!entries(&work[0]).is_empty(), "the rounds shuffled through it");
+    assert!(
+        !entries(&work[0]).is_empty(),
+        "the rounds shuffled through it"
+    );
     // Stopped like Ctrl-C: the executor shuts down and removes its directory.
     let pid = i32::try_from(executor.0.id()).expect("pid");
     // SAFETY: `pid` is our own child process, still running.

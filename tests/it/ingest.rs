@@ -300,3 +300,204 @@ fn ingest_missing_bucket_credentials_named_without_secrets() {
         "nothing exported"
     );
 }
+
+/// The input files the run record lists for `dataset`, relative to the project.
+fn inputs(dir: &std::path::Path, dataset: &str) -> Vec<String> {
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("state/runs/r1/run.json")).expect("run record"),
+    )
+    .expect("json");
+    let root = format!("file://{}/", dir.display());
+    record["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .filter(|d| d["dataset"] == dataset)
+        .flat_map(|d| d["files"].as_array().expect("files").iter())
+        .map(|f| f["path"].as_str().expect("path").replace(&root, ""))
+        .collect()
+}
+
+/// A folder is read at any depth, skipping `.`/`_` names and folders; a
+/// pattern (`*`, `?`, `[...]`) keeps the files below its folder that match.
+#[test]
+fn ingest_folders_at_any_depth_and_wildcards() {
+    let dir = sample_copy();
+    let data = dir.path().join("data");
+    let mv = |from: &str, to: &str| {
+        let to = data.join(to);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::rename(data.join(from), to).expect("mv");
+    };
+    let decoy = |to: &str| {
+        // Another dataset's file: read by mistake, it would fail the schema check.
+        let to = data.join(to);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(data.join("prospects/part-00000.parquet"), to).expect("cp");
+    };
+    mv("crm/part-00000.parquet", "crm/2025/07/part-00000.parquet");
+    decoy("crm/_temporary/0/part-00009.parquet");
+    decoy("crm/2025/.staging/part-00008.parquet");
+    decoy("crm/2025/_SUCCESS.parquet");
+    decoy("loyalty/other.parquet");
+    decoy("loyalty/part-000001.parquet");
+    decoy("web_events/old/x.parquet.bak");
+    mv(
+        "web_events/part-00000.parquet",
+        "web_events/day=1/part-00000.parquet",
+    );
+    let edit = |from: &str, to: &str| crate::support::edit_config(dir.path(), from, to);
+    edit(
+        "path = \"data/loyalty/\"",
+        "path = \"data/loyalty/part-?????.parquet\"",
+    );
+    edit(
+        "path = \"data/web_signups/\"",
+        "path = \"data/web_signups/*.parquet\"",
+    );
+    edit(
+        "path = \"data/purchases/\"",
+        "path = \"data/purchases/part-[0-9]*\"",
+    );
+    edit("path = \"data/web_events/\"", "path = \"data/web_events\"");
+    let (code, out, err) = audience(&[
+        "--quiet",
+        "run",
+        "--project",
+        dir.path().to_str().expect("utf-8"),
+        "--as-of",
+        "2025-07-01",
+        "--run-id",
+        "r1",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        inputs(dir.path(), "crm"),
+        ["data/crm/2025/07/part-00000.parquet"]
+    );
+    assert_eq!(
+        inputs(dir.path(), "loyalty"),
+        ["data/loyalty/part-00000.parquet"]
+    );
+    assert_eq!(
+        inputs(dir.path(), "web_signups"),
+        ["data/web_signups/part-00000.parquet"]
+    );
+    assert_eq!(
+        inputs(dir.path(), "purchases"),
+        ["data/purchases/part-00000.parquet"]
+    );
+    assert_eq!(
+        inputs(dir.path(), "web_events"),
+        ["data/web_events/day=1/part-00000.parquet"]
+    );
+    // A pattern that matches nothing is the missing-files error.
+    edit("part-?????.parquet", "part-?.parquet");
+    let (code, out) = run(dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("dataset `loyalty`: no Parquet files at"),
+        "{out}"
+    );
+}
+
+/// The same listing rules in buckets (S3 and Azure emulators): a folder at
+/// any depth, `?` and `*` patterns, `_`/`.` folders skipped.
+#[test]
+fn ingest_wildcards_and_depth_in_buckets() {
+    use audience::engine::storage::store_for;
+    use object_store::{ObjectStoreExt, PutPayload};
+    for var in ["AUDIENCE_TEST_S3_URL", "AUDIENCE_TEST_AZ_URL"] {
+        let Some(base) = crate::exports::emulator(var) else {
+            continue;
+        };
+        let lake = format!("{base}/lake-{}", std::process::id());
+        let dir = sample_copy();
+        let data = dir.path().join("data");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let store = store_for(&url::Url::parse(&lake).expect("url")).expect("store");
+        let prefix = url::Url::parse(&lake)
+            .expect("url")
+            .path()
+            .trim_matches('/')
+            .to_string();
+        let put = |from: &str, to: &str| {
+            let bytes = std::fs::read(data.join(from)).expect("read");
+            rt.block_on(store.put(
+                &object_store::path::Path::from(format!("{prefix}/{to}")),
+                PutPayload::from(bytes),
+            ))
+            .unwrap_or_else(|e| panic!("{var}: put {to}: {e}"));
+        };
+        for ds in [
+            "crm",
+            "loyalty",
+            "web_signups",
+            "web_events",
+            "purchases",
+            "prospects",
+        ] {
+            let to = match ds {
+                "crm" => "crm/2025/07/part-00000.parquet".to_string(),
+                _ => format!("{ds}/part-00000.parquet"),
+            };
+            put(&format!("{ds}/part-00000.parquet"), &to);
+        }
+        // Decoys: another dataset's schema, which would fail the checks if read.
+        put(
+            "prospects/part-00000.parquet",
+            "crm/_temporary/0/part-00009.parquet",
+        );
+        put(
+            "prospects/part-00000.parquet",
+            "loyalty/part-000001.parquet",
+        );
+        put("prospects/part-00000.parquet", "web_signups/other.bin");
+        let edit = |from: &str, to: &str| crate::support::edit_config(dir.path(), from, to);
+        for ds in ["crm", "web_events", "purchases", "prospects"] {
+            edit(
+                &format!("path = \"data/{ds}/\""),
+                &format!("path = \"{lake}/{ds}/\""),
+            );
+        }
+        edit(
+            "path = \"data/loyalty/\"",
+            &format!("path = \"{lake}/loyalty/part-?????.parquet\""),
+        );
+        edit(
+            "path = \"data/web_signups/\"",
+            &format!("path = \"{lake}/web_signups/*.parquet\""),
+        );
+        std::fs::remove_dir_all(&data).expect("rm local data");
+        let (code, out, err) = audience(&[
+            "--quiet",
+            "run",
+            "--project",
+            dir.path().to_str().expect("utf-8"),
+            "--as-of",
+            "2025-07-01",
+            "--run-id",
+            "r1",
+        ]);
+        assert_eq!(code, 0, "{var}: {out}{err}");
+        let files = |ds: &str| inputs(dir.path(), ds);
+        assert_eq!(
+            files("crm"),
+            [format!("{lake}/crm/2025/07/part-00000.parquet")],
+            "{var}"
+        );
+        assert_eq!(
+            files("loyalty"),
+            [format!("{lake}/loyalty/part-00000.parquet")],
+            "{var}"
+        );
+        assert_eq!(
+            files("web_signups"),
+            [format!("{lake}/web_signups/part-00000.parquet")],
+            "{var}"
+        );
+    }
+}
