@@ -14,6 +14,11 @@ const AS_OF: &str = "2025-07-01T00:00:00Z";
 /// Run the sample at the fixed as-of with run id `r1` and extra arguments:
 /// (exit code, stdout, stderr).
 fn try_run_sample(dir: &Path, extra: &[&str]) -> (i32, String, String) {
+    try_run_sample_env(dir, extra, &[])
+}
+
+/// [`try_run_sample`] with extra environment variables.
+fn try_run_sample_env(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
     let project = dir.to_str().expect("utf-8");
     let mut args = vec![
         "--quiet",
@@ -26,7 +31,19 @@ fn try_run_sample(dir: &Path, extra: &[&str]) -> (i32, String, String) {
         "r1",
     ];
     args.extend_from_slice(extra);
-    audience(&args)
+    if env.is_empty() {
+        return audience(&args);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args(&args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run audience");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn run_sample(dir: &Path, extra: &[&str]) {
@@ -136,28 +153,12 @@ fn cluster_in_process_leaves_no_shuffle_files() {
     // Plain stitching, so that the components' rounds shuffle on the cluster.
     let (dir, _) = two_samples(true);
     let tmp = tempfile::tempdir().expect("tmp");
-    let project = dir.path().to_str().expect("utf-8");
-    let out = Command::new(env!("CARGO_BIN_EXE_audience"))
-        .args([
-            "--quiet",
-            "run",
-            "--project",
-            project,
-            "--as-of",
-            AS_OF,
-            "--run-id",
-            "r1",
-            "--engine",
-            "ballista",
-        ])
-        .env("TMPDIR", tmp.path())
-        .output()
-        .expect("run audience");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, out, err) = try_run_sample_env(
+        dir.path(),
+        &["--engine", "ballista"],
+        &[("TMPDIR", tmp.path())],
     );
+    assert_eq!(code, 0, "{out}{err}");
     assert!(
         component_rounds(dir.path()).is_some(),
         "the components ran on the cluster"
@@ -185,15 +186,61 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn spawn(args: &[&str], log: &Path) -> Proc {
+fn spawn(args: &[&str], log: &Path, env: &[(&str, &Path)]) -> Proc {
     let file = std::fs::File::create(log).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_audience"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
         .expect("start cluster process");
     Proc(child)
+}
+
+/// A scheduler process on a free loopback port, logging to `logs`, once it listens.
+fn start_scheduler(logs: &Path) -> (Proc, SocketAddr) {
+    let sched: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let log = logs.join("scheduler.log");
+    let proc = spawn(
+        &["cluster", "scheduler", "--bind", &sched.to_string()],
+        &log,
+        &[],
+    );
+    wait_for(sched, "the scheduler", &log);
+    (proc, sched)
+}
+
+/// An executor process of `sched` with `extra` arguments, logging to
+/// `logs/<name>.log`, once it listens.
+fn start_executor(
+    sched: SocketAddr,
+    logs: &Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> Proc {
+    let (port, grpc) = (free_port(), free_port());
+    let log = logs.join(format!("{name}.log"));
+    let (sched, port_s, grpc_s) = (sched.to_string(), port.to_string(), grpc.to_string());
+    let mut args = vec![
+        "cluster",
+        "executor",
+        "--scheduler",
+        &sched,
+        "--port",
+        &port_s,
+        "--grpc-port",
+        &grpc_s,
+    ];
+    args.extend_from_slice(extra);
+    let proc = spawn(&args, &log, env);
+    wait_for(
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        name,
+        &log,
+    );
+    proc
 }
 
 fn wait_for(addr: SocketAddr, what: &str, log: &Path) {
@@ -211,41 +258,19 @@ fn wait_for(addr: SocketAddr, what: &str, log: &Path) {
 #[test]
 fn cluster_processes_on_loopback_export_like_embedded() {
     let logs = tempfile::tempdir().expect("logs");
-    let sched: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let sched_log = logs.path().join("scheduler.log");
-    let _scheduler = spawn(
-        &["cluster", "scheduler", "--bind", &sched.to_string()],
-        &sched_log,
-    );
-    wait_for(sched, "the scheduler", &sched_log);
+    let (_scheduler, sched) = start_scheduler(logs.path());
     let mut executors = Vec::new();
     for i in 0..2 {
-        let (port, grpc) = (free_port(), free_port());
-        let log = logs.path().join(format!("executor-{i}.log"));
         let work = logs.path().join(format!("work-{i}"));
         std::fs::create_dir_all(&work).expect("work dir");
-        executors.push(spawn(
-            &[
-                "cluster",
-                "executor",
-                "--scheduler",
-                &sched.to_string(),
-                "--port",
-                &port.to_string(),
-                "--grpc-port",
-                &grpc.to_string(),
-                "--concurrent-tasks",
-                "2",
-                "--work-dir",
-                work.to_str().expect("utf-8"),
-            ],
-            &log,
+        let work = work.to_str().expect("utf-8");
+        executors.push(start_executor(
+            sched,
+            logs.path(),
+            &format!("executor-{i}"),
+            &["--concurrent-tasks", "2", "--work-dir", work],
+            &[],
         ));
-        wait_for(
-            format!("127.0.0.1:{port}").parse().expect("addr"),
-            "an executor",
-            &log,
-        );
     }
     let (embedded, cluster) = two_samples(true);
     run_sample(embedded.path(), &[]);
@@ -266,37 +291,15 @@ fn cluster_executor_default_work_dir_is_private_and_removed() {
     use std::os::unix::fs::PermissionsExt;
     let logs = tempfile::tempdir().expect("logs");
     let tmp = tempfile::tempdir().expect("tmp");
-    let sched: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let sched_log = logs.path().join("scheduler.log");
-    let _scheduler = spawn(
-        &["cluster", "scheduler", "--bind", &sched.to_string()],
-        &sched_log,
+    let (_scheduler, sched) = start_scheduler(logs.path());
+    let mut executor = start_executor(
+        sched,
+        logs.path(),
+        "executor",
+        &[],
+        &[("TMPDIR", tmp.path())],
     );
-    wait_for(sched, "the scheduler", &sched_log);
-    let (port, grpc) = (free_port(), free_port());
     let log = logs.path().join("executor.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_audience"))
-        .args([
-            "cluster",
-            "executor",
-            "--scheduler",
-            &sched.to_string(),
-            "--port",
-            &port.to_string(),
-            "--grpc-port",
-            &grpc.to_string(),
-        ])
-        .env("TMPDIR", tmp.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start executor");
-    let mut executor = Proc(child);
-    wait_for(
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        "the executor",
-        &log,
-    );
     let (dir, _) = two_samples(true);
     run_sample(
         dir.path(),

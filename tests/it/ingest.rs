@@ -301,6 +301,21 @@ fn ingest_missing_bucket_credentials_named_without_secrets() {
     );
 }
 
+/// Run the project as run `r1`: (exit code, stdout, stderr).
+fn run_r1(dir: &std::path::Path) -> (i32, String, String) {
+    let project = dir.to_str().expect("utf-8");
+    audience(&[
+        "--quiet",
+        "run",
+        "--project",
+        project,
+        "--as-of",
+        "2025-07-01",
+        "--run-id",
+        "r1",
+    ])
+}
+
 /// The input files the run record lists for `dataset`, relative to the project.
 fn inputs(dir: &std::path::Path, dataset: &str) -> Vec<String> {
     let record: serde_json::Value = serde_json::from_slice(
@@ -360,16 +375,7 @@ fn ingest_folders_at_any_depth_and_wildcards() {
         "path = \"data/purchases/part-[0-9]*\"",
     );
     edit("path = \"data/web_events/\"", "path = \"data/web_events\"");
-    let (code, out, err) = audience(&[
-        "--quiet",
-        "run",
-        "--project",
-        dir.path().to_str().expect("utf-8"),
-        "--as-of",
-        "2025-07-01",
-        "--run-id",
-        "r1",
-    ]);
+    let (code, out, err) = run_r1(dir.path());
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         inputs(dir.path(), "crm"),
@@ -472,16 +478,7 @@ fn ingest_wildcards_and_depth_in_buckets() {
             &format!("path = \"{lake}/web_signups/*.parquet\""),
         );
         std::fs::remove_dir_all(&data).expect("rm local data");
-        let (code, out, err) = audience(&[
-            "--quiet",
-            "run",
-            "--project",
-            dir.path().to_str().expect("utf-8"),
-            "--as-of",
-            "2025-07-01",
-            "--run-id",
-            "r1",
-        ]);
+        let (code, out, err) = run_r1(dir.path());
         assert_eq!(code, 0, "{var}: {out}{err}");
         let files = |ds: &str| inputs(dir.path(), ds);
         assert_eq!(
