@@ -44,7 +44,7 @@ pub struct ExecutorArgs {
     /// Tasks run at once (default: the number of cores).
     #[arg(long)]
     pub concurrent_tasks: Option<usize>,
-    /// Folder for shuffle files (default: a temporary folder).
+    /// Folder for shuffle files (default: a private temporary folder, removed when the executor stops).
     #[arg(long)]
     pub work_dir: Option<String>,
     /// Memory for query execution, e.g. `8GiB`; beyond it sorts and aggregations spill to disk.

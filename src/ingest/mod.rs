@@ -93,21 +93,20 @@ async fn list_files(
     ctx: &SessionContext,
     ds: &Dataset,
 ) -> Result<(ListingTableUrl, Vec<ObjectMeta>)> {
-    let unusable = |e: &dyn std::fmt::Display| {
-        Error::input(
-            &ds.name,
-            None,
-            None,
-            format!("path `{}` is not usable: {e}", ds.path),
-        )
-    };
     let url = match ds.location.glob() {
         None => ListingTableUrl::parse(ds.location.url().as_str()),
         Some((folder, pattern)) => {
             ListingTableUrl::parse(folder.url().as_str()).and_then(|u| u.with_glob(&pattern))
         }
     }
-    .map_err(|e| unusable(&e))?;
+    .map_err(|e| {
+        Error::input(
+            &ds.name,
+            None,
+            None,
+            format!("path `{}` is not usable: {e}", ds.path),
+        )
+    })?;
     let store = ctx
         .runtime_env()
         .object_store(url.object_store())
@@ -134,7 +133,7 @@ async fn list_files(
     } else {
         None
     };
-    let listed: Vec<ObjectMeta> = match head {
+    let mut files: Vec<ObjectMeta> = match head {
         Some(m) => vec![m],
         // A folder (named with or without its trailing `/`) or a pattern.
         None => store
@@ -164,7 +163,6 @@ async fn list_files(
                 e => Err(cannot_list(e)),
             })?,
     };
-    let mut files = listed;
     files.sort_by(|a, b| a.location.cmp(&b.location));
     if files.is_empty() {
         return Err(Error::input(
