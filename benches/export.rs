@@ -270,6 +270,7 @@ fn child(path: &Path, variant: &str) {
             }),
             publish::RetryPolicy::default(),
             &mut retried,
+            &audience::run::interrupt::Interrupt::default(),
         ))
         .expect("export");
     let wall = t0.elapsed().as_secs_f64();

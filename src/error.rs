@@ -6,9 +6,11 @@
 //!   config declares.
 //! * [`Error::Sql`]: a segment or feature query failed to plan or run.
 //! * [`Error::Storage`]: object storage (local disk or a bucket) failed.
+//! * [`Error::Interrupted`]: a signal stopped the run.
 //! * [`Error::Internal`]: a bug in `audience`; please report it.
 //!
-//! Every variant maps to exit code 2 (see [`Error::exit_code`]).
+//! Every variant maps to exit code 2, except an interrupted run: 128 + the
+//! signal's number (see [`Error::exit_code`]).
 
 use std::fmt;
 
@@ -139,16 +141,28 @@ pub enum Error {
         source: datafusion::error::DataFusionError,
     },
 
+    /// SIGINT or SIGTERM stopped the run (see [`crate::run::interrupt`]).
+    #[error(
+        "interrupted by {}: the run stopped; a destination is published only if this run wrote its `_SUCCESS`",
+        .0.name()
+    )]
+    Interrupted(crate::run::interrupt::Signal),
+
     /// A bug in audience. Please report it with the command that produced it.
     #[error("internal error (a bug in audience, please report it): {0}")]
     Internal(String),
 }
 
 impl Error {
-    /// Exit code policy: every error is 2. (1 is reserved for runs that finished
-    /// with warnings the user asked to fail on.)
+    /// Exit code policy: every error is 2, except an interrupted run, which
+    /// exits as the shell reports a process ended by its signal (130 for
+    /// SIGINT, 143 for SIGTERM). (1 is reserved for runs that finished with
+    /// warnings the user asked to fail on.)
     pub fn exit_code(&self) -> i32 {
-        2
+        match self {
+            Error::Interrupted(s) => s.exit_code(),
+            _ => 2,
+        }
     }
 
     pub fn input(

@@ -35,7 +35,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // An interrupted run may leave a stage's work running; its result is no
+    // longer wanted: tasks stop at their next await, and blocking work is
+    // given a moment before the process exits without it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    #[cfg(feature = "distributed")]
+    audience::engine::cluster::remove_shuffle_dirs();
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
             let mut shown = err.to_string();

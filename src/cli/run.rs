@@ -94,6 +94,8 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
     if args.dry_run {
         return dry_run(pipeline, args.json, args.compare_to_last).await;
     }
+    // SIGINT/SIGTERM stop the run cleanly from here on (a dry run writes nothing).
+    let pipeline = pipeline.with_interrupt(crate::run::interrupt::Interrupt::listen()?);
     let record = pipeline.run().await?;
     println!("run {} succeeded (as-of {})", record.run_id, record.as_of);
     let mut segments: Vec<_> = record.segments.iter().collect();

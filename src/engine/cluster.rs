@@ -347,8 +347,33 @@ pub async fn connect(
 /// 0700) under the system's temporary directory, removed with the session.
 /// (Ballista's own in-process executor leaves its files behind, readable by
 /// everyone.)
+///
+/// A session whose query was stopped midway (an interrupted run) may still be
+/// held by that query's tasks when the command ends: every directory not yet
+/// removed is removed by [`remove_shuffle_dirs`] before the process exits.
 #[derive(Debug)]
 pub struct ShuffleDir(tempfile::TempDir);
+
+/// The [`ShuffleDir`]s of this process not yet removed.
+static SHUFFLE_DIRS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn shuffle_dirs() -> std::sync::MutexGuard<'static, Vec<std::path::PathBuf>> {
+    SHUFFLE_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Remove every [`ShuffleDir`] of this process still there: called when the
+/// command ends, after the runtime has stopped its tasks.
+pub fn remove_shuffle_dirs() {
+    for dir in shuffle_dirs().drain(..) {
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a shuffle directory");
+        }
+    }
+}
 
 impl ShuffleDir {
     fn new() -> std::io::Result<Self> {
@@ -359,12 +384,21 @@ impl ShuffleDir {
             use std::os::unix::fs::PermissionsExt as _;
             builder.permissions(std::fs::Permissions::from_mode(0o700));
         }
-        builder.tempdir().map(ShuffleDir)
+        let dir = builder.tempdir()?;
+        shuffle_dirs().push(dir.path().to_path_buf());
+        Ok(ShuffleDir(dir))
     }
 
     /// Where the shuffle files are.
     pub fn path(&self) -> &std::path::Path {
         self.0.path()
+    }
+}
+
+impl Drop for ShuffleDir {
+    fn drop(&mut self) {
+        // The directory itself goes with the `TempDir`.
+        shuffle_dirs().retain(|d| d != self.0.path());
     }
 }
 

@@ -160,6 +160,8 @@ pub struct RunInfo<'a> {
     /// Also the `{date}`, `{time}` and `{as_of}` tokens of file names, so that
     /// re-running a run id at its as-of writes the same names.
     pub as_of: DateTime<Utc>,
+    /// Stops the export between files and parts.
+    pub interrupt: &'a crate::run::interrupt::Interrupt,
 }
 
 /// Everything prepared for one destination.
@@ -244,33 +246,41 @@ pub async fn plan(
     Ok(out)
 }
 
-/// Export every destination. Returns the manifests written.
+/// Export every destination, adding each manifest to `published` once the
+/// destination's `_SUCCESS` is written.
 ///
 /// # Errors
 /// [`Error::Export`] when a limit or a pack check fails (nothing is written);
 /// [`Error::Storage`] when a write fails after its retries (that destination
-/// has no `_SUCCESS` for this run); [`Error::Engine`] when building rows fails.
+/// has no `_SUCCESS` for this run); [`Error::Engine`] when building rows fails;
+/// [`Error::Interrupted`] when the run's interrupt is raised (checked between
+/// files and parts; the destination being written has no `_SUCCESS`).
 pub async fn export(
     ctx: &SessionContext,
     project: &Project,
     run: &RunInfo<'_>,
     audiences: &Audiences<'_>,
+    published: &mut Vec<ExportManifest>,
     mut progress: impl FnMut(&str),
-) -> Result<Vec<ExportManifest>> {
+) -> Result<()> {
     // Phase 1: every destination's rows, so limits fail before any write.
     let mut ready = Vec::new();
     for d in &project.destinations {
+        run.interrupt.check()?;
         progress(&format!("{}: preparing", d.name));
-        ready.push(prepare_destination(ctx, project, d, audiences).await?);
+        ready.push(
+            run.interrupt
+                .race(prepare_destination(ctx, project, d, audiences))
+                .await?,
+        );
     }
     // Suppressions go beside the run record, never to the destination.
     write_suppressions(project, run.run_id, &ready).await?;
-    let mut manifests = Vec::new();
     for r in &ready {
         progress(&format!("{}: writing", r.d.name));
-        manifests.push(publish_destination(project, r, run, &mut progress).await?);
+        published.push(publish_destination(project, r, run, &mut progress).await?);
     }
-    Ok(manifests)
+    Ok(())
 }
 
 async fn prepare_destination<'a>(
@@ -487,6 +497,7 @@ async fn publish_destination(
     progress: &mut impl FnMut(&str),
 ) -> Result<ExportManifest> {
     let d = r.d;
+    crate::run::pause_point(&format!("export:{}", d.name), run.interrupt).await?;
     let store = d.location.store()?;
     let run_dir = d.location.join(run.run_id);
     let success = run_dir.join("_SUCCESS");
@@ -508,6 +519,7 @@ async fn publish_destination(
     let mut files = Vec::new();
     let mut retries = 0u64;
     for j in &jobs {
+        run.interrupt.check()?;
         let list_id = d.customer_list_ids.get(j.segment).copied();
         let (dest, schema, batches) = (d.clone(), j.schema.clone(), j.batches.clone());
         let loc = d.location.join(&j.rel);
@@ -519,6 +531,7 @@ async fn publish_destination(
             }),
             policy,
             &mut retries,
+            run.interrupt,
         )
         .await?;
         progress(&format!("{}: {} ({} rows)", d.name, j.rel, w.rows));

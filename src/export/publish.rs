@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::storage::Location;
 use crate::error::{Error, Result};
 use crate::export::encode::Sink;
+use crate::run::interrupt::Interrupt;
 
 /// Files at least this large go by multipart upload.
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
@@ -119,8 +120,8 @@ pub struct Written {
 
 /// How one streamed attempt at a file ended badly.
 enum Failure {
-    /// The encoder failed: not retried.
-    Encode(Error),
+    /// The encoder failed, or the run was interrupted: not retried.
+    Final(Error),
     /// The store failed.
     Store(object_store::Error),
 }
@@ -138,13 +139,16 @@ pub type Encoder = dyn Fn(&mut Sink<'_>) -> Result<u64> + Send + Sync;
 ///
 /// # Errors
 /// What `encode` returns (an open multipart upload is then aborted);
-/// [`Error::Storage`] naming `loc` when the upload fails for good.
+/// [`Error::Storage`] naming `loc` when the upload fails for good;
+/// [`Error::Interrupted`] as soon as `interrupt` is raised (an open multipart
+/// upload is aborted; a small file is not written).
 pub async fn write_file(
     store: &dyn ObjectStore,
     loc: &Location,
     encode: Arc<Encoder>,
     policy: RetryPolicy,
     retried: &mut u64,
+    interrupt: &Interrupt,
 ) -> Result<Written> {
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(policy.first_delay)
@@ -153,14 +157,19 @@ pub async fn write_file(
         .with_jitter()
         .build();
     loop {
-        match attempt(store, loc, encode.clone()).await {
+        match attempt(store, loc, encode.clone(), interrupt).await {
             Ok(w) => return Ok(w),
-            Err(Failure::Encode(e)) => return Err(e),
+            Err(Failure::Final(e)) => return Err(e),
             Err(Failure::Store(e)) => match delays.next() {
                 Some(after) if is_transient(&e) => {
                     *retried += 1;
                     tracing::warn!(location = %loc.display(), error = %e, retry_in = ?after, "storage write failed; writing the file again");
-                    tokio::time::sleep(after).await;
+                    interrupt
+                        .race(async {
+                            tokio::time::sleep(after).await;
+                            Ok(())
+                        })
+                        .await?;
                 }
                 _ => return Err(Error::storage(loc.display())(e)),
             },
@@ -173,6 +182,7 @@ async fn attempt(
     store: &dyn ObjectStore,
     loc: &Location,
     encode: Arc<Encoder>,
+    interrupt: &Interrupt,
 ) -> std::result::Result<Written, Failure> {
     let path = loc.path();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -196,7 +206,19 @@ async fn attempt(
     let mut buffered = 0u64;
     let mut streaming: Option<WriteMultipart> = None;
     let mut failure: Option<object_store::Error> = None;
-    while let Some(c) = rx.recv().await {
+    let mut stopped = None;
+    loop {
+        let c = tokio::select! {
+            biased;
+            s = interrupt.raised_signal() => {
+                stopped = Some(s);
+                break;
+            }
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => break,
+            },
+        };
         buffered += c.len() as u64;
         let r = match &mut streaming {
             Some(w) => w
@@ -227,11 +249,15 @@ async fn attempt(
     let encoded = encoder
         .await
         .map_err(|e| Error::Internal(format!("encoder task: {e}")));
-    if let Some(e) = failure {
+    let failure = match (stopped, failure) {
+        (Some(s), _) => Some(Failure::Final(Error::Interrupted(s))),
+        (None, e) => e.map(Failure::Store),
+    };
+    if let Some(f) = failure {
         if let Some(w) = streaming {
             let _ = w.abort().await;
         }
-        return Err(Failure::Store(e));
+        return Err(f);
     }
     let written = match encoded.and_then(|r| r) {
         Ok(w) => w,
@@ -239,7 +265,7 @@ async fn attempt(
             if let Some(w) = streaming {
                 let _ = w.abort().await;
             }
-            return Err(Failure::Encode(e));
+            return Err(Failure::Final(e));
         }
     };
     let done = match streaming {

@@ -5,6 +5,7 @@
 //! ingest ─▶ identity ─▶ merge ─▶ segments ─▶ exports ─▶ run record
 //! ```
 
+pub mod interrupt;
 pub mod ledger;
 pub mod lock;
 pub mod progress;
@@ -24,6 +25,7 @@ use crate::identity::{self, Stitched};
 use crate::ingest::{self, Ingested, InputFile};
 use crate::merge;
 use crate::segment::{self, Group};
+use interrupt::Interrupt;
 use progress::{Progress, thousands};
 
 /// How a run was started.
@@ -170,6 +172,25 @@ fn crash_point(stage: &str) {
     }
 }
 
+/// Interrupt testing: `AUDIENCE_PAUSE_AT=<stage>` stops at the stage's start
+/// (as `AUDIENCE_CRASH_AT` names them; `export:<destination>` before that
+/// destination is written), says so on stderr, and waits for the interrupt.
+pub(crate) async fn pause_point(stage: &str, interrupt: &Interrupt) -> Result<()> {
+    if std::env::var("AUDIENCE_PAUSE_AT").is_ok_and(|s| s == stage) {
+        eprintln!("paused at {stage}");
+        return Err(Error::Interrupted(interrupt.raised_signal().await));
+    }
+    Ok(())
+}
+
+/// What the stages before the export hand it.
+struct Prepared {
+    ctx: datafusion::prelude::SessionContext,
+    memberships: Vec<segment::Membership>,
+    profiles: ProfilesByPolicy,
+    baseline: Option<segment::history::Members>,
+}
+
 /// Crash testing: die by SIGKILL, as an operator's `kill -9` or the OOM killer
 /// would (no unwinding, no cleanup); abort if that is not possible.
 pub fn kill_self() -> ! {
@@ -209,6 +230,7 @@ pub struct Pipeline {
     as_of: DateTime<Utc>,
     run_id: String,
     progress: Progress,
+    interrupt: Interrupt,
 }
 
 #[derive(Default)]
@@ -245,6 +267,7 @@ impl Pipeline {
             as_of,
             run_id: new_run_id(now),
             progress: Progress::hidden(),
+            interrupt: Interrupt::default(),
         }
     }
 
@@ -354,6 +377,12 @@ impl Pipeline {
         });
         self.segment_subset = names.to_vec();
         Ok(self)
+    }
+
+    /// Stop the run when `interrupt` is raised (see [`interrupt`]).
+    pub fn with_interrupt(mut self, interrupt: Interrupt) -> Self {
+        self.interrupt = interrupt;
+        self
     }
 
     pub fn with_progress(mut self, progress: Progress) -> Self {
@@ -480,11 +509,22 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Every stage. An interrupt drops the stages before the export where
+    /// they stand (like a crash, but the record is written and the locks
+    /// released); the export stops at its next file or part.
     async fn stages(&self, c: &mut Collected) -> Result<()> {
+        let prepared = self.interrupt.race(self.prepare(c)).await?;
+        self.interrupt.check()?;
+        self.export(c, prepared).await
+    }
+
+    /// Ingest, identity, merge and segments: what the export needs.
+    async fn prepare(&self, c: &mut Collected) -> Result<Prepared> {
         let project = &self.project;
         let ctx = engine::session(project, self.as_of).await?;
 
         crash_point("ingest");
+        pause_point("ingest", &self.interrupt).await?;
         let st = self.progress.stage("ingest");
         c.datasets = ingest::ingest(&ctx, project).await?;
         let files: usize = c.datasets.iter().map(|d| d.files.len()).sum();
@@ -496,6 +536,7 @@ impl Pipeline {
         self.check_destination_fields(&c.datasets)?;
 
         crash_point("identity");
+        pause_point("identity", &self.interrupt).await?;
         let st = self.progress.stage("identity");
         let previous = identity::store::previous_map(project).await?;
         let out = identity::store::run_dir(project, &self.run_id);
@@ -551,6 +592,7 @@ impl Pipeline {
         c.stitched = Some(stitched);
 
         crash_point("merge+segments");
+        pause_point("merge+segments", &self.interrupt).await?;
         let st = self.progress.stage("merge+segments");
         let (memberships, groups) = evaluate_segments(&ctx, project, &c.datasets).await?;
         let feature_runs: usize = groups.values().map(|g| g.feature_runs).sum();
@@ -582,7 +624,18 @@ impl Pipeline {
             ],
         );
 
+        Ok(Prepared {
+            ctx,
+            memberships,
+            profiles,
+            baseline: baseline_members,
+        })
+    }
+
+    async fn export(&self, c: &mut Collected, e: Prepared) -> Result<()> {
+        let project = &self.project;
         crash_point("export");
+        pause_point("export", &self.interrupt).await?;
         let st = self.progress.stage("export");
         let oversized = c
             .stitched
@@ -590,16 +643,19 @@ impl Pipeline {
             .map(|s| s.oversized.clone())
             .unwrap_or_default();
         let audiences = export::Audiences {
-            memberships: &memberships,
-            profiles: &profiles,
+            memberships: &e.memberships,
+            profiles: &e.profiles,
             oversized: &oversized,
-            baseline: baseline_members.as_ref(),
+            baseline: e.baseline.as_ref(),
         };
         let run = export::RunInfo {
             run_id: &self.run_id,
             as_of: self.as_of,
+            interrupt: &self.interrupt,
         };
-        c.exports = export::export(&ctx, project, &run, &audiences, |d| {
+        // Each destination's manifest joins the record once it is published,
+        // so a run that fails later still lists what it published.
+        export::export(&e.ctx, project, &run, &audiences, &mut c.exports, |d| {
             st.update(d.to_string())
         })
         .await?;
@@ -842,7 +898,12 @@ pub async fn dry_run(
         oversized: &ev.oversized,
         baseline: baseline.as_ref().map(|(_, m)| m),
     };
-    let run = export::RunInfo { run_id, as_of };
+    let never = Interrupt::default();
+    let run = export::RunInfo {
+        run_id,
+        as_of,
+        interrupt: &never,
+    };
     let exports = export::plan(&ev.ctx, project, &run, &audiences).await?;
     let segments = SegmentCount::all(&ev.memberships, &statuses);
     let compared = if compare {

@@ -170,6 +170,33 @@ fn cluster_in_process_leaves_no_shuffle_files() {
     );
 }
 
+/// A run on an in-process cluster stopped by SIGINT after its identity stage
+/// (which used the cluster) removes its shuffle directory too.
+#[test]
+fn cluster_in_process_stopped_by_sigint_leaves_no_shuffle_files() {
+    let (dir, _) = two_samples(true);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let project = dir.path().to_str().expect("utf-8");
+    let (code, err) = crate::support::stop_run(
+        project,
+        "r1",
+        "merge+segments",
+        "INT",
+        &["--engine", "ballista"],
+        &[("TMPDIR", tmp.path())],
+    );
+    assert_eq!(code, Some(130), "{err}");
+    assert!(
+        component_rounds(dir.path()).is_some(),
+        "the components ran on the cluster"
+    );
+    assert_eq!(
+        entries(tmp.path()),
+        Vec::<String>::new(),
+        "nothing left in TMPDIR"
+    );
+}
+
 /// A child process killed when dropped.
 struct Proc(Child);
 impl Drop for Proc {

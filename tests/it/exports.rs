@@ -887,6 +887,84 @@ fn export_multipart_upload_to_emulators() {
     }
 }
 
+/// An interrupt during a multipart upload stops it and aborts it: the write
+/// fails with the signal, no object appears, and the S3 emulator holds no
+/// open upload (an upload dropped without its abort stays listed there).
+#[test]
+fn export_interrupted_multipart_upload_is_aborted() {
+    use audience::error::Error;
+    use audience::export::publish::{MULTIPART_THRESHOLD, RetryPolicy, write_file};
+    use audience::run::interrupt::{Interrupt, Signal};
+    let local = tempfile::tempdir().expect("tmp");
+    let mut bases = vec![format!("file://{}", local.path().display())];
+    let s3 = emulator("AUDIENCE_TEST_S3_URL");
+    bases.extend(s3.clone());
+    bases.extend(emulator("AUDIENCE_TEST_AZ_URL"));
+    for base in bases {
+        let url = format!("{base}/interrupted/big.bin");
+        let loc = Location::parse(&url, Path::new("/")).expect("url");
+        let store = loc.store().expect("store");
+        let stop = Interrupt::default();
+        let raise = stop.clone();
+        // 1 MiB chunks: the signal comes once the multipart upload has parts.
+        let raise_at = (MULTIPART_THRESHOLD >> 20) as usize + 10;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counted = sent.clone();
+        let encode = Arc::new(move |sink: &mut audience::export::encode::Sink<'_>| {
+            let chunk = Bytes::from(vec![7u8; 1 << 20]);
+            for i in 0..raise_at * 4 {
+                if i == raise_at {
+                    raise.raise(Signal::Term);
+                }
+                sink(chunk.clone())?;
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(0)
+        });
+        let mut retried = 0;
+        let r = rt().block_on(write_file(
+            store.as_ref(),
+            &loc,
+            encode,
+            RetryPolicy::default(),
+            &mut retried,
+            &stop,
+        ));
+        assert!(
+            matches!(r, Err(Error::Interrupted(Signal::Term))),
+            "{url}: {r:?}"
+        );
+        assert!(
+            sent.load(Ordering::SeqCst) < raise_at * 2,
+            "{url}: encoding stopped soon after the signal"
+        );
+        assert!(fetch(&url).is_none(), "{url}: no object");
+    }
+    assert!(files_under(local.path()).is_empty(), "nothing left on disk");
+    if s3.is_some() {
+        let python = std::env::var("AUDIENCE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import boto3, os\n\
+                 c = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT'], region_name='us-east-1')\n\
+                 print(len(c.list_multipart_uploads(Bucket='audience-test', Prefix='interrupted/').get('Uploads', [])))",
+            ])
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "no open multipart upload on the S3 emulator"
+        );
+    }
+}
+
 #[test]
 fn export_destinations_catalog_lists_kinds_and_last_export() {
     let dir = sample_copy();

@@ -669,3 +669,77 @@ fn runs_locks_hold_in_buckets() {
         });
     }
 }
+
+/// SIGINT or SIGTERM stops `audience run`: it exits with 128 + the signal,
+/// its record says `failed` with the signal at once (the next run has nothing
+/// to mark), its locks are released, and only destinations whose `_SUCCESS`
+/// it wrote before the signal are published, all listed in its record.
+#[test]
+fn runs_stopped_by_a_signal_record_it_and_release_their_locks() {
+    let dir = sample_copy();
+    let project = dir.path().to_string_lossy().into_owned();
+    let locks = dir.path().join("state/locks");
+    let published = |id: &str| -> Vec<String> {
+        let mut names: Vec<String> = crate::support::files_under(&dir.path().join("out/exports"))
+            .into_iter()
+            .filter(|f| f.contains(id) && f.ends_with("_SUCCESS"))
+            .filter_map(|f| f.split('/').next().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    for (at, signal, code) in [
+        ("identity", "INT", 130),
+        ("merge+segments", "TERM", 143),
+        ("export:crm_parquet", "TERM", 143),
+    ] {
+        let id = format!("stopped-{}", at.replace([':', '+'], "-"));
+        let (status, err) = crate::support::stop_run(&project, &id, at, signal, &[], &[]);
+        assert_eq!(status, Some(code), "{at}: {err}");
+        assert!(
+            err.contains(&format!("interrupted by SIG{signal}")),
+            "{at}: {err}"
+        );
+        let rec = crate::support::run_record(dir.path(), &id);
+        assert_eq!(rec["status"], "failed", "{at}: {rec}");
+        assert!(
+            rec["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("interrupted by")),
+            "{at}: {rec}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&locks)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{at}: locks released: {left:?}");
+        let mut listed: Vec<String> = rec["exports"]
+            .as_array()
+            .expect("exports")
+            .iter()
+            .filter_map(|e| e["destination"].as_str().map(str::to_string))
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            published(&id),
+            "{at}: the record lists what is published"
+        );
+        if at.starts_with("export:") {
+            assert!(
+                !listed.is_empty(),
+                "destinations before crm_parquet are published"
+            );
+            assert!(!listed.contains(&"crm_parquet".to_string()), "{listed:?}");
+        } else {
+            assert!(listed.is_empty(), "{at}: nothing published: {listed:?}");
+        }
+    }
+    // The next run finds nothing to mark failed, and succeeds.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args(["run", "--project", &project, "--run-id", "after-stops"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("marking a run that died"), "{err}");
+}

@@ -95,3 +95,55 @@ pub fn schedule_destination(project: &Path, name: &str, schedule: &str) {
         &format!("{header}schedule = \"{schedule}\"\n"),
     );
 }
+
+/// Start `audience run` (with `extra` arguments and `env`) paused at `at`
+/// (`AUDIENCE_PAUSE_AT`), send it `signal` (`INT`, `TERM`) once it says so,
+/// and return its exit code and stderr.
+pub fn stop_run(
+    project: &str,
+    id: &str,
+    at: &str,
+    signal: &str,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> (Option<i32>, String) {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args([
+            "--quiet",
+            "run",
+            "--project",
+            project,
+            "--run-id",
+            id,
+            "--as-of",
+            "2025-07-01T00:00:00Z",
+        ])
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("AUDIENCE_PAUSE_AT", at)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).expect("read") > 0 {
+        seen.push_str(&line);
+        if line.trim() == format!("paused at {at}") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("paused at"), "{at}: never paused: {seen}");
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    stderr.read_to_string(&mut seen).expect("read");
+    let status = child.wait().expect("wait");
+    (status.code(), seen)
+}
