@@ -87,9 +87,10 @@ fn assert_same_exports(embedded: &Path, cluster: &Path) {
 }
 
 /// The rounds of connected components run on the cluster, from the graph health.
-fn component_rounds(dir: &Path) -> Option<u64> {
+fn component_rounds(dir: &Path, run: &str) -> Option<u64> {
     let health: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("state/runs/r1/graph_health.json")).expect("graph health"),
+        &std::fs::read(dir.join(format!("state/runs/{run}/graph_health.json")))
+            .expect("graph health"),
     )
     .expect("health json");
     health["component_rounds"].as_u64()
@@ -115,7 +116,7 @@ fn cluster_in_process_exports_match_embedded() {
     run_sample(cluster.path(), &["--engine", "ballista"]);
     assert_same_exports(embedded.path(), cluster.path());
     assert_eq!(
-        component_rounds(cluster.path()),
+        component_rounds(cluster.path(), "r1"),
         None,
         "constrained: no rounds"
     );
@@ -124,7 +125,7 @@ fn cluster_in_process_exports_match_embedded() {
     run_sample(embedded.path(), &[]);
     run_sample(cluster.path(), &["--engine", "ballista"]);
     assert_same_exports(embedded.path(), cluster.path());
-    let rounds = component_rounds(cluster.path()).expect("rounds recorded");
+    let rounds = component_rounds(cluster.path(), "r1").expect("rounds recorded");
     assert!((2..=12).contains(&rounds), "{rounds} rounds");
     eprintln!("connected components on the in-process cluster: {rounds} rounds");
 }
@@ -147,49 +148,32 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 /// Shuffle files hold customer data: an in-process cluster keeps them in a
-/// private directory of its own and removes it when the run ends.
+/// private directory of its own and removes it when the run ends, also when
+/// SIGINT stops the run after its identity stage (which used the cluster).
 #[test]
 fn cluster_in_process_leaves_no_shuffle_files() {
     // Plain stitching, so that the components' rounds shuffle on the cluster.
     let (dir, _) = two_samples(true);
     let tmp = tempfile::tempdir().expect("tmp");
-    let (code, out, err) = try_run_sample_env(
-        dir.path(),
-        &["--engine", "ballista"],
-        &[("TMPDIR", tmp.path())],
-    );
+    let env = [("TMPDIR", tmp.path())];
+    let (code, out, err) = try_run_sample_env(dir.path(), &["--engine", "ballista"], &env);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        component_rounds(dir.path()).is_some(),
-        "the components ran on the cluster"
-    );
-    assert_eq!(
-        entries(tmp.path()),
-        Vec::<String>::new(),
-        "nothing left in TMPDIR"
-    );
-}
-
-/// A run on an in-process cluster stopped by SIGINT after its identity stage
-/// (which used the cluster) removes its shuffle directory too.
-#[test]
-fn cluster_in_process_stopped_by_sigint_leaves_no_shuffle_files() {
-    let (dir, _) = two_samples(true);
-    let tmp = tempfile::tempdir().expect("tmp");
     let project = dir.path().to_str().expect("utf-8");
-    let (code, err) = crate::support::stop_run(
+    let (stopped, err2) = crate::support::stop_run(
         project,
-        "r1",
+        "r2",
         "merge+segments",
         "INT",
         &["--engine", "ballista"],
-        &[("TMPDIR", tmp.path())],
+        &env,
     );
-    assert_eq!(code, Some(130), "{err}");
-    assert!(
-        component_rounds(dir.path()).is_some(),
-        "the components ran on the cluster"
-    );
+    assert_eq!(stopped, Some(130), "{err2}");
+    for run in ["r1", "r2"] {
+        assert!(
+            component_rounds(dir.path(), run).is_some(),
+            "{run}: the components ran on the cluster"
+        );
+    }
     assert_eq!(
         entries(tmp.path()),
         Vec::<String>::new(),
@@ -307,7 +291,7 @@ fn cluster_processes_on_loopback_export_like_embedded() {
         &["--engine", "ballista", "--scheduler", &url],
     );
     assert_same_exports(embedded.path(), cluster.path());
-    let rounds = component_rounds(cluster.path()).expect("rounds recorded");
+    let rounds = component_rounds(cluster.path(), "r1").expect("rounds recorded");
     eprintln!("connected components on scheduler + 2 executor processes: {rounds} rounds");
 }
 
