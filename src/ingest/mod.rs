@@ -9,10 +9,11 @@
 //! type; no column changes type between files; a dataset with no files is an
 //! error, not an empty table.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::Session;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -353,8 +354,9 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
             .collect(),
     };
 
-    let config = if partitions.is_empty() {
-        // Exactly the files validated above (and recorded in the run record).
+    let format: Arc<dyn FileFormat> = Arc::new(format);
+    // Exactly the files validated above (and recorded in the run record).
+    let listing = |files: &[&ObjectMeta]| -> Result<ListingTable> {
         let urls: Vec<ListingTableUrl> = files
             .iter()
             .map(|m| {
@@ -362,25 +364,56 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
                     .map_err(|e| Error::input(&ds.name, Some(&file_url(m)), None, e.to_string()))
             })
             .collect::<Result<_>>()?;
-        let options = ListingOptions::new(Arc::new(format)).with_file_extension("");
-        ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options)
+        let options = ListingOptions::new(format.clone()).with_file_extension("");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(file_schema.clone());
+        ListingTable::try_new(config).map_err(Error::engine("ingest"))
+    };
+    let table: Arc<dyn TableProvider> = if partitions.is_empty() {
+        Arc::new(listing(&files.iter().collect::<Vec<_>>())?)
     } else {
-        // Hive-style partitions: the table lists the dataset root and parses `key=value` folders.
-        let options = ListingOptions::new(Arc::new(format))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(
+        // Hive-style partitions: the files of each `key=value` folder set, with
+        // its values as columns, one after another. (A table that lists the
+        // dataset's folder itself would also read files that the listing
+        // skips, such as `key=value/_temporary/...`.)
+        let mut groups: BTreeMap<Vec<String>, Vec<&ObjectMeta>> = BTreeMap::new();
+        for m in &files {
+            let values = partition_folders(&url, m)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            groups.entry(values).or_default().push(m);
+        }
+        let mut union: Option<datafusion::prelude::DataFrame> = None;
+        for (values, group) in groups {
+            let mut exprs: Vec<datafusion::logical_expr::Expr> = file_schema
+                .fields()
+                .iter()
+                .map(|f| datafusion::logical_expr::ident(f.name()))
+                .collect();
+            exprs.extend(
                 partitions
                     .iter()
-                    .map(|p| (p.clone(), DataType::Utf8))
-                    .collect(),
+                    .zip(values)
+                    .map(|(k, v)| datafusion::logical_expr::lit(v).alias(k)),
             );
-        ListingTableConfig::new(url.clone()).with_listing_options(options)
-    }
-    .with_schema(file_schema);
-    let table = ListingTable::try_new(config).map_err(Error::engine("ingest"))?;
+            let part = ctx
+                .read_table(Arc::new(listing(&group)?))
+                .and_then(|t| t.select(exprs))
+                .map_err(Error::engine("ingest"))?;
+            union = Some(match union {
+                None => part,
+                Some(u) => u.union(part).map_err(Error::engine("ingest"))?,
+            });
+        }
+        union
+            .ok_or_else(|| Error::Internal("a partitioned dataset without files".into()))?
+            .into_view()
+    };
     let name = table_name(&ds.name);
     let columns = if ds.rename.is_empty() {
-        ctx.register_table(name.as_str(), Arc::new(table))
+        ctx.register_table(name.as_str(), table)
             .map_err(Error::engine("ingest"))?;
         columns
     } else {
@@ -409,7 +442,7 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
             }
         }
         let raw = format!("__raw_{}", ds.name);
-        ctx.register_table(raw.as_str(), Arc::new(table))
+        ctx.register_table(raw.as_str(), table)
             .map_err(Error::engine("ingest"))?;
         let exprs: Vec<datafusion::logical_expr::Expr> = schema
             .fields()
@@ -451,6 +484,25 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
     })
 }
 
+/// A file's `key=value` folders below the dataset path, in order: keys, and
+/// values percent-decoded (as DataFusion decodes them).
+fn partition_folders(url: &ListingTableUrl, m: &ObjectMeta) -> Vec<(String, String)> {
+    let parts: Vec<String> = match m.location.prefix_match(url.prefix()) {
+        Some(parts) => parts.map(|p| p.as_ref().to_string()).collect(),
+        None => Vec::new(),
+    };
+    let dirs = &parts[..parts.len().saturating_sub(1)];
+    dirs.iter()
+        .filter_map(|d| d.split_once('='))
+        .map(|(k, v)| {
+            let value = percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map_or_else(|_| v.to_string(), |d| d.into_owned());
+            (k.to_string(), value)
+        })
+        .collect()
+}
+
 /// Hive-style partition columns (`key=value` folders below the dataset path), the
 /// same keys in the same order for every file; empty when the files are not partitioned.
 fn partition_columns(
@@ -460,13 +512,9 @@ fn partition_columns(
     file_url: &dyn Fn(&ObjectMeta) -> String,
 ) -> Result<Vec<String>> {
     let keys_of = |m: &ObjectMeta| -> Vec<String> {
-        let parts: Vec<String> = match m.location.prefix_match(url.prefix()) {
-            Some(parts) => parts.map(|p| p.as_ref().to_string()).collect(),
-            None => Vec::new(),
-        };
-        let dirs = &parts[..parts.len().saturating_sub(1)];
-        dirs.iter()
-            .filter_map(|d| d.split_once('=').map(|(k, _)| k.to_string()))
+        partition_folders(url, m)
+            .into_iter()
+            .map(|(k, _)| k)
             .collect()
     };
     let first = keys_of(&files[0]);

@@ -187,35 +187,89 @@ fn ingest_reads_and_writes_object_store_urls() {
     assert_eq!(counts(&record), counts(&local_record));
 }
 
-#[test]
-fn ingest_hive_partitions_become_columns() {
-    let dir = sample_copy();
-    let purchases = dir.path().join("data/purchases");
-    std::fs::create_dir_all(purchases.join("source=shop")).expect("mkdir");
-    std::fs::rename(
-        purchases.join("part-00000.parquet"),
-        purchases.join("source=shop/part-00000.parquet"),
-    )
-    .expect("mv");
-    std::fs::write(
-        dir.path().join("sql/segments/shop_buyers.sql"),
-        "SELECT profile_id FROM events WHERE source = 'shop'",
-    )
-    .expect("write");
-    let (code, out) = run(dir.path());
-    assert_eq!(code, 0, "{out}");
+/// A segment's member count in `audience run`'s output.
+fn members(out: &str, segment: &str) -> u64 {
     let line = out
         .lines()
-        .find(|l| l.contains("segment shop_buyers"))
-        .expect("segment line");
-    let n: u64 = line
-        .split_whitespace()
+        .find(|l| l.contains(&format!("segment {segment} ")))
+        .unwrap_or_else(|| panic!("no line for {segment}: {out}"));
+    line.split_whitespace()
         .nth(2)
         .expect("count")
         .replace(',', "")
         .parse()
-        .expect("number");
-    assert!(n > 100, "{line}");
+        .expect("number")
+}
+
+/// The run record that `audience run` printed the path of.
+fn printed_record(out: &str) -> serde_json::Value {
+    let path = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("record "))
+        .unwrap_or_else(|| panic!("no record line: {out}"));
+    serde_json::from_slice(&std::fs::read(path.trim()).expect("record")).expect("json")
+}
+
+/// `key=value` folders become columns, one value per folder, and files that
+/// a listing skips inside them (an unfinished write, a staging folder)
+/// are not read.
+#[test]
+fn ingest_hive_partitions_become_columns() {
+    let dir = sample_copy();
+    let purchases = dir.path().join("data/purchases");
+    for part in ["source=shop", "source=web"] {
+        std::fs::create_dir_all(purchases.join(part)).expect("mkdir");
+        std::fs::copy(
+            purchases.join("part-00000.parquet"),
+            purchases.join(part).join("part-00000.parquet"),
+        )
+        .expect("cp");
+    }
+    std::fs::remove_file(purchases.join("part-00000.parquet")).expect("rm");
+    for (id, source) in [("shop_buyers", "shop"), ("web_buyers", "web")] {
+        std::fs::write(
+            dir.path().join(format!("sql/segments/{id}.sql")),
+            format!("SELECT profile_id FROM events WHERE source = '{source}'"),
+        )
+        .expect("write");
+    }
+    let (code, out) = run(dir.path());
+    assert_eq!(code, 0, "{out}");
+    let shop = members(&out, "shop_buyers");
+    assert!(shop > 100, "{out}");
+    assert_eq!(members(&out, "web_buyers"), shop, "{out}");
+    let rows = |r: &serde_json::Value| {
+        r["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["stage"] == "identity"))
+            .map(|s| s["counts"]["rows"].clone())
+            .expect("identity rows")
+    };
+    let purchase_files = |r: &serde_json::Value| {
+        r["inputs"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["dataset"] == "purchases"))
+            .and_then(|d| d["files"].as_array())
+            .map(Vec::len)
+            .expect("purchases inputs")
+    };
+    let before = printed_record(&out);
+    assert_eq!(purchase_files(&before), 2);
+    for decoy in [
+        "source=shop/_temporary/0/part-00009.parquet",
+        "source=shop/.staging/part-00008.parquet",
+        "source=web/_SUCCESS/part-00007.parquet",
+    ] {
+        let to = purchases.join(decoy);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(purchases.join("source=shop/part-00000.parquet"), to).expect("cp");
+    }
+    let (code, out) = run(dir.path());
+    assert_eq!(code, 0, "{out}");
+    let after = printed_record(&out);
+    assert_eq!(purchase_files(&after), 2, "{out}");
+    assert_eq!(rows(&after), rows(&before), "no decoy rows read");
+    assert_eq!(members(&out, "shop_buyers"), shop);
 }
 
 #[test]
