@@ -10,6 +10,9 @@ use audience::cli::{Cli, LogFormat, dispatch};
 fn main() -> ExitCode {
     audience::engine::limit_malloc_arenas();
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        audience::engine::end_on_closed_output();
+    }
     let default_filter = if cli.quiet {
         "warn"
     } else {

@@ -141,6 +141,24 @@ pub fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
 }
 
 /// Run the parsed command; returns the exit code.
+impl Command {
+    /// Whether the command only reads and prints: it may end as soon as its
+    /// output is closed (`audience runs | head`), as `cat` does.
+    pub fn only_prints(&self) -> bool {
+        match self {
+            Command::Validate(_)
+            | Command::Explain(_)
+            | Command::Profile(_)
+            | Command::Segments(_)
+            | Command::Query(_)
+            | Command::Destinations(_)
+            | Command::Runs(_) => true,
+            Command::Run(a) => a.dry_run,
+            Command::Generate(_) | Command::Schedule(_) | Command::Cluster(_) => false,
+        }
+    }
+}
+
 pub async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate(a) => validate::run(a),

@@ -97,25 +97,30 @@ pub async fn run(args: Args, quiet: bool) -> Result<i32> {
     // SIGINT/SIGTERM stop the run cleanly from here on (a dry run writes nothing).
     let pipeline = pipeline.with_interrupt(crate::run::interrupt::Interrupt::listen()?);
     let record = pipeline.run().await?;
-    println!("run {} succeeded (as-of {})", record.run_id, record.as_of);
+    // The summary of a run that is done: a closed stdout (`| head`) is no error.
+    let mut summary = format!("run {} succeeded (as-of {})\n", record.run_id, record.as_of);
     let mut segments: Vec<_> = record.segments.iter().collect();
     segments.sort_by(|a, b| a.segment.cmp(&b.segment));
     for s in segments {
-        println!(
-            "  segment {:<28} {:>10} members",
+        summary.push_str(&format!(
+            "  segment {:<28} {:>10} members\n",
             s.segment,
             thousands(s.members)
-        );
+        ));
     }
     for e in &record.exports {
-        println!(
-            "  export  {:<28} {:>10} rows in {} files",
+        summary.push_str(&format!(
+            "  export  {:<28} {:>10} rows in {} files\n",
             e.destination,
             thousands(e.rows()),
             e.files.len()
-        );
+        ));
     }
-    println!("  record  {state}/runs/{}/run.json", record.run_id);
+    summary.push_str(&format!(
+        "  record  {state}/runs/{}/run.json\n",
+        record.run_id
+    ));
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), summary.as_bytes());
     let rejected: u64 = record.rejections.iter().map(|r| r.count).sum();
     if args.fail_on_rejected && rejected > 0 {
         eprintln!(

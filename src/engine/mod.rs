@@ -47,6 +47,18 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// End the process quietly when its standard output is closed (SIGPIPE's
+/// default), instead of Rust's panic on the failed print: for commands that
+/// only print.
+pub fn end_on_closed_output() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal, before the
+    // program starts threads.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Give the allocator's free pages back to the system (glibc keeps freed
 /// memory below its heap's top resident). For after a phase frees large
 /// buffers made of many small allocations, before the next phase's peak.

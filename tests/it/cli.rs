@@ -60,3 +60,50 @@ fn cli_generate_is_deterministic() {
     let (code, out, err) = audience(&["validate", "--project", pa.to_str().expect("utf-8")]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Run `audience` with its standard output closed from the start, as
+/// `audience ... | head -0` would: its exit status and stderr.
+fn with_output_closed(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    (child.wait().expect("wait"), err)
+}
+
+/// A closed output (`| head`) is no panic: a run still finishes and exits 0;
+/// a command that only prints ends quietly, as `cat` does (SIGPIPE).
+#[test]
+fn cli_closed_output_is_no_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = sample_copy();
+    let project = dir.path().to_str().expect("utf-8");
+    let (status, err) = with_output_closed(&["--quiet", "run", "--project", project]);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (_, listing, _) = audience(&["runs", "--project", project, "--json"]);
+    assert!(listing.contains("succeeded"), "{listing}");
+    for args in [
+        vec!["runs", "--project", project],
+        vec!["validate", "--project", project],
+    ] {
+        let (status, err) = with_output_closed(&args);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            // SIGPIPE is 13 on Linux; 0 if it printed before the pipe closed.
+            status.signal() == Some(13) || status.code() == Some(0),
+            "{args:?}: {status:?} {err}"
+        );
+    }
+}
