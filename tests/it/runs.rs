@@ -743,3 +743,83 @@ fn runs_stopped_by_a_signal_record_it_and_release_their_locks() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("marking a run that died"), "{err}");
 }
+
+/// The scheduler's first SIGTERM during a run waits for the run; a second
+/// one stops the run cleanly (record failed with the signal, locks
+/// released, nothing published), and the scheduler then exits 0.
+#[test]
+fn runs_scheduler_second_signal_stops_the_current_run() {
+    use std::io::{BufRead, Read};
+    let dir = sample_copy();
+    crate::support::schedule_destination(dir.path(), "crm_lists", "0 6 * * *");
+    std::fs::create_dir_all(dir.path().join("state")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("state/schedules.json"),
+        r#"{"destinations":{"crm_lists":{"schedule":"0 6 * * *","since":"2025-07-01T00:00:00Z"}}}"#,
+    )
+    .expect("seen");
+    let project = dir.path().to_string_lossy().into_owned();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args(["--quiet", "schedule", "--project", &project, "--poll", "1"])
+        .args(["--now", "2025-07-01T06:00:30Z"])
+        .env("AUDIENCE_PAUSE_AT", "export")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).expect("read") > 0 {
+        seen.push_str(&line);
+        if line.trim() == "paused at export" {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("paused at export"), "{seen}");
+    let pid = child.id().to_string();
+    let term = || {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        )
+    };
+    term();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the first signal waits for the run"
+    );
+    term();
+    stderr.read_to_string(&mut seen).expect("read");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{seen}");
+    let (_, listing, _) = audience(&["runs", "--project", &project, "--json"]);
+    let records: Vec<serde_json::Value> = listing
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(records.len(), 1, "{listing}");
+    assert_eq!(records[0]["status"], "failed", "{listing}");
+    let id = records[0]["run_id"].as_str().expect("id");
+    let rec = crate::support::run_record(dir.path(), id);
+    assert!(
+        rec["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("interrupted by SIGTERM")),
+        "{rec}"
+    );
+    assert!(
+        !dir.path()
+            .join(format!("out/exports/crm_lists/{id}/_SUCCESS"))
+            .exists()
+    );
+    let locks: Vec<_> = std::fs::read_dir(dir.path().join("state/locks"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(locks.is_empty(), "locks released");
+}
