@@ -557,13 +557,11 @@ fn runs_segment_subset_exports_only_it() {
     assert!(err.contains("did you mean `high_value`?"), "{err}");
 }
 
-/// SIGTERM while a scheduled run is under way: the run finishes and publishes,
-/// then the scheduler stops without starting another.
-#[test]
-fn runs_scheduler_finishes_the_current_run_on_sigterm() {
+/// The sample with `crm_lists` on a 06:00 schedule, seen before that slot:
+/// the project and its path.
+fn scheduled_sample() -> (tempfile::TempDir, String) {
     let dir = sample_copy();
     crate::support::schedule_destination(dir.path(), "crm_lists", "0 6 * * *");
-    // The schedule was seen before the 06:00 slot.
     std::fs::create_dir_all(dir.path().join("state")).expect("mkdir");
     std::fs::write(
         dir.path().join("state/schedules.json"),
@@ -571,21 +569,27 @@ fn runs_scheduler_finishes_the_current_run_on_sigterm() {
     )
     .expect("seen");
     let project = dir.path().to_string_lossy().into_owned();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
-        .args([
-            "--quiet",
-            "schedule",
-            "--project",
-            &project,
-            "--poll",
-            "1",
-            "--now",
-            "2025-07-01T06:00:30Z",
-        ])
+    (dir, project)
+}
+
+/// `audience schedule` on `project` with its clock just after the 06:00 slot.
+fn scheduler_at_slot(project: &str, env: &[(&str, &str)]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args(["--quiet", "schedule", "--project", project, "--poll", "1"])
+        .args(["--now", "2025-07-01T06:00:30Z"])
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("spawn");
+        .expect("spawn")
+}
+
+/// SIGTERM while a scheduled run is under way: the run finishes and publishes,
+/// then the scheduler stops without starting another.
+#[test]
+fn runs_scheduler_finishes_the_current_run_on_sigterm() {
+    let (dir, project) = scheduled_sample();
+    let child = scheduler_at_slot(&project, &[]);
     // Wait for the run to start, then ask the scheduler to stop.
     let runs = dir.path().join("state/runs");
     for _ in 0..400 {
@@ -594,14 +598,7 @@ fn runs_scheduler_finishes_the_current_run_on_sigterm() {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    crate::support::send(&child, "TERM");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(
         out.status.code(),
@@ -749,52 +746,17 @@ fn runs_stopped_by_a_signal_record_it_and_release_their_locks() {
 /// released, nothing published), and the scheduler then exits 0.
 #[test]
 fn runs_scheduler_second_signal_stops_the_current_run() {
-    use std::io::{BufRead, Read};
-    let dir = sample_copy();
-    crate::support::schedule_destination(dir.path(), "crm_lists", "0 6 * * *");
-    std::fs::create_dir_all(dir.path().join("state")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("state/schedules.json"),
-        r#"{"destinations":{"crm_lists":{"schedule":"0 6 * * *","since":"2025-07-01T00:00:00Z"}}}"#,
-    )
-    .expect("seen");
-    let project = dir.path().to_string_lossy().into_owned();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
-        .args(["--quiet", "schedule", "--project", &project, "--poll", "1"])
-        .args(["--now", "2025-07-01T06:00:30Z"])
-        .env("AUDIENCE_PAUSE_AT", "export")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).expect("read") > 0 {
-        seen.push_str(&line);
-        if line.trim() == "paused at export" {
-            break;
-        }
-        line.clear();
-    }
-    assert!(seen.contains("paused at export"), "{seen}");
-    let pid = child.id().to_string();
-    let term = || {
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill")
-                .success()
-        )
-    };
-    term();
+    use std::io::Read;
+    let (dir, project) = scheduled_sample();
+    let mut child = scheduler_at_slot(&project, &[("AUDIENCE_PAUSE_AT", "export")]);
+    let (mut stderr, mut seen) = crate::support::wait_paused(&mut child, "export");
+    crate::support::send(&child, "TERM");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
         child.try_wait().expect("try_wait").is_none(),
         "the first signal waits for the run"
     );
-    term();
+    crate::support::send(&child, "TERM");
     stderr.read_to_string(&mut seen).expect("read");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0), "{seen}");

@@ -107,7 +107,7 @@ pub fn stop_run(
     extra: &[&str],
     env: &[(&str, &Path)],
 ) -> (Option<i32>, String) {
-    use std::io::{BufRead, Read};
+    use std::io::Read;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
         .args([
             "--quiet",
@@ -126,24 +126,38 @@ pub fn stop_run(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
+    let (mut stderr, mut seen) = wait_paused(&mut child, at);
+    send(&child, signal);
+    stderr.read_to_string(&mut seen).expect("read");
+    let status = child.wait().expect("wait");
+    (status.code(), seen)
+}
+
+/// Read `child`'s stderr until it says `paused at <at>` (`AUDIENCE_PAUSE_AT`):
+/// the reader, for the rest, and what was read.
+pub fn wait_paused(
+    child: &mut std::process::Child,
+    at: &str,
+) -> (std::io::BufReader<std::process::ChildStderr>, String) {
+    use std::io::BufRead;
     let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
     let mut seen = String::new();
     let mut line = String::new();
     while stderr.read_line(&mut line).expect("read") > 0 {
         seen.push_str(&line);
         if line.trim() == format!("paused at {at}") {
-            break;
+            return (stderr, seen);
         }
         line.clear();
     }
-    assert!(seen.contains("paused at"), "{at}: never paused: {seen}");
-    let pid = child.id().to_string();
+    panic!("{at}: never paused: {seen}");
+}
+
+/// Send `signal` (`INT`, `TERM`) to `child`.
+pub fn send(child: &std::process::Child, signal: &str) {
     let killed = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
-    stderr.read_to_string(&mut seen).expect("read");
-    let status = child.wait().expect("wait");
-    (status.code(), seen)
 }
