@@ -140,7 +140,6 @@ pub fn parse_time(s: &str) -> std::result::Result<DateTime<Utc>, String> {
     ))
 }
 
-/// Run the parsed command; returns the exit code.
 impl Command {
     /// Whether the command only reads and prints: it may end as soon as its
     /// output is closed (`audience runs | head`), as `cat` does.
@@ -159,6 +158,7 @@ impl Command {
     }
 }
 
+/// Run the parsed command; returns the exit code.
 pub async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Validate(a) => validate::run(a),

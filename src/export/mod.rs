@@ -266,7 +266,6 @@ pub async fn export(
     // Phase 1: every destination's rows, so limits fail before any write.
     let mut ready = Vec::new();
     for d in &project.destinations {
-        run.interrupt.check()?;
         progress(&format!("{}: preparing", d.name));
         ready.push(
             run.interrupt
