@@ -90,10 +90,13 @@ pub async fn ingest(ctx: &SessionContext, project: &Project) -> Result<Vec<Inges
 /// (DataFusion's rules: `*` also crosses `/`, and `key=value` folders are
 /// left out of the match). Names starting with `.` or `_` are skipped, and so
 /// is everything in folders named that way (`_temporary/`, `.spark-staging/`).
+///
+/// Also says whether a skipped (hidden) object ends in `.parquet`: a table
+/// that lists the folder itself would read it.
 async fn list_files(
     ctx: &SessionContext,
     ds: &Dataset,
-) -> Result<(ListingTableUrl, Vec<ObjectMeta>)> {
+) -> Result<(ListingTableUrl, Vec<ObjectMeta>, bool)> {
     let url = match ds.location.glob() {
         None => ListingTableUrl::parse(ds.location.url().as_str()),
         Some((folder, pattern)) => {
@@ -134,6 +137,7 @@ async fn list_files(
     } else {
         None
     };
+    let hidden_parquet = std::sync::atomic::AtomicBool::new(false);
     let mut files: Vec<ObjectMeta> = match head {
         Some(m) => vec![m],
         // A folder (named with or without its trailing `/`) or a pattern.
@@ -148,6 +152,9 @@ async fn list_files(
                 let hidden = below
                     .iter()
                     .any(|p| p.starts_with('.') || p.starts_with('_'));
+                if hidden && m.location.as_ref().ends_with(".parquet") {
+                    hidden_parquet.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let keep = !hidden
                     && match url.get_glob() {
                         Some(_) => url.contains(&m.location, false),
@@ -176,11 +183,11 @@ async fn list_files(
             ),
         ));
     }
-    Ok((url, files))
+    Ok((url, files, hidden_parquet.into_inner()))
 }
 
 async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
-    let (url, files) = list_files(ctx, ds).await?;
+    let (url, files, hidden_parquet) = list_files(ctx, ds).await?;
     let store = ctx
         .runtime_env()
         .object_store(url.object_store())
@@ -372,11 +379,28 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
     };
     let table: Arc<dyn TableProvider> = if partitions.is_empty() {
         Arc::new(listing(&files.iter().collect::<Vec<_>>())?)
+    } else if !hidden_parquet && files.iter().all(|m| hive_reads(&url, m, partitions.len())) {
+        // Hive-style partitions, when a table listing the dataset's folder
+        // reads exactly the validated files: it parses the `key=value` folders.
+        let options = ListingOptions::new(format.clone())
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(
+                partitions
+                    .iter()
+                    .map(|p| (p.clone(), DataType::Utf8))
+                    .collect(),
+            );
+        let config = ListingTableConfig::new(url.clone())
+            .with_listing_options(options)
+            .with_schema(file_schema.clone());
+        Arc::new(ListingTable::try_new(config).map_err(Error::engine("ingest"))?)
     } else {
-        // Hive-style partitions: the files of each `key=value` folder set, with
-        // its values as columns, one after another. (A table that lists the
-        // dataset's folder itself would also read files that the listing
-        // skips, such as `key=value/_temporary/...`.)
+        // Otherwise (a `.parquet` file in a skipped folder such as
+        // `key=value/_temporary/`, or files such a table would not read):
+        // the files of each `key=value` folder set, with its values as
+        // columns, one after another. Exact, but slower to plan with many
+        // folder sets (see docs/config.md).
+        tracing::debug!(dataset = %ds.name, "partitioned dataset read folder set by folder set");
         let mut groups: BTreeMap<Vec<String>, Vec<&ObjectMeta>> = BTreeMap::new();
         for m in &files {
             let values = partition_folders(&url, m)
@@ -482,6 +506,21 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         files,
         columns,
     })
+}
+
+/// Whether a table that lists the dataset's folder with `partitions`
+/// `key=value` columns reads `m`: a non-empty `.parquet` file whose first
+/// folders below the dataset path are those `key=value` folders.
+fn hive_reads(url: &ListingTableUrl, m: &ObjectMeta, partitions: usize) -> bool {
+    let below: Vec<String> = match m.location.prefix_match(url.prefix()) {
+        Some(parts) => parts.map(|p| p.as_ref().to_string()).collect(),
+        None => return false,
+    };
+    m.size > 0
+        && m.location.as_ref().ends_with(".parquet")
+        && below.len() > partitions
+        && below[..partitions].iter().all(|d| d.contains('='))
+        && partition_folders(url, m).len() == partitions
 }
 
 /// A file's `key=value` folders below the dataset path, in order: keys, and
