@@ -10,7 +10,8 @@ use audience::cli::{Cli, LogFormat, dispatch};
 fn main() -> ExitCode {
     audience::engine::limit_malloc_arenas();
     let cli = Cli::parse();
-    if cli.command.only_prints() {
+    let only_prints = cli.command.only_prints();
+    if only_prints {
         audience::engine::end_on_closed_output();
     }
     let default_filter = if cli.quiet {
@@ -38,7 +39,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(dispatch(cli));
+    let result = runtime.block_on(async {
+        if only_prints {
+            // Nothing to record or release: SIGINT or SIGTERM ends the
+            // command at once, once its temporary files are removed.
+            if let Err(e) = audience::cli::exit_on_signal() {
+                tracing::warn!(error = %e, "no signal handlers");
+            }
+        }
+        dispatch(cli).await
+    });
     // An interrupted run may leave a stage's work running; its result is no
     // longer wanted: tasks stop at their next await, and blocking work is
     // given a moment before the process exits without it.

@@ -158,6 +158,24 @@ impl Command {
     }
 }
 
+/// For a command that writes nothing: on SIGINT or SIGTERM, remove this
+/// process's temporary files (an in-process cluster's shuffle directory) and
+/// exit with 128 + the signal's number. Needs a Tokio runtime.
+///
+/// # Errors
+/// [`crate::error::Error::Internal`] when the handlers cannot be installed.
+pub fn exit_on_signal() -> Result<()> {
+    use crate::run::interrupt::Interrupt;
+    let stop = Interrupt::listen()?;
+    tokio::spawn(async move {
+        let sig = stop.raised_signal().await;
+        #[cfg(feature = "distributed")]
+        crate::engine::cluster::remove_shuffle_dirs();
+        std::process::exit(sig.exit_code());
+    });
+    Ok(())
+}
+
 /// Run the parsed command; returns the exit code.
 pub async fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {

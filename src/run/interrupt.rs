@@ -76,7 +76,7 @@ impl Interrupt {
                 }
                 tracing::warn!(
                     signal = sig.name(),
-                    "stopping the run (a second signal exits at once, leaving the run for the next one to mark failed)"
+                    "stopping (a second signal exits at once; a run is then left for the next one to mark failed)"
                 );
                 raised.raise(sig);
             }

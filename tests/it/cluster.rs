@@ -181,6 +181,35 @@ fn cluster_in_process_leaves_no_shuffle_files() {
     );
 }
 
+/// `audience query` on an in-process cluster stopped by SIGINT mid-query
+/// exits with 130 and leaves no shuffle directory.
+#[test]
+fn cluster_query_stopped_by_sigint_leaves_no_shuffle_files() {
+    let dir = sample_copy();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let project = dir.path().to_str().expect("utf-8");
+    // Long enough to be under way when the signal comes.
+    let sql = "SELECT count(*) FROM events a, events b, events c";
+    let child = Command::new(env!("CARGO_BIN_EXE_audience"))
+        .args(["query", "--project", project, "--engine", "ballista", sql])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while entries(tmp.path()).is_empty() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!entries(tmp.path()).is_empty(), "the cluster started");
+    std::thread::sleep(Duration::from_millis(500));
+    crate::support::send(&child, "INT");
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(entries(tmp.path()), Vec::<String>::new(), "{err}");
+}
+
 /// A child process killed when dropped.
 struct Proc(Child);
 impl Drop for Proc {
