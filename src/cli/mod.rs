@@ -103,6 +103,10 @@ pub enum Command {
     /// Check audience.toml and the SQL files; print every problem (exit 2 when any).
     Validate(validate::Args),
     /// Run the whole pipeline: ingest, stitch, merge, segments, exports.
+    ///
+    /// SIGINT or SIGTERM stops it cleanly: the record says `failed`, locks are
+    /// released, an open upload is aborted; exit 130 or 143. A second signal
+    /// exits at once.
     Run(run::Args),
     /// Write a synthetic project of any size (deterministic for a seed).
     Generate(generate::Args),
@@ -119,6 +123,8 @@ pub enum Command {
     /// The run ledger, newest first; `audience runs show ID` shows one run's record.
     Runs(runs::Args),
     /// A long-lived scheduler: runs destinations at their cron slots (UTC) until SIGTERM/SIGINT.
+    ///
+    /// A run in progress finishes first; a second signal stops it cleanly.
     Schedule(schedule::Args),
     /// Run a process of a Ballista cluster (scheduler or executor) for `--engine ballista`.
     Cluster(cluster::Args),
