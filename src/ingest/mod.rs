@@ -144,11 +144,7 @@ async fn list_files(
         None => store
             .list(Some(prefix))
             .try_filter(|m| {
-                let below: Vec<String> = m
-                    .location
-                    .prefix_match(prefix)
-                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
-                    .unwrap_or_default();
+                let below = below(prefix, m).unwrap_or_default();
                 let hidden = below
                     .iter()
                     .any(|p| p.starts_with('.') || p.starts_with('_'));
@@ -362,6 +358,10 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
     };
 
     let format: Arc<dyn FileFormat> = Arc::new(format);
+    let table_of = |config: ListingTableConfig| {
+        ListingTable::try_new(config.with_schema(file_schema.clone()))
+            .map_err(Error::engine("ingest"))
+    };
     // Exactly the files validated above (and recorded in the run record).
     let listing = |files: &[&ObjectMeta]| -> Result<ListingTable> {
         let urls: Vec<ListingTableUrl> = files
@@ -372,10 +372,7 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
             })
             .collect::<Result<_>>()?;
         let options = ListingOptions::new(format.clone()).with_file_extension("");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(file_schema.clone());
-        ListingTable::try_new(config).map_err(Error::engine("ingest"))
+        table_of(ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options))
     };
     let table: Arc<dyn TableProvider> = if partitions.is_empty() {
         Arc::new(listing(&files.iter().collect::<Vec<_>>())?)
@@ -390,10 +387,9 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
                     .map(|p| (p.clone(), DataType::Utf8))
                     .collect(),
             );
-        let config = ListingTableConfig::new(url.clone())
-            .with_listing_options(options)
-            .with_schema(file_schema.clone());
-        Arc::new(ListingTable::try_new(config).map_err(Error::engine("ingest"))?)
+        Arc::new(table_of(
+            ListingTableConfig::new(url.clone()).with_listing_options(options),
+        )?)
     } else {
         // Otherwise (a `.parquet` file in a skipped folder such as
         // `key=value/_temporary/`, or files such a table would not read):
@@ -512,24 +508,29 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
 /// `key=value` columns reads `m`: a non-empty `.parquet` file whose first
 /// folders below the dataset path are those `key=value` folders.
 fn hive_reads(url: &ListingTableUrl, m: &ObjectMeta, partitions: usize) -> bool {
-    let below: Vec<String> = match m.location.prefix_match(url.prefix()) {
-        Some(parts) => parts.map(|p| p.as_ref().to_string()).collect(),
-        None => return false,
+    let Some(below) = below(url.prefix(), m) else {
+        return false;
     };
+    let folders = &below[..below.len() - 1];
     m.size > 0
         && m.location.as_ref().ends_with(".parquet")
-        && below.len() > partitions
-        && below[..partitions].iter().all(|d| d.contains('='))
-        && partition_folders(url, m).len() == partitions
+        && folders.len() >= partitions
+        && folders[..partitions].iter().all(|d| d.contains('='))
+        && folders.iter().filter(|d| d.contains('=')).count() == partitions
+}
+
+/// The path segments of `m` below `prefix` (its folders, then its name).
+fn below(prefix: &object_store::path::Path, m: &ObjectMeta) -> Option<Vec<String>> {
+    m.location
+        .prefix_match(prefix)
+        .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+        .filter(|parts: &Vec<String>| !parts.is_empty())
 }
 
 /// A file's `key=value` folders below the dataset path, in order: keys, and
 /// values percent-decoded (as DataFusion decodes them).
 fn partition_folders(url: &ListingTableUrl, m: &ObjectMeta) -> Vec<(String, String)> {
-    let parts: Vec<String> = match m.location.prefix_match(url.prefix()) {
-        Some(parts) => parts.map(|p| p.as_ref().to_string()).collect(),
-        None => Vec::new(),
-    };
+    let parts = below(url.prefix(), m).unwrap_or_default();
     let dirs = &parts[..parts.len().saturating_sub(1)];
     dirs.iter()
         .filter_map(|d| d.split_once('='))
