@@ -42,7 +42,7 @@ fn ensure_project(people: u64) -> PathBuf {
                 .expect("date")
                 .to_utc(),
         };
-        generate(&opts, |_| {}).expect("generate");
+        generate(&opts, |_| Ok(())).expect("generate");
     }
     dir
 }

@@ -13,7 +13,10 @@ pub struct Args {
     /// Number of people.
     #[arg(long)]
     pub people: u64,
-    /// Output folder; its data/ subfolders are replaced.
+    /// Output folder; its audience.toml, sql/ files and data/ sets are
+    /// replaced once the whole project is written (until then it is built in
+    /// a hidden folder inside, and a stopped or failed generation leaves the
+    /// folder as it was).
     #[arg(long)]
     pub out: PathBuf,
     /// Random seed: the same seed and size give the same files.
@@ -35,8 +38,14 @@ pub fn run(args: Args, quiet: bool) -> Result<i32> {
         events_per_person: args.events_per_person,
         end: args.end,
     };
+    // SIGINT or SIGTERM stops after the current block of people, and the
+    // output folder is left as it was.
+    let stop = crate::run::interrupt::Interrupt::listen()?;
     let stage = Progress::new(quiet).stage("generate");
-    let summary = generate(&opts, |n| stage.update(format!("{} people", thousands(n))))?;
+    let summary = generate(&opts, |n| {
+        stage.update(format!("{} people", thousands(n)));
+        stop.check()
+    })?;
     stage.finish(&format!("{} people", thousands(summary.people)));
     for (name, rows, files) in &summary.datasets {
         println!(

@@ -167,14 +167,73 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Generate a project into `opts.out`.
+/// Where a project is generated before it replaces `out`'s files: a hidden
+/// folder inside `out` (on the same file system, so each part moves into
+/// place by a rename).
+pub const STAGING: &str = ".audience-generate.partial";
+
+/// Generate a project into `opts.out`: its data sets and project files,
+/// replacing those already there. Everything is written to [`STAGING`]
+/// first and moved into place once complete: a generation that fails or is
+/// stopped leaves `out` as it was (a killed one leaves the staging folder,
+/// which the next generation removes).
+///
+/// `progress` is called after each block of people with the count so far;
+/// an error it returns (e.g. [`Error::Interrupted`]) stops the generation.
 ///
 /// # Errors
-/// [`Error::Io`] when the output folder or files cannot be written.
-pub fn generate(opts: &GenerateOptions, mut progress: impl FnMut(u64)) -> Result<GenerateSummary> {
+/// [`Error::Io`] when the output folder or files cannot be written; what
+/// `progress` returns.
+pub fn generate(
+    opts: &GenerateOptions,
+    progress: impl FnMut(u64) -> Result<()>,
+) -> Result<GenerateSummary> {
     let out = &opts.out;
-    write_project_files(out)?;
-    let data = out.join("data");
+    let stage = out.join(STAGING);
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).map_err(Error::io(stage.display().to_string()))?;
+    }
+    let written = generate_into(opts, &stage, progress).and_then(|summary| {
+        publish(&stage, out, &summary)?;
+        Ok(summary)
+    });
+    // Empty after a publish; what is left of the project otherwise.
+    let _ = std::fs::remove_dir_all(&stage);
+    written
+}
+
+/// Move the staged project files and data sets over `out`'s.
+fn publish(stage: &Path, out: &Path, summary: &GenerateSummary) -> Result<()> {
+    let io = |p: &Path| Error::io(p.display().to_string());
+    let datasets = summary
+        .datasets
+        .iter()
+        .map(|(name, _, _)| format!("data/{name}"));
+    for rel in datasets.chain(PROJECT_FILES.iter().map(|(rel, _)| (*rel).to_string())) {
+        let (from, to) = (stage.join(&rel), out.join(&rel));
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        if to.is_dir() {
+            std::fs::remove_dir_all(&to).map_err(io(&to))?;
+        }
+        std::fs::rename(&from, &to).map_err(io(&to))?;
+    }
+    Ok(())
+}
+
+fn generate_into(
+    opts: &GenerateOptions,
+    stage: &Path,
+    mut progress: impl FnMut(u64) -> Result<()>,
+) -> Result<GenerateSummary> {
+    let name = opts
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "generated".into());
+    write_project_files(stage, &name)?;
+    let data = stage.join("data");
     let mut t = tables::all(&data)?;
     let end = opts.end.timestamp_micros();
     let start = end - 365 * DAY_US;
@@ -201,7 +260,7 @@ pub fn generate(opts: &GenerateOptions, mut progress: impl FnMut(u64)) -> Result
                 epp,
             )?;
         }
-        progress(hi);
+        progress(hi)?;
     }
     let mut summary = GenerateSummary {
         people: opts.people,
@@ -484,17 +543,13 @@ const PROJECT_FILES: [(&str, &str); 8] = [
     ),
 ];
 
-fn write_project_files(out: &Path) -> Result<()> {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "generated".into());
+fn write_project_files(out: &Path, name: &str) -> Result<()> {
     for (rel, text) in PROJECT_FILES {
         let path = out.join(rel);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Error::io(dir.display().to_string()))?;
         }
-        let text = text.replace("{{name}}", &name);
+        let text = text.replace("{{name}}", name);
         std::fs::write(&path, text).map_err(Error::io(path.display().to_string()))?;
     }
     Ok(())

@@ -61,6 +61,63 @@ fn cli_generate_is_deterministic() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// Every file under `dir` with its bytes (not a generation's staging folder).
+fn contents(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    crate::support::files_under(dir)
+        .into_iter()
+        .filter(|f| !f.starts_with(audience::generate::STAGING))
+        .map(|f| {
+            let bytes = std::fs::read(dir.join(&f)).expect("read");
+            (f, bytes)
+        })
+        .collect()
+}
+
+/// `audience generate` over an existing project, stopped once it has begun
+/// writing: by SIGINT (exit 130, nothing left behind) or SIGKILL (its hidden
+/// staging folder left, which the next generation removes). Either way the
+/// project's files are as they were.
+#[test]
+fn cli_generate_stopped_leaves_the_folder_as_it_was() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let proj = dir.path().join("proj");
+    let p = proj.to_str().expect("utf-8");
+    let small = ["--quiet", "generate", "--people", "300", "--seed", "3", "--out", p];
+    let (code, out, err) = audience(&small);
+    assert_eq!(code, 0, "{out}{err}");
+    let before = contents(&proj);
+    let staging = proj.join(audience::generate::STAGING);
+    for signal in ["INT", "KILL"] {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_audience"))
+            .args(["--quiet", "generate", "--people", "20000000", "--out", p])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Stopped once its first data file is being written.
+        let first = staging.join("data/crm/part-00000.parquet");
+        let t0 = std::time::Instant::now();
+        while !first.exists() {
+            assert!(t0.elapsed().as_secs() < 120, "no {}", first.display());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        crate::support::send(&child, signal);
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if signal == "INT" {
+            assert_eq!(out.status.code(), Some(130), "{err}");
+            assert!(!staging.exists(), "staging folder left after SIGINT");
+        } else {
+            assert!(staging.exists(), "a killed generation cannot clean up");
+        }
+        assert!(contents(&proj) == before, "{signal}: the project changed");
+    }
+    // The next generation removes what the killed one left.
+    let (code, out, err) = audience(&small);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!staging.exists());
+    assert!(contents(&proj) == before);
+}
+
 /// Run `audience` with its standard output closed from the start, as
 /// `audience ... | head -0` would: its exit status and stderr.
 fn with_output_closed(args: &[&str]) -> (std::process::ExitStatus, String) {
