@@ -367,8 +367,8 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         let urls: Vec<ListingTableUrl> = files
             .iter()
             .map(|m| {
-                ListingTableUrl::parse(file_url(m))
-                    .map_err(|e| Error::input(&ds.name, Some(&file_url(m)), None, e.to_string()))
+                exact_url(&store_prefix, m)
+                    .ok_or_else(|| Error::Internal(format!("no URL for {}", file_url(m))))
             })
             .collect::<Result<_>>()?;
         let options = ListingOptions::new(format.clone()).with_file_extension("");
@@ -392,7 +392,8 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         )?)
     } else {
         // Otherwise (a `.parquet` file in a skipped folder such as
-        // `key=value/_temporary/`, or files such a table would not read):
+        // `key=value/_temporary/`, files such a table would not read, or
+        // escaped values, which its filters would miss):
         // the files of each `key=value` folder set, with its values as
         // columns, one after another. Exact, but slower to plan with many
         // folder sets (see docs/config.md).
@@ -512,10 +513,15 @@ fn hive_reads(url: &ListingTableUrl, m: &ObjectMeta, partitions: usize) -> bool 
         return false;
     };
     let folders = &below[..below.len() - 1];
+    // A folder name with an escape (`source=web%3Ashop`, as Spark writes
+    // `web:shop`): DataFusion 55 reads the value right, but a query that
+    // filters on it lists the unescaped folder name (`source=web:shop`) and
+    // finds no file.
+    let as_written = |d: &String| d.split_once('=').is_some_and(|(_, v)| percent_decoded(v) == v);
     m.size > 0
         && m.location.as_ref().ends_with(".parquet")
         && folders.len() >= partitions
-        && folders[..partitions].iter().all(|d| d.contains('='))
+        && folders[..partitions].iter().all(as_written)
         && folders.iter().filter(|d| d.contains('=')).count() == partitions
 }
 
@@ -528,19 +534,34 @@ fn below(prefix: &object_store::path::Path, m: &ObjectMeta) -> Option<Vec<String
 }
 
 /// A file's `key=value` folders below the dataset path, in order: keys, and
-/// values percent-decoded (as DataFusion decodes them).
+/// values with Hive's escapes decoded (as DataFusion decodes them).
 fn partition_folders(url: &ListingTableUrl, m: &ObjectMeta) -> Vec<(String, String)> {
     let parts = below(url.prefix(), m).unwrap_or_default();
     let dirs = &parts[..parts.len().saturating_sub(1)];
     dirs.iter()
         .filter_map(|d| d.split_once('='))
-        .map(|(k, v)| {
-            let value = percent_encoding::percent_decode_str(v)
-                .decode_utf8()
-                .map_or_else(|_| v.to_string(), |d| d.into_owned());
-            (k.to_string(), value)
-        })
+        .map(|(k, v)| (k.to_string(), percent_decoded(v).into_owned()))
         .collect()
+}
+
+/// A table URL for exactly the file `m` of the store at `store` (`s3://bucket/`,
+/// `file:///`). Its path segments are escaped, so the table finds the file
+/// under the name it was listed by, `%` included (`key=web%3Ashop/`); a URL
+/// written out as text would be decoded once and name another file.
+fn exact_url(store: &str, m: &ObjectMeta) -> Option<ListingTableUrl> {
+    let mut url = url::Url::parse(store).ok()?;
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .extend(m.location.parts().map(|p| p.as_ref().to_string()));
+    ListingTableUrl::try_new(url, None).ok()
+}
+
+/// `s` percent-decoded once (kept as it is when that is not UTF-8).
+fn percent_decoded(s: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .unwrap_or(std::borrow::Cow::Borrowed(s))
 }
 
 /// Hive-style partition columns (`key=value` folders below the dataset path), the

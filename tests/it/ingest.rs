@@ -272,6 +272,88 @@ fn ingest_hive_partitions_become_columns() {
     assert_eq!(members(&out, "shop_buyers"), shop);
 }
 
+/// Partition folder names carry Hive's escapes (`%3A` for `:`, `%25` for
+/// `%`, as Spark writes them): segments that filter on the decoded values
+/// find their rows, on local disk and in buckets (DataFusion's own listing
+/// of the folder would look for `source=web:shop/` and find none).
+#[test]
+fn ingest_hive_escaped_partition_values_are_decoded_everywhere() {
+    use audience::engine::storage::store_for;
+    use object_store::{ObjectStoreExt, PutPayload};
+    const FOLDERS: [&str; 2] = ["source=web%3Ashop", "source=100%25"];
+    let dir = sample_copy();
+    let purchases = dir.path().join("data/purchases");
+    let file = std::fs::read(purchases.join("part-00000.parquet")).expect("read");
+    for folder in FOLDERS {
+        std::fs::create_dir_all(purchases.join(folder)).expect("mkdir");
+        std::fs::write(purchases.join(folder).join("part-00000.parquet"), &file).expect("write");
+    }
+    std::fs::remove_file(purchases.join("part-00000.parquet")).expect("rm");
+    for (id, source) in [("colon_buyers", "web:shop"), ("percent_buyers", "100%")] {
+        std::fs::write(
+            dir.path().join(format!("sql/segments/{id}.sql")),
+            format!("SELECT profile_id FROM events WHERE source = '{source}'"),
+        )
+        .expect("write");
+    }
+    let check = |what: &str| {
+        let (code, out) = run(dir.path());
+        assert_eq!(code, 0, "{what}: {out}");
+        let colon = members(&out, "colon_buyers");
+        assert!(colon > 100, "{what}: {out}");
+        assert_eq!(members(&out, "percent_buyers"), colon, "{what}: {out}");
+        let identity = &printed_record(&out)["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["stage"] == "identity").cloned())
+            .expect("identity stage")["counts"];
+        (colon, identity["rows"].clone())
+    };
+    let local = check("local disk");
+    // A file name with an escape, in a dataset without partitions, is read.
+    let crm = dir.path().join("data/crm");
+    std::fs::rename(crm.join("part-00000.parquet"), crm.join("part%3A0.parquet")).expect("mv");
+    assert_eq!(check("local disk, crm/part%3A0.parquet"), local);
+    // In buckets: the keys hold the escapes as written.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    for var in ["AUDIENCE_TEST_S3_URL", "AUDIENCE_TEST_AZ_URL"] {
+        let Some(base) = crate::exports::emulator(var) else {
+            continue;
+        };
+        let lake = format!("{base}/escaped-{}", std::process::id());
+        let store = store_for(&url::Url::parse(&lake).expect("url")).expect("store");
+        let prefix = url::Url::parse(&lake)
+            .expect("url")
+            .path()
+            .trim_matches('/')
+            .to_string();
+        let put = |key: &str, bytes: &[u8]| {
+            let path = object_store::path::Path::parse(format!("{prefix}/{key}")).expect("key");
+            rt.block_on(store.put(&path, PutPayload::from(bytes.to_vec())))
+                .unwrap_or_else(|e| panic!("{var}: put {key}: {e}"));
+        };
+        for folder in FOLDERS {
+            put(&format!("purchases/{folder}/part-00000.parquet"), &file);
+        }
+        put(
+            "crm/part%3A0.parquet",
+            &std::fs::read(crm.join("part%3A0.parquet")).expect("read"),
+        );
+        let config = dir.path().join("audience.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        let mut edited = text.clone();
+        for ds in ["purchases", "crm"] {
+            let local_path = format!("path = \"data/{ds}/\"");
+            edited = edited.replace(&local_path, &format!("path = \"{lake}/{ds}/\""));
+        }
+        std::fs::write(&config, edited).expect("write");
+        assert_eq!(check(var), local, "{var}");
+        std::fs::write(&config, text).expect("write");
+    }
+}
+
 #[test]
 fn ingest_mixed_partition_layout_is_an_error() {
     let dir = sample_copy();
