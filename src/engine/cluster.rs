@@ -10,7 +10,8 @@
 //!   outputs (an executor rebuilds the identity lookup from them on first use,
 //!   like a broadcast), the merge aggregates with their slots;
 //! * in-memory tables (profile skeletons, merged profiles, features and
-//!   segment results) travel inside the plan as Arrow IPC.
+//!   segment results) travel inside the plan as Arrow IPC;
+//! * a dataset's table travels as its list of files and partition values.
 //!
 //! Stores are opened from the URL in every process ([`super::Stores`]), with
 //! credentials from that process's environment. Our scheduler and executor
@@ -55,6 +56,8 @@ enum Payload {
     Table {
         partitions: Vec<u64>,
     },
+    /// A dataset's files ([`crate::ingest::files::ExactFiles`]).
+    Files(crate::ingest::files::FilesSpec),
 }
 
 fn write_payload(p: &Payload, buf: &mut Vec<u8>) -> DfResult<()> {
@@ -153,8 +156,13 @@ fn decode_table(
     buf: &[u8],
     schema: datafusion::arrow::datatypes::SchemaRef,
 ) -> DfResult<Option<Arc<dyn TableProvider>>> {
-    let Some((Payload::Table { partitions }, mut rest)) = read_payload(buf)? else {
-        return Ok(None);
+    let (partitions, mut rest) = match read_payload(buf)? {
+        Some((Payload::Table { partitions }, rest)) => (partitions, rest),
+        Some((Payload::Files(spec), _)) => {
+            let files = crate::ingest::files::ExactFiles::from_spec(spec, &schema)?;
+            return Ok(Some(Arc::new(files)));
+        }
+        _ => return Ok(None),
     };
     let mut parts: Vec<Vec<RecordBatch>> = Vec::with_capacity(partitions.len());
     for len in partitions {
@@ -207,9 +215,12 @@ impl LogicalExtensionCodec for Codec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> DfResult<()> {
-        match node.downcast_ref::<MemTable>() {
-            Some(t) => encode_table(t, buf),
-            None => self.logical.try_encode_table_provider(table_ref, node, buf),
+        if let Some(t) = node.downcast_ref::<MemTable>() {
+            encode_table(t, buf)
+        } else if let Some(f) = node.downcast_ref::<crate::ingest::files::ExactFiles>() {
+            write_payload(&Payload::Files(f.spec()), buf)
+        } else {
+            self.logical.try_encode_table_provider(table_ref, node, buf)
         }
     }
     fn try_decode_file_format(

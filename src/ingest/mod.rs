@@ -9,7 +9,8 @@
 //! type; no column changes type between files; a dataset with no files is an
 //! error, not an empty table.
 
-use std::collections::BTreeMap;
+pub mod files;
+
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -17,7 +18,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    ListingTableUrl,
 };
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
@@ -90,13 +91,10 @@ pub async fn ingest(ctx: &SessionContext, project: &Project) -> Result<Vec<Inges
 /// (DataFusion's rules: `*` also crosses `/`, and `key=value` folders are
 /// left out of the match). Names starting with `.` or `_` are skipped, and so
 /// is everything in folders named that way (`_temporary/`, `.spark-staging/`).
-///
-/// Also says whether a skipped (hidden) object ends in `.parquet`: a table
-/// that lists the folder itself would read it.
 async fn list_files(
     ctx: &SessionContext,
     ds: &Dataset,
-) -> Result<(ListingTableUrl, Vec<ObjectMeta>, bool)> {
+) -> Result<(ListingTableUrl, Vec<ObjectMeta>)> {
     let url = match ds.location.glob() {
         None => ListingTableUrl::parse(ds.location.url().as_str()),
         Some((folder, pattern)) => {
@@ -137,7 +135,6 @@ async fn list_files(
     } else {
         None
     };
-    let hidden_parquet = std::sync::atomic::AtomicBool::new(false);
     let mut files: Vec<ObjectMeta> = match head {
         Some(m) => vec![m],
         // A folder (named with or without its trailing `/`) or a pattern.
@@ -148,9 +145,6 @@ async fn list_files(
                 let hidden = below
                     .iter()
                     .any(|p| p.starts_with('.') || p.starts_with('_'));
-                if hidden && m.location.as_ref().ends_with(".parquet") {
-                    hidden_parquet.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
                 let keep = !hidden
                     && match url.get_glob() {
                         Some(_) => url.contains(&m.location, false),
@@ -179,11 +173,11 @@ async fn list_files(
             ),
         ));
     }
-    Ok((url, files, hidden_parquet.into_inner()))
+    Ok((url, files))
 }
 
 async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
-    let (url, files, hidden_parquet) = list_files(ctx, ds).await?;
+    let (url, files) = list_files(ctx, ds).await?;
     let store = ctx
         .runtime_env()
         .object_store(url.object_store())
@@ -357,81 +351,28 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
             .collect(),
     };
 
-    let format: Arc<dyn FileFormat> = Arc::new(format);
-    let table_of = |config: ListingTableConfig| {
-        ListingTable::try_new(config.with_schema(file_schema.clone()))
-            .map_err(Error::engine("ingest"))
-    };
-    // Exactly the files validated above (and recorded in the run record).
-    let listing = |files: &[&ObjectMeta]| -> Result<ListingTable> {
-        let urls: Vec<ListingTableUrl> = files
-            .iter()
-            .map(|m| {
-                exact_url(&store_prefix, m)
-                    .ok_or_else(|| Error::Internal(format!("no URL for {}", file_url(m))))
-            })
-            .collect::<Result<_>>()?;
-        let options = ListingOptions::new(format.clone()).with_file_extension("");
-        table_of(ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options))
-    };
-    let table: Arc<dyn TableProvider> = if partitions.is_empty() {
-        Arc::new(listing(&files.iter().collect::<Vec<_>>())?)
-    } else if !hidden_parquet && files.iter().all(|m| hive_reads(&url, m, partitions.len())) {
-        // Hive-style partitions, when a table listing the dataset's folder
-        // reads exactly the validated files: it parses the `key=value` folders.
-        let options = ListingOptions::new(format.clone())
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(
-                partitions
-                    .iter()
-                    .map(|p| (p.clone(), DataType::Utf8))
-                    .collect(),
-            );
-        Arc::new(table_of(
-            ListingTableConfig::new(url.clone()).with_listing_options(options),
-        )?)
-    } else {
-        // Otherwise (a `.parquet` file in a skipped folder such as
-        // `key=value/_temporary/`, files such a table would not read, or
-        // escaped values, which its filters would miss):
-        // the files of each `key=value` folder set, with its values as
-        // columns, one after another. Exact, but slower to plan with many
-        // folder sets (see docs/config.md).
-        tracing::debug!(dataset = %ds.name, "partitioned dataset read folder set by folder set");
-        let mut groups: BTreeMap<Vec<String>, Vec<&ObjectMeta>> = BTreeMap::new();
-        for m in &files {
-            let values = partition_folders(&url, m)
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect();
-            groups.entry(values).or_default().push(m);
-        }
-        let mut union: Option<datafusion::prelude::DataFrame> = None;
-        for (values, group) in groups {
-            let mut exprs: Vec<datafusion::logical_expr::Expr> = file_schema
-                .fields()
-                .iter()
-                .map(|f| datafusion::logical_expr::ident(f.name()))
-                .collect();
-            exprs.extend(
-                partitions
-                    .iter()
-                    .zip(values)
-                    .map(|(k, v)| datafusion::logical_expr::lit(v).alias(k)),
-            );
-            let part = ctx
-                .read_table(Arc::new(listing(&group)?))
-                .and_then(|t| t.select(exprs))
-                .map_err(Error::engine("ingest"))?;
-            union = Some(match union {
-                None => part,
-                Some(u) => u.union(part).map_err(Error::engine("ingest"))?,
-            });
-        }
-        union
-            .ok_or_else(|| Error::Internal("a partitioned dataset without files".into()))?
-            .into_view()
-    };
+    // Exactly the files validated above (and recorded in the run record),
+    // with their partition values.
+    let files_and_values = files
+        .iter()
+        .map(|m| {
+            let values = if partitions.is_empty() {
+                Vec::new()
+            } else {
+                partition_folders(&url, m).into_iter().map(|(_, v)| v).collect()
+            };
+            (m.clone(), values)
+        })
+        .collect();
+    let table: Arc<dyn TableProvider> = Arc::new(
+        files::ExactFiles::new(
+            &store_prefix,
+            file_schema.clone(),
+            &partitions,
+            files_and_values,
+        )
+        .map_err(Error::engine("ingest"))?,
+    );
     let name = table_name(&ds.name);
     let columns = if ds.rename.is_empty() {
         ctx.register_table(name.as_str(), table)
@@ -505,26 +446,6 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
     })
 }
 
-/// Whether a table that lists the dataset's folder with `partitions`
-/// `key=value` columns reads `m`: a non-empty `.parquet` file whose first
-/// folders below the dataset path are those `key=value` folders.
-fn hive_reads(url: &ListingTableUrl, m: &ObjectMeta, partitions: usize) -> bool {
-    let Some(below) = below(url.prefix(), m) else {
-        return false;
-    };
-    let folders = &below[..below.len() - 1];
-    // A folder name with an escape (`source=web%3Ashop`, as Spark writes
-    // `web:shop`): DataFusion 55 reads the value right, but a query that
-    // filters on it lists the unescaped folder name (`source=web:shop`) and
-    // finds no file.
-    let as_written = |d: &String| d.split_once('=').is_some_and(|(_, v)| percent_decoded(v) == v);
-    m.size > 0
-        && m.location.as_ref().ends_with(".parquet")
-        && folders.len() >= partitions
-        && folders[..partitions].iter().all(as_written)
-        && folders.iter().filter(|d| d.contains('=')).count() == partitions
-}
-
 /// The path segments of `m` below `prefix` (its folders, then its name).
 fn below(prefix: &object_store::path::Path, m: &ObjectMeta) -> Option<Vec<String>> {
     m.location
@@ -542,19 +463,6 @@ fn partition_folders(url: &ListingTableUrl, m: &ObjectMeta) -> Vec<(String, Stri
         .filter_map(|d| d.split_once('='))
         .map(|(k, v)| (k.to_string(), percent_decoded(v).into_owned()))
         .collect()
-}
-
-/// A table URL for exactly the file `m` of the store at `store` (`s3://bucket/`,
-/// `file:///`). Its path segments are escaped, so the table finds the file
-/// under the name it was listed by, `%` included (`key=web%3Ashop/`); a URL
-/// written out as text would be decoded once and name another file.
-fn exact_url(store: &str, m: &ObjectMeta) -> Option<ListingTableUrl> {
-    let mut url = url::Url::parse(store).ok()?;
-    url.path_segments_mut()
-        .ok()?
-        .pop_if_empty()
-        .extend(m.location.parts().map(|p| p.as_ref().to_string()));
-    ListingTableUrl::try_new(url, None).ok()
 }
 
 /// `s` percent-decoded once (kept as it is when that is not UTF-8).
