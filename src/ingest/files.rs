@@ -32,8 +32,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use object_store::ObjectMeta;
 
+/// The folder value Hive and Spark write for a NULL partition value
+/// (`key=__HIVE_DEFAULT_PARTITION__`).
+pub const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
+
 /// Exactly these Parquet files of one store, with their partition values
-/// (string columns after the files' own).
+/// (string columns after the files' own; [`HIVE_NULL`] is NULL).
 #[derive(Debug, Clone)]
 pub struct ExactFiles {
     store: ObjectStoreUrl,
@@ -88,7 +92,7 @@ impl ExactFiles {
         }
         let partitions: Vec<FieldRef> = partitions
             .iter()
-            .map(|p| Arc::new(Field::new(p, DataType::Utf8, false)))
+            .map(|p| Arc::new(Field::new(p, DataType::Utf8, true)))
             .collect();
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partitions.iter().cloned());
@@ -205,7 +209,7 @@ impl TableProvider for ExactFiles {
             let mut file = PartitionedFile::from(meta.clone());
             file.partition_values = values
                 .iter()
-                .map(|v| ScalarValue::Utf8(Some(v.clone())))
+                .map(|v| ScalarValue::Utf8((v != HIVE_NULL).then(|| v.clone())))
                 .collect();
             if let Some(file) = helpers::filter_partitioned_file(file, &on_partitions, &values_schema)? {
                 files.push(file);

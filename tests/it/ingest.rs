@@ -273,14 +273,19 @@ fn ingest_hive_partitions_become_columns() {
 }
 
 /// Partition folder names carry Hive's escapes (`%3A` for `:`, `%25` for
-/// `%`, as Spark writes them): segments that filter on the decoded values
-/// find their rows, on local disk and in buckets (DataFusion's own listing
-/// of the folder would look for `source=web:shop/` and find none).
+/// `%`, as Spark writes them) and its NULL marker: segments that filter on
+/// the decoded values find their rows, on local disk and in buckets
+/// (DataFusion's own listing of the folder would look for `source=web:shop/`
+/// and find none).
 #[test]
 fn ingest_hive_escaped_partition_values_are_decoded_everywhere() {
     use audience::engine::storage::store_for;
     use object_store::{ObjectStoreExt, PutPayload};
-    const FOLDERS: [&str; 2] = ["source=web%3Ashop", "source=100%25"];
+    const FOLDERS: [&str; 3] = [
+        "source=web%3Ashop",
+        "source=100%25",
+        "source=__HIVE_DEFAULT_PARTITION__",
+    ];
     let dir = sample_copy();
     let purchases = dir.path().join("data/purchases");
     let file = std::fs::read(purchases.join("part-00000.parquet")).expect("read");
@@ -289,10 +294,16 @@ fn ingest_hive_escaped_partition_values_are_decoded_everywhere() {
         std::fs::write(purchases.join(folder).join("part-00000.parquet"), &file).expect("write");
     }
     std::fs::remove_file(purchases.join("part-00000.parquet")).expect("rm");
-    for (id, source) in [("colon_buyers", "web:shop"), ("percent_buyers", "100%")] {
+    for (id, source) in [
+        ("colon_buyers", "= 'web:shop'"),
+        ("percent_buyers", "= '100%'"),
+        // Spark's folder for a NULL value.
+        ("null_buyers", "IS NULL AND dataset = 'purchases'"),
+        ("marker_buyers", "LIKE '%HIVE%'"),
+    ] {
         std::fs::write(
             dir.path().join(format!("sql/segments/{id}.sql")),
-            format!("SELECT profile_id FROM events WHERE source = '{source}'"),
+            format!("SELECT profile_id FROM events WHERE source {source}"),
         )
         .expect("write");
     }
@@ -302,6 +313,8 @@ fn ingest_hive_escaped_partition_values_are_decoded_everywhere() {
         let colon = members(&out, "colon_buyers");
         assert!(colon > 100, "{what}: {out}");
         assert_eq!(members(&out, "percent_buyers"), colon, "{what}: {out}");
+        assert_eq!(members(&out, "null_buyers"), colon, "{what}: {out}");
+        assert_eq!(members(&out, "marker_buyers"), 0, "{what}: {out}");
         let identity = &printed_record(&out)["stages"]
             .as_array()
             .and_then(|s| s.iter().find(|s| s["stage"] == "identity").cloned())
