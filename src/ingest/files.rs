@@ -19,7 +19,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::stats::Precision;
+use datafusion::common::{ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{PartitionedFile, helpers};
@@ -44,7 +45,17 @@ pub struct ExactFiles {
     file_schema: SchemaRef,
     partitions: Vec<FieldRef>,
     schema: SchemaRef,
-    files: Vec<(ObjectMeta, Vec<String>)>,
+    files: Vec<ExactFile>,
+}
+
+/// One file of an [`ExactFiles`] table.
+#[derive(Debug, Clone)]
+pub struct ExactFile {
+    pub meta: ObjectMeta,
+    /// One per partition column.
+    pub values: Vec<String>,
+    /// Of the file's own columns, when known.
+    pub stats: Option<Arc<Statistics>>,
 }
 
 /// What an [`ExactFiles`] table is, serialisable (its schema travels beside it).
@@ -81,12 +92,12 @@ impl ExactFiles {
         store: &str,
         file_schema: SchemaRef,
         partitions: &[String],
-        files: Vec<(ObjectMeta, Vec<String>)>,
+        files: Vec<ExactFile>,
     ) -> DfResult<Self> {
-        if let Some((m, _)) = files.iter().find(|(_, v)| v.len() != partitions.len()) {
+        if let Some(f) = files.iter().find(|f| f.values.len() != partitions.len()) {
             return Err(DataFusionError::Internal(format!(
                 "{}: {} partition columns expected",
-                m.location,
+                f.meta.location,
                 partitions.len()
             )));
         }
@@ -113,13 +124,13 @@ impl ExactFiles {
             files: self
                 .files
                 .iter()
-                .map(|(m, values)| FileSpec {
-                    path: m.location.to_string(),
-                    size: m.size,
-                    last_modified: m.last_modified,
-                    e_tag: m.e_tag.clone(),
-                    version: m.version.clone(),
-                    values: values.clone(),
+                .map(|f| FileSpec {
+                    path: f.meta.location.to_string(),
+                    size: f.meta.size,
+                    last_modified: f.meta.last_modified,
+                    e_tag: f.meta.e_tag.clone(),
+                    version: f.meta.version.clone(),
+                    values: f.values.clone(),
                 })
                 .collect(),
         }
@@ -150,7 +161,11 @@ impl ExactFiles {
                     e_tag: f.e_tag,
                     version: f.version,
                 };
-                Ok((meta, f.values))
+                Ok(ExactFile {
+                    meta,
+                    values: f.values,
+                    stats: None,
+                })
             })
             .collect::<DfResult<_>>()?;
         ExactFiles::new(&spec.store, file_schema, &spec.partitions, files)
@@ -205,12 +220,17 @@ impl TableProvider for ExactFiles {
             .collect();
         let values_schema = DFSchema::try_from(Schema::new(self.partitions.clone()))?;
         let mut files = Vec::with_capacity(self.files.len());
-        for (meta, values) in &self.files {
-            let mut file = PartitionedFile::from(meta.clone());
-            file.partition_values = values
+        for f in &self.files {
+            let mut file = PartitionedFile::from(f.meta.clone());
+            file.partition_values = f
+                .values
                 .iter()
                 .map(|v| ScalarValue::Utf8((v != HIVE_NULL).then(|| v.clone())))
                 .collect();
+            file.statistics = f
+                .stats
+                .as_ref()
+                .map(|s| Arc::new(with_values(s, &file.partition_values)));
             if let Some(file) = helpers::filter_partitioned_file(file, &on_partitions, &values_schema)? {
                 files.push(file);
             }
@@ -222,6 +242,12 @@ impl TableProvider for ExactFiles {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
+        let known: Option<Vec<&Statistics>> =
+            files.iter().map(|f| f.statistics.as_deref()).collect();
+        let stats = match known {
+            Some(all) => Statistics::try_merge_iter(all, &self.schema)?,
+            None => Statistics::new_unknown(&self.schema),
+        };
         let groups = FileGroup::new(files).split_files(state.config().target_partitions());
         let format = ParquetFormat::default();
         let source = format.file_source(
@@ -231,9 +257,37 @@ impl TableProvider for ExactFiles {
         );
         let config = FileScanConfigBuilder::new(self.store.clone(), source)
             .with_file_groups(groups)
+            .with_statistics(stats)
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
         format.create_physical_plan(state, config).await
     }
+}
+
+/// A file's statistics (of its own columns) with those of its partition
+/// columns: every row holds the folder's value, or is NULL for
+/// [`HIVE_NULL`] (DataFusion's `PartitionedFile::with_statistics` would say
+/// no row is NULL).
+fn with_values(file: &Statistics, values: &[ScalarValue]) -> Statistics {
+    let mut stats = file.clone();
+    for v in values {
+        let rows = stats.num_rows;
+        stats.column_statistics.push(if v.is_null() {
+            ColumnStatistics {
+                null_count: rows,
+                distinct_count: Precision::Exact(0),
+                ..ColumnStatistics::new_unknown()
+            }
+        } else {
+            ColumnStatistics {
+                null_count: Precision::Exact(0),
+                min_value: Precision::Exact(v.clone()),
+                max_value: Precision::Exact(v.clone()),
+                distinct_count: Precision::Exact(1),
+                ..ColumnStatistics::new_unknown()
+            }
+        });
+    }
+    stats
 }

@@ -353,25 +353,45 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
 
     // Exactly the files validated above (and recorded in the run record),
     // with their partition values.
-    let files_and_values = files
-        .iter()
+    // Each file's statistics (row count, min/max) from its footer, which the
+    // schema check above read and DataFusion keeps: no request to the store.
+    let stats: Vec<_> = futures::stream::iter(files.iter())
         .map(|m| {
-            let values = if partitions.is_empty() {
+            let (format, state, store, schema) = (&format, &state, &store, &file_schema);
+            async move {
+                format
+                    .infer_stats(state as &dyn Session, store, schema.clone(), m)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| {
+                        Error::input(
+                            &ds.name,
+                            Some(&file_url(m)),
+                            None,
+                            format!("cannot read the Parquet statistics: {e}"),
+                        )
+                    })
+            }
+        })
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let exact: Vec<files::ExactFile> = files
+        .iter()
+        .zip(stats)
+        .map(|(m, stats)| files::ExactFile {
+            meta: m.clone(),
+            values: if partitions.is_empty() {
                 Vec::new()
             } else {
                 partition_folders(&url, m).into_iter().map(|(_, v)| v).collect()
-            };
-            (m.clone(), values)
+            },
+            stats: Some(stats),
         })
         .collect();
     let table: Arc<dyn TableProvider> = Arc::new(
-        files::ExactFiles::new(
-            &store_prefix,
-            file_schema.clone(),
-            &partitions,
-            files_and_values,
-        )
-        .map_err(Error::engine("ingest"))?,
+        files::ExactFiles::new(&store_prefix, file_schema.clone(), &partitions, exact)
+            .map_err(Error::engine("ingest"))?,
     );
     let name = table_name(&ds.name);
     let columns = if ds.rename.is_empty() {
