@@ -107,11 +107,15 @@ impl Location {
         u
     }
 
-    /// The object-store path of this location (no leading slash).
+    /// The object-store path of this location (no leading slash): the
+    /// decoded URL path as it is, the path DataFusion reads this location
+    /// at. (`StorePath::from` would escape `%`, `{`, `[` … once more, and
+    /// write `/tmp/a%41/` to the folder `/tmp/a%2541/`.)
     pub fn path(&self) -> StorePath {
-        let raw = self.url.path();
-        let decoded = percent_decode(raw);
-        StorePath::from(decoded.trim_matches('/'))
+        let decoded = percent_decode(self.url.path());
+        let trimmed = decoded.trim_matches('/');
+        // Empty, `.` or `..` segments (`a//b`) are not valid object paths.
+        StorePath::parse(trimmed).unwrap_or_else(|_| StorePath::from(trimmed))
     }
 
     /// A child location, `self/rel`.

@@ -61,6 +61,33 @@ fn cli_generate_is_deterministic() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// A project in a folder whose name holds a `%` escape and braces: its
+/// state and exports are written inside it and read back from there (they
+/// went to `a%2541` while the run read `a%41`, and the run failed).
+#[test]
+fn cli_project_path_with_escapes_runs_in_place() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("a%41 {b}");
+    crate::support::copy_tree(&crate::support::sample_dir(), &dir);
+    let p = dir.to_str().expect("utf-8");
+    for (id, as_of) in [("r1", "2025-07-01"), ("r2", "2025-07-02")] {
+        let (code, out, err) = audience(&[
+            "--quiet", "run", "--project", p, "--as-of", as_of, "--run-id", id,
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(dir.join(format!("state/runs/{id}/identity_map.parquet")).exists());
+    }
+    // Everything was written inside the project folder.
+    let siblings: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(siblings.len(), 1, "{siblings:?}");
+    // The second run read the first one's state.
+    let r2 = crate::support::run_record(&dir, "r2");
+    assert_eq!(r2["membership_baseline"], "r1", "{r2}");
+}
+
 /// Every file under `dir` with its bytes (not a generation's staging folder).
 fn contents(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     crate::support::files_under(dir)
