@@ -231,7 +231,9 @@ impl TableProvider for ExactFiles {
                 .stats
                 .as_ref()
                 .map(|s| Arc::new(with_values(s, &file.partition_values)));
-            if let Some(file) = helpers::filter_partitioned_file(file, &on_partitions, &values_schema)? {
+            if let Some(file) =
+                helpers::filter_partitioned_file(file, &on_partitions, &values_schema)?
+            {
                 files.push(file);
             }
         }

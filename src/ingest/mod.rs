@@ -17,9 +17,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingTableUrl,
-};
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStoreExt as _};
@@ -384,7 +382,10 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
             values: if partitions.is_empty() {
                 Vec::new()
             } else {
-                partition_folders(&url, m).into_iter().map(|(_, v)| v).collect()
+                partition_folders(&url, m)
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect()
             },
             stats: Some(stats),
         })

@@ -72,10 +72,20 @@ fn cli_project_path_with_escapes_runs_in_place() {
     let p = dir.to_str().expect("utf-8");
     for (id, as_of) in [("r1", "2025-07-01"), ("r2", "2025-07-02")] {
         let (code, out, err) = audience(&[
-            "--quiet", "run", "--project", p, "--as-of", as_of, "--run-id", id,
+            "--quiet",
+            "run",
+            "--project",
+            p,
+            "--as-of",
+            as_of,
+            "--run-id",
+            id,
         ]);
         assert_eq!(code, 0, "{out}{err}");
-        assert!(dir.join(format!("state/runs/{id}/identity_map.parquet")).exists());
+        assert!(
+            dir.join(format!("state/runs/{id}/identity_map.parquet"))
+                .exists()
+        );
     }
     // Everything was written inside the project folder.
     let siblings: Vec<_> = std::fs::read_dir(tmp.path())
@@ -109,7 +119,9 @@ fn cli_generate_stopped_leaves_the_folder_as_it_was() {
     let dir = tempfile::tempdir().expect("tmp");
     let proj = dir.path().join("proj");
     let p = proj.to_str().expect("utf-8");
-    let small = ["--quiet", "generate", "--people", "300", "--seed", "3", "--out", p];
+    let small = [
+        "--quiet", "generate", "--people", "300", "--seed", "3", "--out", p,
+    ];
     let (code, out, err) = audience(&small);
     assert_eq!(code, 0, "{out}{err}");
     let before = contents(&proj);
