@@ -28,6 +28,9 @@ pub const SCHEMES: [&str; 6] = ["file", "s3", "gs", "az", "abfs", "memory"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     url: Url,
+    /// Bytes at the start of the decoded URL path where `*`, `?` and `[`
+    /// are literal: the project root of a relative path.
+    literal: usize,
 }
 
 impl Location {
@@ -71,7 +74,7 @@ impl Location {
             if scheme != "file" && url.host_str().unwrap_or_default().is_empty() {
                 return Err(format!("`{text}` names no bucket or container"));
             }
-            return Ok(Location { url });
+            return Ok(Location { url, literal: 0 });
         }
         // A relative root (a caller that did not make it absolute) would
         // otherwise put its first directory in the URL's host.
@@ -83,7 +86,19 @@ impl Location {
         // Keep glob characters literal in the URL path: they are interpreted by the lister.
         let url = Url::parse(&format!("file://{}", percent_path(&s)))
             .map_err(|e| format!("`{text}` is not a usable path: {e}"))?;
-        Ok(Location { url })
+        // Wildcards are read in `text` only, not in the root it is relative to.
+        let literal = if std::path::Path::new(text).is_absolute() {
+            0
+        } else {
+            let base = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+            let base = base.to_string_lossy();
+            if s.starts_with(base.as_ref()) {
+                base.len()
+            } else {
+                0
+            }
+        };
+        Ok(Location { url, literal })
     }
 
     pub fn url(&self) -> &Url {
@@ -123,19 +138,27 @@ impl Location {
         let mut url = self.url.clone();
         let base = url.path().trim_end_matches('/').to_string();
         url.set_path(&format!("{base}/{}", rel.trim_start_matches('/')));
-        Location { url }
+        Location {
+            url,
+            literal: self.literal,
+        }
     }
 
-    /// A location with a wildcard (`*`, `?` or `[` in its path) split into
-    /// the folder to list (the path up to the last `/` before the first
-    /// wildcard) and the pattern files below it must match; `None` without one.
+    /// A location with a wildcard (`*`, `?` or `[` in its path, after the
+    /// project root of a relative path) split into the folder to list (the
+    /// path up to the last `/` before the first wildcard) and the pattern
+    /// files below it must match; `None` without one.
     pub fn glob(&self) -> Option<(Location, String)> {
         let path = percent_decode(self.url.path());
-        let first = path.find(['*', '?', '['])?;
+        let from = path
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| i >= self.literal)?;
+        let first = from + path[from..].find(['*', '?', '['])?;
         let cut = path[..first].rfind('/').map_or(0, |s| s + 1);
         let mut url = self.url.clone();
-        url.set_path(&path[..cut]);
-        Some((Location { url }, path[cut..].to_string()))
+        url.set_path(&percent_path(&path[..cut]));
+        Some((Location { url, literal: 0 }, path[cut..].to_string()))
     }
 
     /// The text to show users: the local path for files, the URL otherwise.
@@ -389,6 +412,18 @@ mod tests {
                 "{text}"
             );
         }
+        // Wildcard characters in the project root are literal.
+        let odd = Path::new("/p[1]/a%41 *");
+        assert!(Location::parse("data/crm/", odd).unwrap().glob().is_none());
+        let (base, glob) = Location::parse("data/crm/*.parquet", odd)
+            .unwrap()
+            .glob()
+            .unwrap();
+        assert_eq!(
+            (base.display().as_str(), glob.as_str()),
+            ("/p[1]/a%41 */data/crm/", "*.parquet")
+        );
+        assert_eq!(base.path().as_ref(), "p[1]/a%41 */data/crm");
         let sas = Location::parse("az://c/x/?sv=2024&sig=SeCrEt", root).unwrap_err();
         assert!(
             sas.contains("query string") && !sas.contains("SeCrEt"),

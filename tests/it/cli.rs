@@ -61,14 +61,21 @@ fn cli_generate_is_deterministic() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-/// A project in a folder whose name holds a `%` escape and braces: its
-/// state and exports are written inside it and read back from there (they
-/// went to `a%2541` while the run read `a%41`, and the run failed).
+/// A project in a folder whose name holds a `%` escape, braces and brackets:
+/// its state and exports are written inside it and read back from there
+/// (they went to `a%2541` while the run read `a%41`, and the run failed),
+/// and its datasets' relative paths are not patterns (`[c]` is no wildcard
+/// there). A pattern in a dataset's own path still is one.
 #[test]
 fn cli_project_path_with_escapes_runs_in_place() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("a%41 {b}");
+    let dir = tmp.path().join("a%41 {b}[c]");
     crate::support::copy_tree(&crate::support::sample_dir(), &dir);
+    crate::support::edit_config(
+        &dir,
+        "path = \"data/loyalty/\"",
+        "path = \"data/loyalty/part-?????.parquet\"",
+    );
     let p = dir.to_str().expect("utf-8");
     for (id, as_of) in [("r1", "2025-07-01"), ("r2", "2025-07-02")] {
         let (code, out, err) = audience(&[
@@ -96,6 +103,14 @@ fn cli_project_path_with_escapes_runs_in_place() {
     // The second run read the first one's state.
     let r2 = crate::support::run_record(&dir, "r2");
     assert_eq!(r2["membership_baseline"], "r1", "{r2}");
+    let loyalty: Vec<_> = r2["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .filter(|d| d["dataset"] == "loyalty")
+        .flat_map(|d| d["files"].as_array().expect("files").clone())
+        .collect();
+    assert_eq!(loyalty.len(), 1, "{r2}");
 }
 
 /// Every file under `dir` with its bytes (not a generation's staging folder).
