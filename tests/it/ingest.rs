@@ -272,6 +272,20 @@ fn ingest_hive_partitions_become_columns() {
     assert_eq!(members(&out, "shop_buyers"), shop);
 }
 
+/// A folder of this process in the emulator that `var` names (`None` when
+/// it is not set, outside CI): its URL, its store and its path there.
+fn emulator_lake(
+    var: &str,
+    name: &str,
+) -> Option<(String, Arc<dyn object_store::ObjectStore>, String)> {
+    let base = crate::exports::emulator(var)?;
+    let lake = format!("{base}/{name}-{}", std::process::id());
+    let url = url::Url::parse(&lake).expect("url");
+    let store = audience::engine::storage::store_for(&url).expect("store");
+    let prefix = url.path().trim_matches('/').to_string();
+    Some((lake, store, prefix))
+}
+
 /// Partition folder names carry Hive's escapes (`%3A` for `:`, `%25` for
 /// `%`, as Spark writes them) and its NULL marker: segments that filter on
 /// the decoded values find their rows, on local disk and in buckets
@@ -279,7 +293,6 @@ fn ingest_hive_partitions_become_columns() {
 /// and find none).
 #[test]
 fn ingest_hive_escaped_partition_values_are_decoded_everywhere() {
-    use audience::engine::storage::store_for;
     use object_store::{ObjectStoreExt, PutPayload};
     const FOLDERS: [&str; 3] = [
         "source=web%3Ashop",
@@ -332,16 +345,9 @@ fn ingest_hive_escaped_partition_values_are_decoded_everywhere() {
         .build()
         .expect("rt");
     for var in ["AUDIENCE_TEST_S3_URL", "AUDIENCE_TEST_AZ_URL"] {
-        let Some(base) = crate::exports::emulator(var) else {
+        let Some((lake, store, prefix)) = emulator_lake(var, "escaped") else {
             continue;
         };
-        let lake = format!("{base}/escaped-{}", std::process::id());
-        let store = store_for(&url::Url::parse(&lake).expect("url")).expect("store");
-        let prefix = url::Url::parse(&lake)
-            .expect("url")
-            .path()
-            .trim_matches('/')
-            .to_string();
         let put = |key: &str, bytes: &[u8]| {
             let path = object_store::path::Path::parse(format!("{prefix}/{key}")).expect("key");
             rt.block_on(store.put(&path, PutPayload::from(bytes.to_vec())))
@@ -560,25 +566,17 @@ fn ingest_folders_at_any_depth_and_wildcards() {
 /// any depth, `?` and `*` patterns, `_`/`.` folders skipped.
 #[test]
 fn ingest_wildcards_and_depth_in_buckets() {
-    use audience::engine::storage::store_for;
     use object_store::{ObjectStoreExt, PutPayload};
     for var in ["AUDIENCE_TEST_S3_URL", "AUDIENCE_TEST_AZ_URL"] {
-        let Some(base) = crate::exports::emulator(var) else {
+        let Some((lake, store, prefix)) = emulator_lake(var, "lake") else {
             continue;
         };
-        let lake = format!("{base}/lake-{}", std::process::id());
         let dir = sample_copy();
         let data = dir.path().join("data");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("rt");
-        let store = store_for(&url::Url::parse(&lake).expect("url")).expect("store");
-        let prefix = url::Url::parse(&lake)
-            .expect("url")
-            .path()
-            .trim_matches('/')
-            .to_string();
         let put = |from: &str, to: &str| {
             let bytes = std::fs::read(data.join(from)).expect("read");
             rt.block_on(store.put(
