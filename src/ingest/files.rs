@@ -9,10 +9,12 @@
 //! (`source=web%3Ashop` for `web:shop`). Here the files and their values are
 //! fixed when the dataset is ingested: a scan keeps the files whose values
 //! pass the filters on partition columns, and reads them with DataFusion's
-//! Parquet source.
+//! Parquet source. Each file carries the statistics of its footer (read once
+//! by ingest) and exact ones for its partition values, so DataFusion can
+//! skip files and single-valued columns as with its own tables.
 //!
 //! The table travels to a Ballista scheduler through our codec
-//! (`engine::cluster`) as its `FilesSpec`.
+//! (`engine::cluster`) as its `FilesSpec`, without the statistics.
 
 use std::sync::Arc;
 

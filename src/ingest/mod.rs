@@ -349,8 +349,6 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
             .collect(),
     };
 
-    // Exactly the files validated above (and recorded in the run record),
-    // with their partition values.
     // Each file's statistics (row count, min/max) from its footer, which the
     // schema check above read and DataFusion keeps: no request to the store.
     let stats: Vec<_> = futures::stream::iter(files.iter())
@@ -374,6 +372,8 @@ async fn ingest_one(ctx: &SessionContext, ds: &Dataset) -> Result<Ingested> {
         .buffered(8)
         .try_collect()
         .await?;
+    // Exactly the files validated above (and recorded in the run record),
+    // with their partition values and statistics.
     let exact: Vec<files::ExactFile> = files
         .iter()
         .zip(stats)
