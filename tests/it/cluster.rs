@@ -210,6 +210,61 @@ fn cluster_query_stopped_by_sigint_leaves_no_shuffle_files() {
     assert_eq!(entries(tmp.path()), Vec::<String>::new(), "{err}");
 }
 
+/// A partitioned dataset (escaped and NULL folder values) reads the same on
+/// an in-process cluster as embedded: its table travels to the scheduler
+/// as its files and values, and filters on its partition column choose
+/// among them there too.
+#[test]
+fn cluster_reads_partitioned_datasets_like_embedded() {
+    let dir = sample_copy();
+    let purchases = dir.path().join("data/purchases");
+    for folder in ["source=web%3Ashop", "source=__HIVE_DEFAULT_PARTITION__"] {
+        std::fs::create_dir_all(purchases.join(folder)).expect("mkdir");
+        std::fs::copy(
+            purchases.join("part-00000.parquet"),
+            purchases.join(folder).join("part-00000.parquet"),
+        )
+        .expect("cp");
+    }
+    std::fs::remove_file(purchases.join("part-00000.parquet")).expect("rm");
+    let project = dir.path().to_str().expect("utf-8");
+    let query = |engine: &str, sql: &str| {
+        let (code, out, err) = audience(&[
+            "query",
+            "--project",
+            project,
+            "--as-of",
+            AS_OF,
+            "--engine",
+            engine,
+            "--format",
+            "csv",
+            sql,
+        ]);
+        assert_eq!(code, 0, "{engine}: {sql}: {err}");
+        out
+    };
+    for sql in [
+        "SELECT source, count(*) AS n FROM events WHERE dataset = 'purchases' GROUP BY source ORDER BY source",
+        "SELECT count(*) AS n FROM events WHERE source = 'web:shop'",
+    ] {
+        let embedded = query("embedded", sql);
+        assert!(embedded.lines().count() > 1, "{sql}: {embedded}");
+        assert_eq!(query("ballista", sql), embedded, "{sql}");
+    }
+    let grouped = query(
+        "embedded",
+        "SELECT source, count(*) AS n FROM events WHERE dataset = 'purchases' GROUP BY source ORDER BY source",
+    );
+    let counts: Vec<&str> = grouped.lines().skip(1).collect();
+    assert_eq!(counts.len(), 2, "{grouped}");
+    assert!(
+        counts.iter().any(|l| l.starts_with("web:shop,")),
+        "{grouped}"
+    );
+    assert!(counts.iter().any(|l| l.starts_with(",")), "NULL: {grouped}");
+}
+
 /// A child process killed when dropped.
 struct Proc(Child);
 impl Drop for Proc {
