@@ -217,16 +217,10 @@ fn cluster_query_stopped_by_sigint_leaves_no_shuffle_files() {
 #[test]
 fn cluster_reads_partitioned_datasets_like_embedded() {
     let dir = sample_copy();
-    let purchases = dir.path().join("data/purchases");
-    for folder in ["source=web%3Ashop", "source=__HIVE_DEFAULT_PARTITION__"] {
-        std::fs::create_dir_all(purchases.join(folder)).expect("mkdir");
-        std::fs::copy(
-            purchases.join("part-00000.parquet"),
-            purchases.join(folder).join("part-00000.parquet"),
-        )
-        .expect("cp");
-    }
-    std::fs::remove_file(purchases.join("part-00000.parquet")).expect("rm");
+    crate::support::partition_purchases(
+        dir.path(),
+        &["source=web%3Ashop", "source=__HIVE_DEFAULT_PARTITION__"],
+    );
     let project = dir.path().to_str().expect("utf-8");
     let query = |engine: &str, sql: &str| {
         let (code, out, err) = audience(&[

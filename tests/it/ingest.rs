@@ -217,15 +217,7 @@ fn printed_record(out: &str) -> serde_json::Value {
 fn ingest_hive_partitions_become_columns() {
     let dir = sample_copy();
     let purchases = dir.path().join("data/purchases");
-    for part in ["source=shop", "source=web"] {
-        std::fs::create_dir_all(purchases.join(part)).expect("mkdir");
-        std::fs::copy(
-            purchases.join("part-00000.parquet"),
-            purchases.join(part).join("part-00000.parquet"),
-        )
-        .expect("cp");
-    }
-    std::fs::remove_file(purchases.join("part-00000.parquet")).expect("rm");
+    crate::support::partition_purchases(dir.path(), &["source=shop", "source=web"]);
     for (id, source) in [("shop_buyers", "shop"), ("web_buyers", "web")] {
         std::fs::write(
             dir.path().join(format!("sql/segments/{id}.sql")),
@@ -300,13 +292,7 @@ fn ingest_hive_escaped_partition_values_are_decoded_everywhere() {
         "source=__HIVE_DEFAULT_PARTITION__",
     ];
     let dir = sample_copy();
-    let purchases = dir.path().join("data/purchases");
-    let file = std::fs::read(purchases.join("part-00000.parquet")).expect("read");
-    for folder in FOLDERS {
-        std::fs::create_dir_all(purchases.join(folder)).expect("mkdir");
-        std::fs::write(purchases.join(folder).join("part-00000.parquet"), &file).expect("write");
-    }
-    std::fs::remove_file(purchases.join("part-00000.parquet")).expect("rm");
+    let file = crate::support::partition_purchases(dir.path(), &FOLDERS);
     for (id, source) in [
         ("colon_buyers", "= 'web:shop'"),
         ("percent_buyers", "= '100%'"),

@@ -32,6 +32,20 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Move the sample's `data/purchases/part-00000.parquet` into Hive
+/// partition `folders` (a copy in each, e.g. `source=web`); returns the
+/// file's bytes.
+pub fn partition_purchases(project: &Path, folders: &[&str]) -> Vec<u8> {
+    let purchases = project.join("data/purchases");
+    let file = std::fs::read(purchases.join("part-00000.parquet")).expect("read");
+    for folder in folders {
+        std::fs::create_dir_all(purchases.join(folder)).expect("mkdir");
+        std::fs::write(purchases.join(folder).join("part-00000.parquet"), &file).expect("write");
+    }
+    std::fs::remove_file(purchases.join("part-00000.parquet")).expect("rm");
+    file
+}
+
 /// Replace `from` by `to` in the project's audience.toml (the text must be there).
 pub fn edit_config(dir: &Path, from: &str, to: &str) {
     let path = dir.join("audience.toml");
