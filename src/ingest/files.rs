@@ -173,8 +173,10 @@ impl ExactFiles {
         ExactFiles::new(&spec.store, file_schema, &spec.partitions, files)
     }
 
-    fn partition_names(&self) -> Vec<&str> {
-        self.partitions.iter().map(|f| f.name().as_str()).collect()
+    /// Whether `filter` reads partition columns only: it then chooses files.
+    fn on_partitions(&self, filter: &Expr) -> bool {
+        let names: Vec<&str> = self.partitions.iter().map(|f| f.name().as_str()).collect();
+        !names.is_empty() && helpers::expr_applicable_for_cols(&names, filter)
     }
 }
 
@@ -194,11 +196,10 @@ impl TableProvider for ExactFiles {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        let names = self.partition_names();
         Ok(filters
             .iter()
             .map(|f| {
-                if !names.is_empty() && helpers::expr_applicable_for_cols(&names, f) {
+                if self.on_partitions(f) {
                     TableProviderFilterPushDown::Exact
                 } else {
                     TableProviderFilterPushDown::Unsupported
@@ -214,10 +215,9 @@ impl TableProvider for ExactFiles {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let names = self.partition_names();
         let on_partitions: Vec<Expr> = filters
             .iter()
-            .filter(|f| !names.is_empty() && helpers::expr_applicable_for_cols(&names, f))
+            .filter(|f| self.on_partitions(f))
             .cloned()
             .collect();
         let values_schema = DFSchema::try_from(Schema::new(self.partitions.clone()))?;
