@@ -77,6 +77,19 @@ pub fn child() -> Option<(PathBuf, String)> {
     }
 }
 
+/// Bytes the allocator has handed out and not had back (glibc only; 0
+/// elsewhere): RSS above it is memory freed but kept by the allocator.
+fn heap_in_use() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mallinfo2` only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        m.uordblks + m.hblkhd
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0
+}
+
 /// With `AUDIENCE_BENCH_PHASES` set: the library's debug logs on stderr, and a
 /// thread that prints the RSS every 100 ms, to see which phase holds the peak.
 pub fn phases() {
@@ -92,9 +105,10 @@ pub fn phases() {
     std::thread::spawn(move || {
         loop {
             eprintln!(
-                "rss {:>7.2}s {:>6} MB",
+                "rss {:>7.2}s {:>6} MB (heap in use {:>6} MB)",
                 t0.elapsed().as_secs_f64(),
-                proc_status("VmRSS:") / 1024
+                proc_status("VmRSS:") / 1024,
+                heap_in_use() >> 20
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }

@@ -13,6 +13,8 @@ use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
+use tokio::io::AsyncWriteExt;
 
 use super::graph::{self, AHEAD, IdentityGraph, Link, LinkStatus, Quarantine, prefetch};
 use super::lookup::IdentityLookup;
@@ -22,9 +24,16 @@ use crate::engine::storage::Location;
 use crate::engine::udf::timestamp_type;
 use crate::error::{Error, Result};
 
-/// Rows per written batch and per Parquet row group (what a writer holds
-/// encoded before it flushes; two outputs are written at once).
-const CHUNK: usize = 1 << 18;
+/// Rows per Parquet row group: what a writer holds encoded before it hands
+/// the group to the store.
+const ROW_GROUP: usize = 1 << 18;
+/// Rows per batch built and encoded: a quarter of a row group, so that the
+/// Arrow columns of two outputs written at once stay small beside the graph.
+const CHUNK: usize = 1 << 16;
+/// Bytes per part of a multipart upload (object stores want at least 5 MiB)
+/// and parts in flight per file: each part is held until it is stored.
+const PART: usize = 10 << 20;
+const PARTS_IN_FLIGHT: usize = 2;
 
 const BUCKETS: [&str; 9] = [
     "1", "2", "3", "4", "5-9", "10-49", "50-99", "100-999", "1000+",
@@ -84,9 +93,36 @@ fn ns_value_columns(ns_names: &[&str], found: &[(Class, u16, &str)]) -> [ArrayRe
     ]
 }
 
+/// Each finished row group handed to the store as it is, not copied into the
+/// upload's buffer (as writing through `AsyncWrite` does), and no more than
+/// [`PARTS_IN_FLIGHT`] parts waiting to be stored.
+struct Upload(BufWriter);
+
+impl AsyncFileWriter for Upload {
+    fn write(
+        &mut self,
+        bytes: bytes::Bytes,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            self.0
+                .put(bytes)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn complete(&mut self) -> futures::future::BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            AsyncWriteExt::shutdown(&mut self.0)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+}
+
 /// A Parquet file written batch by batch through the object store.
 struct Sink {
-    writer: AsyncArrowWriter<BufWriter>,
+    writer: AsyncArrowWriter<Upload>,
     loc: Location,
     rows: usize,
     opened: std::time::Instant,
@@ -105,7 +141,7 @@ impl Sink {
             .fold(
                 parquet::file::properties::WriterProperties::builder()
                     .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-                    .set_max_row_group_row_count(Some(CHUNK)),
+                    .set_max_row_group_row_count(Some(ROW_GROUP)),
                 |b, c| {
                     b.set_column_dictionary_enabled(
                         parquet::schema::types::ColumnPath::from(*c),
@@ -114,9 +150,10 @@ impl Sink {
                 },
             )
             .build();
-        let writer =
-            AsyncArrowWriter::try_new(BufWriter::new(store, loc.path()), schema, Some(props))
-                .map_err(|e| Error::Internal(format!("{}: {e}", loc.display())))?;
+        let upload =
+            BufWriter::with_capacity(store, loc.path(), PART).with_max_concurrency(PARTS_IN_FLIGHT);
+        let writer = AsyncArrowWriter::try_new(Upload(upload), schema, Some(props))
+            .map_err(|e| Error::Internal(format!("{}: {e}", loc.display())))?;
         Ok(Sink {
             writer,
             loc,
@@ -218,13 +255,13 @@ async fn write_identity_map(
         schema.clone(),
         &["value", "profile_id", "first_seen", "last_seen"],
     )?;
-    let order: Vec<u32> = (0..graph.len() as u32).collect();
-    for chunk in order.chunks(CHUNK) {
-        let mut ds = ListBuilder::with_capacity(
-            StringBuilder::with_capacity(chunk.len(), chunk.len() * 16),
-            chunk.len(),
-        );
-        for &i in chunk {
+    let n = graph.len() as u32;
+    for start in (0..n).step_by(CHUNK) {
+        let chunk = start..n.min(start + CHUNK as u32);
+        let rows = chunk.len();
+        let mut ds =
+            ListBuilder::with_capacity(StringBuilder::with_capacity(rows, rows * 16), rows);
+        for i in chunk.clone() {
             for d in graph.datasets_of(i) {
                 ds.values().append_value(dataset_names[d as usize]);
             }
@@ -233,15 +270,15 @@ async fn write_identity_map(
         sink.write(
             &schema,
             [
-                identity_columns(graph, ns_names, chunk.iter().copied()).to_vec(),
+                identity_columns(graph, ns_names, chunk.clone()).to_vec(),
                 vec![
                     strings(
                         chunk
-                            .iter()
-                            .map(|&i| profile_ids.get(profile_of[i as usize])),
+                            .clone()
+                            .map(|i| profile_ids.get(profile_of[i as usize])),
                     ),
-                    ts_array(chunk.iter().map(|&i| graph.first_seen(i))),
-                    ts_array(chunk.iter().map(|&i| graph.last_seen(i))),
+                    ts_array(chunk.clone().map(|i| graph.first_seen(i))),
+                    ts_array(chunk.map(|i| graph.last_seen(i))),
                     Arc::new(ds.finish()),
                 ],
             ]
@@ -266,8 +303,11 @@ async fn write_links(
         schema.clone(),
         &["anchor_value", "other_value", "linked_at"],
     )?;
-    let kept: Vec<&Link> = links.iter().filter(|l| keep(l)).collect();
-    for chunk in kept.chunks(CHUNK) {
+    for chunk in links.chunks(CHUNK) {
+        let chunk: Vec<&Link> = chunk.iter().filter(|l| keep(l)).collect();
+        if chunk.is_empty() {
+            continue;
+        }
         let st: Vec<(&str, Option<String>)> =
             chunk.iter().map(|l| status_of(l, ns_names)).collect();
         let [class, anchor_ns, anchor_value] =
@@ -473,6 +513,9 @@ pub(super) async fn finish(
     }
     health.quarantined = st.quarantine.iter().filter(|q| q.is_some()).count() as u64;
     drop((sizes, in_big));
+    // What stitching and the ids freed goes back to the system before the
+    // outputs' buffers are made (glibc keeps it otherwise).
+    crate::engine::trim_heap();
 
     // The identity map and the links are encoded side by side (each on a
     // task of its own), then the small cut-links file here.
@@ -589,6 +632,10 @@ pub(super) async fn finish(
     let quarantined: Vec<bool> = st.quarantine.iter().map(Option::is_some).collect();
     drop(st);
     graph.free_history();
+    // The writers' buffers and the freed history go back to the system: the
+    // skeletons, made next, would otherwise add their peak to what the
+    // allocator kept from the outputs'.
+    crate::engine::trim_heap();
 
     let profiles = skeletons(
         project,
