@@ -376,11 +376,35 @@ fn shuffle_dirs() -> std::sync::MutexGuard<'static, Vec<std::path::PathBuf>> {
 
 /// Remove every [`ShuffleDir`] of this process still there: called when the
 /// command ends, after the runtime has stopped its tasks.
+///
+/// Tasks of a stopped query may still be writing there. Each directory is
+/// first renamed, so that no new file can be made under its old path, then
+/// removed: removing it in place raced with those writers ("Directory not
+/// empty") and left files behind.
 pub fn remove_shuffle_dirs() {
     for dir in shuffle_dirs().drain(..) {
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
+        let mut gone = dir.clone().into_os_string();
+        gone.push(".removing");
+        let gone = std::path::PathBuf::from(gone);
+        // A writer that makes its folders again (`create_dir_all`) may bring
+        // the old path back, or add to the tree while it is removed: both
+        // are taken away again, a few times.
+        let mut last = None;
+        for attempt in 0..5 {
+            if !dir.exists() && !gone.exists() {
+                last = None;
+                break;
+            }
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = std::fs::rename(&dir, &gone);
+            last = [&gone, &dir]
+                .into_iter()
+                .filter_map(|d| std::fs::remove_dir_all(d).err())
+                .find(|e| e.kind() != std::io::ErrorKind::NotFound);
+        }
+        if let Some(e) = last {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a shuffle directory");
         }
     }
