@@ -189,14 +189,69 @@ fn parse_phone(db: &Database, region: Option<Region>, value: &str) -> Option<Str
 /// `None` when invalid), shared by the identity stage and the functions that
 /// attribute records later in the run, so that libphonenumber (the slowest
 /// normaliser by far) parses each raw value once per run. Sharded for threads.
+///
+/// It lives from the first phone read to the end of the run, so it is
+/// compact: each shard keeps its raw values and answers one after another in
+/// one byte buffer, an 8-byte record per number and a 4-byte table slot
+/// (about 40 bytes a number, against about 115 as a map of boxed strings).
 #[derive(Debug)]
 pub struct PhoneCache {
     hasher: hashbrown::DefaultHashBuilder,
     shards: Vec<RwLock<PhoneShard>>,
 }
 
-/// Trimmed raw value → E.164 (`None`: invalid).
-type PhoneShard = hashbrown::HashMap<Box<str>, Option<Box<str>>>;
+/// One shard: raw value → answer.
+#[derive(Debug, Default)]
+struct PhoneShard {
+    /// Index into `entries`, by the raw value's hash.
+    table: hashbrown::HashTable<u32>,
+    entries: Vec<PhoneEntry>,
+    /// Each entry's raw value, then its E.164 form unless that is the raw
+    /// value itself or there is none.
+    bytes: Vec<u8>,
+}
+
+/// Where an entry's raw value and answer are in [`PhoneShard::bytes`].
+#[derive(Debug, Clone, Copy)]
+struct PhoneEntry {
+    at: u32,
+    raw_len: u16,
+    /// Bytes of the E.164 form after the raw value, or [`INVALID`] / [`SAME`].
+    answer_len: u16,
+}
+
+/// [`PhoneEntry::answer_len`]: no valid number.
+const INVALID: u16 = u16::MAX;
+/// [`PhoneEntry::answer_len`]: the raw value is already the E.164 form.
+const SAME: u16 = u16::MAX - 1;
+
+impl PhoneShard {
+    fn raw(&self, e: PhoneEntry) -> &[u8] {
+        &self.bytes[e.at as usize..e.at as usize + e.raw_len as usize]
+    }
+
+    fn find(&self, hash: u64, key: &str) -> Option<PhoneEntry> {
+        self.table
+            .find(hash, |&i| {
+                self.raw(self.entries[i as usize]) == key.as_bytes()
+            })
+            .map(|&i| self.entries[i as usize])
+    }
+
+    fn answer(&self, e: PhoneEntry) -> Option<&str> {
+        let start = e.at as usize;
+        let bytes = match e.answer_len {
+            INVALID => return None,
+            SAME => &self.bytes[start..start + e.raw_len as usize],
+            n => {
+                let from = start + e.raw_len as usize;
+                &self.bytes[from..from + n as usize]
+            }
+        };
+        // Only whole `&str`s are ever stored (see `insert`).
+        std::str::from_utf8(bytes).ok()
+    }
+}
 
 impl Default for PhoneCache {
     fn default() -> Self {
@@ -208,23 +263,75 @@ impl Default for PhoneCache {
 }
 
 impl PhoneCache {
-    fn shard(&self, key: &str) -> &RwLock<PhoneShard> {
+    /// The key's hash and shard (bits 32–35: the table takes its slot from
+    /// the low bits and its tag from the top ones).
+    fn shard(&self, key: &str) -> (u64, &RwLock<PhoneShard>) {
         let h = std::hash::BuildHasher::hash_one(&self.hasher, key);
-        &self.shards[(h >> 60) as usize]
+        (h, &self.shards[((h >> 32) & 15) as usize])
     }
 
     fn contains(&self, key: &str) -> bool {
-        self.shard(key).read().is_ok_and(|m| m.contains_key(key))
+        let (h, shard) = self.shard(key);
+        shard.read().is_ok_and(|m| m.find(h, key).is_some())
     }
 
-    fn get(&self, key: &str) -> Option<Option<Box<str>>> {
-        self.shard(key).read().ok()?.get(key).cloned()
+    /// `Some(answer)` when `key` has been parsed.
+    fn get(&self, key: &str) -> Option<Option<String>> {
+        let (h, shard) = self.shard(key);
+        let m = shard.read().ok()?;
+        let e = m.find(h, key)?;
+        Some(m.answer(e).map(str::to_string))
     }
 
+    /// Remember `key`'s answer. A value too long to record, or a shard past
+    /// 4 GiB, is not remembered (it is parsed again when met again).
     fn insert(&self, key: &str, value: Option<&str>) {
-        if let Ok(mut m) = self.shard(key).write() {
-            m.insert(key.into(), value.map(Into::into));
+        let (h, shard) = self.shard(key);
+        let Ok(mut m) = shard.write() else { return };
+        let m = &mut *m;
+        let answer_len = match value {
+            None => INVALID,
+            Some(v) if v == key => SAME,
+            Some(v) => match u16::try_from(v.len()) {
+                Ok(n) if n < SAME => n,
+                _ => return,
+            },
+        };
+        let stored = match answer_len {
+            INVALID | SAME => 0,
+            n => n as usize,
+        };
+        let (Ok(raw_len), Ok(at), Ok(index)) = (
+            u16::try_from(key.len()),
+            u32::try_from(m.bytes.len()),
+            u32::try_from(m.entries.len()),
+        ) else {
+            return;
+        };
+        if m.bytes.len() + key.len() + stored > u32::MAX as usize || m.find(h, key).is_some() {
+            return;
         }
+        m.bytes.extend_from_slice(key.as_bytes());
+        if let Some(v) = value
+            && stored > 0
+        {
+            m.bytes.extend_from_slice(v.as_bytes());
+        }
+        m.entries.push(PhoneEntry {
+            at,
+            raw_len,
+            answer_len,
+        });
+        let (hasher, entries, bytes) = (&self.hasher, &m.entries, &m.bytes);
+        m.table.insert_unique(h, index, |&i| {
+            let e = entries[i as usize];
+            std::hash::BuildHasher::hash_one(
+                hasher,
+                // Only whole `&str`s are stored; hashed as `str`, like `key`.
+                std::str::from_utf8(&bytes[e.at as usize..e.at as usize + e.raw_len as usize])
+                    .unwrap_or_default(),
+            )
+        });
     }
 }
 
@@ -376,7 +483,7 @@ impl<'a> Normaliser<'a> {
             }
             NormaliserKind::Phone => {
                 if let Some(hit) = self.cache.and_then(|c| c.get(&value)) {
-                    return hit.map(|v| Cow::Owned(v.into())).ok_or(Reject::Invalid);
+                    return hit.map(Cow::Owned).ok_or(Reject::Invalid);
                 }
                 let e164 = with_phone_db(|db| parse_phone(db, self.region, &value));
                 if let Some(c) = self.cache {
@@ -409,6 +516,37 @@ mod tests {
             max_links: None,
             allow: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn identity_phone_cache_keeps_every_answer() {
+        let cache = PhoneCache::default();
+        // Enough numbers that every shard's table grows (and rehashes) often.
+        let raw = |i: u32| format!("07{i:09}");
+        for i in 0..20_000u32 {
+            let answer = match i % 3 {
+                0 => None,
+                1 => Some(format!("+447{i:09}")),
+                _ => Some(raw(i)),
+            };
+            assert!(!cache.contains(&raw(i)));
+            cache.insert(&raw(i), answer.as_deref());
+        }
+        // A repeat changes nothing.
+        cache.insert(&raw(1), Some("+440"));
+        for i in 0..20_000u32 {
+            let want = match i % 3 {
+                0 => None,
+                1 => Some(format!("+447{i:09}")),
+                _ => Some(raw(i)),
+            };
+            assert!(cache.contains(&raw(i)));
+            assert_eq!(cache.get(&raw(i)), Some(want), "{}", raw(i));
+        }
+        assert_eq!(cache.get("07999999999999"), None);
+        assert_eq!(cache.get(""), None);
+        cache.insert("", Some("x"));
+        assert_eq!(cache.get(""), Some(Some("x".to_string())));
     }
 
     #[test]
