@@ -225,9 +225,14 @@ const INVALID: u16 = u16::MAX;
 /// [`PhoneEntry::answer_len`]: the raw value is already the E.164 form.
 const SAME: u16 = u16::MAX - 1;
 
+/// An entry's raw value in its shard's bytes.
+fn raw_of(bytes: &[u8], e: PhoneEntry) -> &[u8] {
+    &bytes[e.at as usize..e.at as usize + e.raw_len as usize]
+}
+
 impl PhoneShard {
     fn raw(&self, e: PhoneEntry) -> &[u8] {
-        &self.bytes[e.at as usize..e.at as usize + e.raw_len as usize]
+        raw_of(&self.bytes, e)
     }
 
     fn find(&self, hash: u64, key: &str) -> Option<PhoneEntry> {
@@ -324,13 +329,9 @@ impl PhoneCache {
         });
         let (hasher, entries, bytes) = (&self.hasher, &m.entries, &m.bytes);
         m.table.insert_unique(h, index, |&i| {
-            let e = entries[i as usize];
-            std::hash::BuildHasher::hash_one(
-                hasher,
-                // Only whole `&str`s are stored; hashed as `str`, like `key`.
-                std::str::from_utf8(&bytes[e.at as usize..e.at as usize + e.raw_len as usize])
-                    .unwrap_or_default(),
-            )
+            // Only whole `&str`s are stored; hashed as `str`, like `key`.
+            let raw = std::str::from_utf8(raw_of(bytes, entries[i as usize]));
+            std::hash::BuildHasher::hash_one(hasher, raw.unwrap_or_default())
         });
     }
 }
@@ -523,25 +524,21 @@ mod tests {
         let cache = PhoneCache::default();
         // Enough numbers that every shard's table grows (and rehashes) often.
         let raw = |i: u32| format!("07{i:09}");
+        // Invalid, another form, or the raw value itself.
+        let answer = |i: u32| match i % 3 {
+            0 => None,
+            1 => Some(format!("+447{i:09}")),
+            _ => Some(raw(i)),
+        };
         for i in 0..20_000u32 {
-            let answer = match i % 3 {
-                0 => None,
-                1 => Some(format!("+447{i:09}")),
-                _ => Some(raw(i)),
-            };
             assert!(!cache.contains(&raw(i)));
-            cache.insert(&raw(i), answer.as_deref());
+            cache.insert(&raw(i), answer(i).as_deref());
         }
         // A repeat changes nothing.
         cache.insert(&raw(1), Some("+440"));
         for i in 0..20_000u32 {
-            let want = match i % 3 {
-                0 => None,
-                1 => Some(format!("+447{i:09}")),
-                _ => Some(raw(i)),
-            };
             assert!(cache.contains(&raw(i)));
-            assert_eq!(cache.get(&raw(i)), Some(want), "{}", raw(i));
+            assert_eq!(cache.get(&raw(i)), Some(answer(i)), "{}", raw(i));
         }
         assert_eq!(cache.get("07999999999999"), None);
         assert_eq!(cache.get(""), None);
