@@ -226,11 +226,17 @@ pub fn assign(
         std::thread::scope(|s| {
             for (c, (numbers, kept)) in number.chunks_mut(per).zip(carried.chunks(per)).enumerate()
             {
-                let fresh = &fresh;
+                let rep = &rep;
                 s.spawn(move || {
-                    for (k, (n, &kept)) in numbers.iter_mut().zip(kept).enumerate() {
-                        if kept == NONE {
-                            *n = fresh(c * per + k, 0);
+                    // Representatives are in no order: looked up a batch at
+                    // a time, each asked for ahead.
+                    let first = c * per;
+                    for start in (0..numbers.len()).step_by(BATCH) {
+                        let end = numbers.len().min(start + BATCH);
+                        let todo: Vec<usize> = (start..end).filter(|&k| kept[k] == NONE).collect();
+                        let reps: Vec<u32> = todo.iter().map(|&k| rep[first + k]).collect();
+                        for (&k, (class, ns, value)) in todo.iter().zip(graph.identities(&reps)) {
+                            numbers[k] = fresh_number(class, ns_names[ns as usize], value, 0);
                         }
                     }
                 });
@@ -293,6 +299,9 @@ fn has_duplicates(numbers: &[u64]) -> bool {
 
 /// Not a profile, identity or previous id.
 const NONE: u32 = u32::MAX;
+/// Profiles whose representatives are looked up at once for fresh ids:
+/// their values stay in cache until they are hashed.
+const BATCH: usize = 4096;
 
 /// The profile number of every identity, components numbered in order of
 /// their smallest id, and the number of profiles. When every root is its

@@ -1026,3 +1026,37 @@ fn identity_profile_skeletons_list_values_and_prefer_the_latest() {
         ]
     );
 }
+
+/// Min/max statistics only on the columns the rows are sorted by (readers
+/// skip row groups on those); the others' would span every group.
+#[test]
+fn identity_outputs_keep_statistics_of_sorted_columns_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let crm = rows(
+        &["crm_id", "email", "name"],
+        vec![
+            (vec![Some("C1"), Some("a@x.com"), Some("A")], 5),
+            (vec![Some("C2"), Some("b@x.com"), Some("B")], 6),
+        ],
+    );
+    project(dir.path(), "", "", &crm, &no_web(), &no_prospects());
+    run(dir.path(), "r1");
+    for (file, sorted) in [
+        ("identity_map.parquet", &["class", "namespace", "value"]),
+        ("links.parquet", &["class", "anchor_namespace", "anchor_value"]),
+    ] {
+        let f = std::fs::File::open(dir.path().join("state/runs/r1").join(file)).expect("file");
+        let meta = parquet::file::reader::FileReader::metadata(
+            &parquet::file::serialized_reader::SerializedFileReader::new(f).expect("parquet"),
+        )
+        .clone();
+        let group = meta.row_group(0);
+        let mut with = Vec::new();
+        for c in group.columns() {
+            if c.statistics().is_some_and(|s| s.min_bytes_opt().is_some()) {
+                with.push(c.column_path().string());
+            }
+        }
+        assert_eq!(with, sorted, "{file}");
+    }
+}
