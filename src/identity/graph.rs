@@ -1971,7 +1971,12 @@ mod tests {
         let g = b.finish().unwrap();
         let n = g.len() as u32;
         let scrambled: Vec<u32> = (0..2 * n).map(|i| (i * 389 + 11) % n).collect();
-        for ids in [&scrambled[..], &scrambled[..3], &[][..], &scrambled[..2 * AHEAD + 1]] {
+        for ids in [
+            &scrambled[..],
+            &scrambled[..3],
+            &[][..],
+            &scrambled[..2 * AHEAD + 1],
+        ] {
             let one_by_one: Vec<_> = ids.iter().map(|&i| g.identity(i)).collect();
             assert_eq!(g.identities(ids), one_by_one);
         }

@@ -1043,7 +1043,10 @@ fn identity_outputs_keep_statistics_of_sorted_columns_only() {
     run(dir.path(), "r1");
     for (file, sorted) in [
         ("identity_map.parquet", &["class", "namespace", "value"]),
-        ("links.parquet", &["class", "anchor_namespace", "anchor_value"]),
+        (
+            "links.parquet",
+            &["class", "anchor_namespace", "anchor_value"],
+        ),
     ] {
         let f = std::fs::File::open(dir.path().join("state/runs/r1").join(file)).expect("file");
         let meta = parquet::file::reader::FileReader::metadata(
