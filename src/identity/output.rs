@@ -119,6 +119,17 @@ impl AsyncFileWriter for Upload {
     }
 }
 
+/// How a [`Sink`] writes its columns, by name (see [`Sink::open`]).
+#[derive(Default)]
+struct Columns<'a> {
+    /// (Nearly) one value per row: no dictionary.
+    unique: &'a [&'a str],
+    /// What the rows are in order of: the only min/max statistics.
+    sorted: &'a [&'a str],
+    /// Delta-encoded.
+    delta: &'a [&'a str],
+}
+
 /// A Parquet file written batch by batch through the object store.
 struct Sink {
     writer: AsyncArrowWriter<Upload>,
@@ -136,15 +147,42 @@ impl Sink {
     /// of) carry min/max statistics: they let a reader skip row groups, where
     /// another column's would span nearly every value in every group, and
     /// computing them compares each value twice.
-    fn open(loc: Location, schema: SchemaRef, unique: &[&str], sorted: &[&str]) -> Result<Sink> {
+    ///
+    /// `delta` columns are written with a delta encoding: strings in order
+    /// as `DELTA_BYTE_ARRAY` (each value without the prefix it shares with
+    /// the one before), times as `DELTA_BINARY_PACKED`, not compressed:
+    /// zstd took a fifth of the identity map's writing time and gained only
+    /// 1.15x on the plain bytes of its times, which are in no order; their
+    /// bit-packed differences take less room than that, and zstd finds
+    /// nothing more in them.
+    fn open(loc: Location, schema: SchemaRef, columns: Columns) -> Result<Sink> {
+        use parquet::basic::{Compression, Encoding};
         use parquet::file::properties::EnabledStatistics;
         use parquet::schema::types::ColumnPath;
+        let Columns {
+            unique,
+            sorted,
+            delta,
+        } = columns;
         let store = loc.store()?;
         let mut b = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .set_compression(Compression::ZSTD(Default::default()))
             .set_max_row_group_row_count(Some(ROW_GROUP));
         for c in unique {
             b = b.set_column_dictionary_enabled(ColumnPath::from(*c), false);
+        }
+        for f in schema
+            .fields()
+            .iter()
+            .filter(|f| delta.contains(&f.name().as_str()))
+        {
+            let path = ColumnPath::from(f.name().as_str());
+            b = match f.data_type() {
+                DataType::Utf8 => b.set_column_encoding(path, Encoding::DELTA_BYTE_ARRAY),
+                _ => b
+                    .set_column_encoding(path.clone(), Encoding::DELTA_BINARY_PACKED)
+                    .set_column_compression(path, Compression::UNCOMPRESSED),
+            };
         }
         for f in schema.fields() {
             if sorted.contains(&f.name().as_str()) {
@@ -260,8 +298,11 @@ async fn write_identity_map(
     let mut sink = Sink::open(
         loc,
         schema.clone(),
-        &["value", "profile_id", "first_seen", "last_seen"],
-        &["class", "namespace", "value"],
+        Columns {
+            unique: &["value", "profile_id", "first_seen", "last_seen"],
+            sorted: &["class", "namespace", "value"],
+            delta: &["value", "first_seen", "last_seen"],
+        },
     )?;
     let n = graph.len() as u32;
     for start in (0..n).step_by(CHUNK) {
@@ -306,11 +347,16 @@ async fn write_links(
     keep: impl Fn(&Link) -> bool,
 ) -> Result<()> {
     let schema = links_schema();
+    // A link's time stays zstd-compressed: the links of one record sit
+    // together (sorted by anchor) and share it.
     let mut sink = Sink::open(
         loc,
         schema.clone(),
-        &["anchor_value", "other_value", "linked_at"],
-        &["class", "anchor_namespace", "anchor_value"],
+        Columns {
+            unique: &["anchor_value", "other_value", "linked_at"],
+            sorted: &["class", "anchor_namespace", "anchor_value"],
+            delta: &["anchor_value"],
+        },
     )?;
     for chunk in links.chunks(CHUNK) {
         let chunk: Vec<&Link> = chunk.iter().filter(|l| keep(l)).collect();
@@ -607,8 +653,10 @@ pub(super) async fn finish(
     let mut sink = Sink::open(
         out.join("quarantined.parquet"),
         q_schema.clone(),
-        &[],
-        &["class", "namespace", "value"],
+        Columns {
+            sorted: &["class", "namespace", "value"],
+            ..Columns::default()
+        },
     )?;
     sink.write(
         &q_schema,

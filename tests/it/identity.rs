@@ -1030,7 +1030,8 @@ fn identity_profile_skeletons_list_values_and_prefer_the_latest() {
 /// Min/max statistics only on the columns the rows are sorted by (readers
 /// skip row groups on those); the others' would span every group.
 #[test]
-fn identity_outputs_keep_statistics_of_sorted_columns_only() {
+fn identity_outputs_keep_statistics_of_sorted_columns_only_and_delta_encode() {
+    use parquet::basic::{Compression, Encoding};
     let dir = tempfile::tempdir().expect("tmp");
     let crm = rows(
         &["crm_id", "email", "name"],
@@ -1041,11 +1042,18 @@ fn identity_outputs_keep_statistics_of_sorted_columns_only() {
     );
     project(dir.path(), "", "", &crm, &no_web(), &no_prospects());
     run(dir.path(), "r1");
-    for (file, sorted) in [
-        ("identity_map.parquet", &["class", "namespace", "value"]),
+    for (file, sorted, delta_strings, delta_times) in [
+        (
+            "identity_map.parquet",
+            &["class", "namespace", "value"],
+            &["value"][..],
+            &["first_seen", "last_seen"][..],
+        ),
         (
             "links.parquet",
             &["class", "anchor_namespace", "anchor_value"],
+            &["anchor_value"][..],
+            &[][..],
         ),
     ] {
         let f = std::fs::File::open(dir.path().join("state/runs/r1").join(file)).expect("file");
@@ -1056,9 +1064,31 @@ fn identity_outputs_keep_statistics_of_sorted_columns_only() {
         let group = meta.row_group(0);
         let mut with = Vec::new();
         for c in group.columns() {
+            let name = c.column_path().string();
             if c.statistics().is_some_and(|s| s.min_bytes_opt().is_some()) {
-                with.push(c.column_path().string());
+                with.push(name.clone());
             }
+            let encodings: Vec<Encoding> = c.encodings().collect();
+            let (strings, times) = (
+                delta_strings.contains(&name.as_str()),
+                delta_times.contains(&name.as_str()),
+            );
+            assert_eq!(
+                encodings.contains(&Encoding::DELTA_BYTE_ARRAY),
+                strings,
+                "{file} {name}: {encodings:?}"
+            );
+            assert_eq!(
+                encodings.contains(&Encoding::DELTA_BINARY_PACKED),
+                times,
+                "{file} {name}: {encodings:?}"
+            );
+            let compression = if times {
+                Compression::UNCOMPRESSED
+            } else {
+                Compression::ZSTD(Default::default())
+            };
+            assert_eq!(c.compression(), compression, "{file} {name}");
         }
         assert_eq!(with, sorted, "{file}");
     }
