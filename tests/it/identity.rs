@@ -1042,17 +1042,19 @@ fn identity_outputs_keep_statistics_of_sorted_columns_only_and_delta_encode() {
     );
     project(dir.path(), "", "", &crm, &no_web(), &no_prospects());
     run(dir.path(), "r1");
-    for (file, sorted, delta_strings, delta_times) in [
+    for (file, sorted, delta_strings, delta_lengths, delta_times) in [
         (
             "identity_map.parquet",
             &["class", "namespace", "value"],
             &["value"][..],
+            &["profile_id"][..],
             &["first_seen", "last_seen"][..],
         ),
         (
             "links.parquet",
             &["class", "anchor_namespace", "anchor_value"],
             &["anchor_value"][..],
+            &[][..],
             &[][..],
         ),
     ] {
@@ -1076,6 +1078,11 @@ fn identity_outputs_keep_statistics_of_sorted_columns_only_and_delta_encode() {
             assert_eq!(
                 encodings.contains(&Encoding::DELTA_BYTE_ARRAY),
                 strings,
+                "{file} {name}: {encodings:?}"
+            );
+            assert_eq!(
+                encodings.contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY),
+                delta_lengths.contains(&name.as_str()),
                 "{file} {name}: {encodings:?}"
             );
             assert_eq!(
