@@ -1028,7 +1028,9 @@ fn identity_profile_skeletons_list_values_and_prefer_the_latest() {
 }
 
 /// Min/max statistics only on the columns the rows are sorted by (readers
-/// skip row groups on those); the others' would span every group.
+/// skip row groups on those); the others' would span every group. Sorted
+/// values, profile ids and the identity map's times are delta-encoded, the
+/// times uncompressed.
 #[test]
 fn identity_outputs_keep_statistics_of_sorted_columns_only_and_delta_encode() {
     use parquet::basic::{Compression, Encoding};
